@@ -1,0 +1,232 @@
+"""Settings from one TOML file plus environment variables.
+
+Precedence, lowest first: the defaults below, ``oshaberi.toml`` (or the file named by
+``OSHABERI_CONFIG``), then environment variables ``OSHABERI_<SECTION>__<KEY>``
+(for example ``OSHABERI_MODEL__BASE_MODEL``) and a few short aliases. The Discord
+token is never read from the file: only from ``DISCORD_TOKEN`` in the environment or ``.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_MODEL = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+DEFAULT_CONFIG_FILE = "oshaberi.toml"
+ENV_PREFIX = "OSHABERI_"
+# Short names for the settings people change most.
+ENV_ALIASES = {
+    "OSHABERI_MODEL": ("model", "base_model"),
+    "OSHABERI_DEVICE": ("model", "device"),
+    "OSHABERI_QUANT": ("model", "quantization"),
+    "OSHABERI_DTYPE": ("model", "dtype"),
+    "OSHABERI_DB": ("paths", "database"),
+    "OSHABERI_ADAPTERS_DIR": ("paths", "adapters_dir"),
+    "OSHABERI_DEFAULT_PERSONA": ("chat", "default_persona"),
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the file or variable and the key."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which base model to load and how. ``auto`` picks per device: 4-bit NF4 + bf16 on CUDA, fp32 on CPU."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    quantization: str = "auto"  # auto | 4bit | 8bit | none
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (compute dtype when quantized)
+    revision: str = ""
+    local_files_only: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    max_batch_size: int = 8
+    batch_window_ms: int = 15
+    queue_size: int = 64
+    request_timeout_s: float = 180.0
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    personas_dir: str = ""  # empty: the cards shipped in personas/
+    adapters_dir: str = "adapters"
+    database: str = "var/oshaberi.sqlite3"
+    data_dir: str = "data"
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    default_persona: str = "marisa"
+    history_messages: int = 20  # at most this many earlier messages are read before the budget applies
+    rate_limit_per_minute: float = 6.0
+    rate_limit_burst: int = 3
+    blocked_words_file: str = ""  # empty: the list shipped in bot/blocked_words.txt
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    allowed_channels: tuple[int, ...] = ()  # empty: every channel the bot can read
+    allowed_roles: tuple[int, ...] = ()  # empty: everyone may talk to the bot
+    review_channel: int = 0  # 0: no review channel (replies are still logged)
+    moderator_role: int = 0  # 0: only members with Manage Messages moderate
+    use_webhooks: bool = True
+    owner_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    enabled: bool = False
+    cron: str = "0 4 * * *"  # crontab fields: minute hour day month weekday
+    min_new_approved: int = 50
+    personas: tuple[str, ...] = ()  # empty: every persona
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    source: str = ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a TOML or environment value into the field's type, or say clearly why not."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list")
+        (item_type, _) = typing.get_args(annotation)
+        return tuple(_coerce(v, item_type, where) for v in value)
+    if origin in (types.UnionType, typing.Union):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str | int | float):
+                raise ValueError(value)
+            return str(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a valid {annotation.__name__}") from None
+    raise ConfigError(f"{where}: unsupported setting type {annotation}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(section_obj: Any, values: dict[str, Any], where: str) -> Any:
+    hints = _section_types(type(section_obj))
+    known = {f.name for f in fields(section_obj)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+        changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return replace(section_obj, **changes)
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build the settings; a missing default file is fine, a missing named file is an error."""
+    environ = dict(os.environ if environ is None else environ)
+    named = path or environ.get("OSHABERI_CONFIG")
+    config_path = Path(named) if named else Path(DEFAULT_CONFIG_FILE)
+    raw: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+    elif named:
+        raise ConfigError(f"config file {config_path} does not exist")
+
+    settings = Settings(source=str(config_path) if raw else "")
+    sections = {f.name for f in fields(Settings) if f.name != "source"}
+    if "token" in {k.lower() for table in raw.values() if isinstance(table, dict) for k in table}:
+        raise ConfigError(
+            f"{config_path}: the Discord token may not be in the config file; set DISCORD_TOKEN"
+        )
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(
+                f"{config_path}: unknown section [{name}] (known: {', '.join(sorted(sections))})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{config_path}: [{name}] must be a table")
+        settings = replace(
+            settings, **{name: _apply(getattr(settings, name), values, f"{config_path} [{name}]")}
+        )
+
+    env_values: dict[str, dict[str, str]] = {}
+    for var, value in environ.items():
+        if var in ENV_ALIASES:
+            section, key = ENV_ALIASES[var]
+        elif var.startswith(ENV_PREFIX) and "__" in var:
+            section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+            if section not in sections:
+                raise ConfigError(f"environment variable {var}: unknown section '{section}'")
+        else:
+            continue
+        env_values.setdefault(section, {})[key] = value
+    for section, values in env_values.items():
+        settings = replace(settings, **{section: _apply(getattr(settings, section), values, "environment")})
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    m, w = settings.model, settings.worker
+    if m.quantization not in ("auto", "4bit", "8bit", "none"):
+        raise ConfigError(f"model.quantization: {m.quantization!r} is not one of auto, 4bit, 8bit, none")
+    if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype: {m.dtype!r} is not one of auto, float32, bfloat16, float16")
+    if not (m.device in ("auto", "cpu", "cuda") or m.device.startswith("cuda:")):
+        raise ConfigError(f"model.device: {m.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if w.max_batch_size < 1 or w.queue_size < 1 or w.request_timeout_s <= 0 or w.batch_window_ms < 0:
+        raise ConfigError("worker: max_batch_size and queue_size must be >= 1, request_timeout_s > 0")
+
+
+def discord_token(environ: dict[str, str] | None = None, dotenv_path: str | Path = ".env") -> str | None:
+    """The bot token from the environment, else from ``.env``; never from the config file."""
+    environ = os.environ if environ is None else environ
+    token = environ.get("DISCORD_TOKEN", "").strip()
+    if token:
+        return token
+    if Path(dotenv_path).is_file():
+        from dotenv import dotenv_values
+
+        token = (dotenv_values(dotenv_path).get("DISCORD_TOKEN") or "").strip()
+    return token or None
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret from text bound for a log or a user."""
+    return text.replace(secret, "[REDACTED]") if secret else text

@@ -1,0 +1,85 @@
+"""What flows between callers, the worker and the engine: plain data, no model, no Discord."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from personas.card import GenerationParams
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One row of a batch: a rendered prompt and how to continue it."""
+
+    persona_id: str
+    prompt: str
+    params: GenerationParams
+    stop: tuple[str, ...] = ()
+    banned_words: tuple[str, ...] = ()
+    # The resident adapter to use; BASE_ADAPTER for prompt-only personas.
+    adapter: str = BASE_ADAPTER
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str  # generated text, cut before the first stop string
+    new_tokens: int
+    finish_reason: str  # "stop" | "eos" | "length"
+    adapter: str
+    adapter_version: str | None
+    seconds: float = 0.0
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: str
+    version: str | None
+    parameters: int
+
+
+@dataclass
+class WorkerStats:
+    queue_depth: int
+    queue_capacity: int
+    in_flight: int
+    recent_batch_sizes: list[int] = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    batches_run: int = 0
+    requests_failed: int = 0
+    adapters: list[AdapterInfo] = field(default_factory=list)
+    device: str = "cpu"
+    device_memory_mb: float | None = None
+
+
+class GenerationError(RuntimeError):
+    """Generation failed for this request; the message is safe to show a user."""
+
+
+class QueueFullError(GenerationError):
+    def __init__(self, depth: int, capacity: int) -> None:
+        super().__init__(
+            f"The bot is busy ({depth} requests waiting, the queue holds {capacity}). Please retry shortly."
+        )
+        self.depth = depth
+        self.capacity = capacity
+
+
+class RequestTimeoutError(GenerationError):
+    pass
+
+
+class RequestCancelledError(GenerationError):
+    pass
+
+
+class WorkerStoppedError(GenerationError):
+    pass
+
+
+class AdapterError(RuntimeError):
+    """An adapter could not be loaded; the persona keeps whatever it had before."""

@@ -1,0 +1,286 @@
+"""The one prompt renderer: the bot renders generation prompts and the trainer renders
+training examples with the same code, so a persona is trained on exactly the text
+shape it later sees.
+
+Three templates, all from the seeds:
+
+* ``speaker-script``: ``ユーザー: …`` / ``魔理沙: …``, one turn per line; a newline ends a turn.
+* ``rinna``: ``ユーザー: …<NL>システム: …``; ``<NL>`` ends a turn (rinna's tokenizer has no newline).
+* ``alpaca``: the alpaca-ja instruction layout; the tokenizer's EOS text ends the response.
+
+User text is untrusted: :func:`sanitize` makes sure it can neither start a turn nor end one.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from personas.card import PersonaCard
+
+MAX_INPUT_CHARS = 4000  # Discord's own ceiling for a message (with Nitro)
+NL_MARK = "<NL>"
+ALPACA_PREAMBLE = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
+ALPACA_HEADERS = ("### 指示:", "### 入力:", "### 応答:")
+# Labels users might type to impersonate a speaker, beside the card's own two.
+COMMON_LABELS = ("ユーザー", "システム", "User", "Assistant", "USER", "ASSISTANT", "user", "assistant")
+# Markers of other prompt formats; none of them may reach the model from user text.
+FORMAT_MARKERS = (
+    "[SEP]",
+    "[CLS]",
+    "[MASK]",
+    "[PAD]",
+    "[UNK]",
+    "<s>",
+    "</s>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    NL_MARK,
+)
+_BIDI_AND_ZERO_WIDTH = dict.fromkeys(
+    [*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2070), 0xFEFF, 0x00AD], None
+)
+
+
+class InputError(ValueError):
+    """User text that cannot be answered; the message is safe to show the user."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One line of a conversation. ``speaker`` is the label printed in the prompt."""
+
+    speaker: str
+    text: str
+    is_persona: bool = False
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What the renderer needs to know about a tokenizer, without importing one."""
+
+    eos_text: str = "</s>"
+    special_texts: tuple[str, ...] = ()
+    count_tokens: Callable[[str], int] = len
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> TokenizerFacts:
+        specials = tuple(t for t in getattr(tokenizer, "all_special_tokens", []) if t)
+        return cls(
+            eos_text=tokenizer.eos_token or "</s>",
+            special_texts=specials,
+            count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        )
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    stop: tuple[str, ...]
+    dropped_turns: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a training example; only ``trainable`` pieces carry loss."""
+
+    text: str
+    trainable: bool
+
+
+def clean_text(text: str) -> str:
+    """Strip what no renderer should ever see: lone surrogates, control and invisible characters."""
+    text = text.encode("utf-8", "ignore").decode("utf-8")  # drops lone surrogates
+    text = text.translate(_BIDI_AND_ZERO_WIDTH)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs", "Co"))
+
+
+def validate_user_message(text: str) -> str:
+    """Reject what cannot be answered, with a message fit for the user."""
+    if len(text) > MAX_INPUT_CHARS:
+        raise InputError(
+            f"That message is too long ({len(text)} characters; the limit is {MAX_INPUT_CHARS})."
+        )
+    cleaned = clean_text(text)
+    if not cleaned.strip():
+        raise InputError("That message is empty: there is nothing to answer.")
+    return cleaned
+
+
+class PromptRenderer:
+    """Renders one persona's prompts for generation and its dialogues for training."""
+
+    def __init__(self, card: PersonaCard, facts: TokenizerFacts | None = None) -> None:
+        self.card = card
+        self.facts = facts or TokenizerFacts()
+        self.turn_end = {"speaker-script": "\n", "rinna": NL_MARK, "alpaca": self.facts.eos_text}[
+            card.template
+        ]
+        labels = {card.speaker, card.user_label, *COMMON_LABELS}
+        # Longest first, so "ユーザー" is matched before a shorter label inside it.
+        label_alt = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+        self._label_re = re.compile(rf"({label_alt})\s*[:：]")
+        markers = {*FORMAT_MARKERS, *self.facts.special_texts, self.facts.eos_text}
+        self._marker_re = re.compile("|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True)))
+        self._alpaca_header_re = re.compile(
+            r"#{2,}\s*(指示|入力|応答|Instruction|Input|Response)\s*[:：]?", re.I
+        )
+
+    # -- sanitizing -------------------------------------------------------
+
+    def sanitize(self, text: str) -> str:
+        """Make text inert inside a prompt: it can neither forge a turn nor end one.
+
+        Newlines become spaces (a newline ends a turn in speaker-script), template and
+        tokenizer markers are removed, and a speaker label's colon is dropped, so
+        ``魔理沙: …`` stays words said by the user. Removal repeats until nothing changes,
+        because removing one marker can join the halves of another (``<N<NL>L>``).
+        """
+        text = clean_text(text)
+        previous = None
+        while previous != text:
+            previous = text
+            text = self._marker_re.sub("", text)
+            text = self._alpaca_header_re.sub("", text)
+            text = self._label_re.sub(r"\1 ", text)
+            text = re.sub(r"[\n\t]+", " ", text)
+        return re.sub(r" {2,}", " ", text).strip()
+
+    # -- the template, turn by turn ----------------------------------------
+
+    def _header(self) -> str:
+        card = self.card
+        if card.template == "alpaca":
+            return f"{ALPACA_PREAMBLE}\n\n### 指示:\n{card.system_prompt}\n\n### 入力:\n"
+        lines = [card.system_prompt]
+        for ex in card.examples:
+            lines.append(f"{card.user_label}: {ex.user}")
+            lines.append(f"{card.speaker}: {ex.reply}")
+        return self.turn_end.join(lines) + self.turn_end
+
+    def _line(self, turn: Turn) -> str:
+        """A finished context turn, sanitized, with its end-of-turn mark."""
+        sep = "\n" if self.card.template == "alpaca" else self.turn_end
+        return f"{turn.speaker}: {self.sanitize(turn.text)}{sep}"
+
+    def _open(self) -> str:
+        """What the prompt ends with: the persona's label, waiting for its words."""
+        if self.card.template == "alpaca":
+            return "\n### 応答:\n"
+        return f"{self.card.speaker}: "
+
+    def _examples_as_context(self) -> str:
+        # alpaca has no turn-by-turn header, so the card's examples sit in the input section.
+        if self.card.template != "alpaca":
+            return ""
+        return "".join(
+            f"{self.card.user_label}: {ex.user}\n{self.card.speaker}: {ex.reply}\n"
+            for ex in self.card.examples
+        )
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        card = self.card
+        stops = [self.turn_end, f"{card.user_label}:", f"{card.user_label}：", "###", *card.stop]
+        return tuple(dict.fromkeys(s for s in stops if s))
+
+    # -- generation --------------------------------------------------------
+
+    def render_prompt(self, history: Sequence[Turn]) -> RenderedPrompt:
+        """Render ``history`` (oldest first, newest user message last) for generation.
+
+        History is fitted into the card's token budget by dropping the oldest turns; the
+        newest turn is never dropped, and one longer than the budget keeps its end
+        (the words nearest the reply) and loses its start.
+        """
+        if not history:
+            raise InputError("There is no message to answer.")
+        budget = self.card.history_budget_tokens
+        count = self.facts.count_tokens
+        newest = history[-1]
+        newest_line = self._line(newest)
+        if count(newest_line) > budget:
+            newest_line = self._fit_from_end(newest, budget)
+        kept = [newest_line]
+        used = count(newest_line)
+        for turn in reversed(history[:-1]):
+            line = self._line(turn)
+            cost = count(line)
+            if used + cost > budget:
+                break
+            kept.append(line)
+            used += cost
+        kept.reverse()
+        text = self._header() + self._examples_as_context() + "".join(kept) + self._open()
+        return RenderedPrompt(text, self.stop_strings, len(history) - len(kept))
+
+    def _fit_from_end(self, turn: Turn, budget: int) -> str:
+        text = self.sanitize(turn.text)
+        lo, hi = 0, len(text)  # binary search for the longest suffix that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.facts.count_tokens(self._line(Turn(turn.speaker, text[-mid:]))) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self._line(Turn(turn.speaker, text[-lo:] if lo else ""))
+
+    def clean_reply(self, text: str) -> str:
+        """Cut generated text at the end of its turn and remove template artefacts."""
+        cut = len(text)
+        for stop in self.stop_strings:
+            idx = text.find(stop)
+            if idx != -1:
+                cut = min(cut, idx)
+        text = text[:cut]
+        text = self._marker_re.sub("", text)
+        text = re.sub(rf"^\s*{re.escape(self.card.speaker)}\s*[:：]\s*", "", text)
+        for word in self.card.banned_words:
+            text = text.replace(word, "")
+        return clean_text(text).strip()
+
+    # -- training ----------------------------------------------------------
+
+    def render_training(self, turns: Sequence[Turn]) -> list[list[Segment]]:
+        """Render a dialogue as training examples whose persona turns are the trainable parts.
+
+        speaker-script and rinna give one example per dialogue, every persona turn (and
+        its end-of-turn mark) trainable. alpaca answers once per prompt, so it gives one
+        example per persona turn, the turns before it as input.
+        """
+        if not any(t.is_persona for t in turns):
+            return []
+        if self.card.template == "alpaca":
+            return self._alpaca_examples(turns)
+        segments = [Segment(self._header(), False)]
+        for turn in turns:
+            if turn.is_persona:
+                segments.append(Segment(self._open(), False))
+                segments.append(Segment(self.sanitize(turn.text) + self.turn_end, True))
+            else:
+                segments.append(Segment(self._line(turn), False))
+        return [_merge(segments)]
+
+    def _alpaca_examples(self, turns: Sequence[Turn]) -> list[list[Segment]]:
+        examples = []
+        for i, turn in enumerate(turns):
+            if not turn.is_persona:
+                continue
+            context = "".join(self._line(t) for t in turns[:i])
+            prompt = self._header() + self._examples_as_context() + context + self._open()
+            examples.append([Segment(prompt, False), Segment(self.sanitize(turn.text) + self.turn_end, True)])
+        return examples
+
+
+def _merge(segments: Iterable[Segment]) -> list[Segment]:
+    out: list[Segment] = []
+    for seg in segments:
+        if out and out[-1].trainable == seg.trainable:
+            out[-1] = Segment(out[-1].text + seg.text, seg.trainable)
+        else:
+            out.append(seg)
+    return out
