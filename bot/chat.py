@@ -1,0 +1,87 @@
+"""The chat service: from a persona id and a conversation to a cleaned reply.
+
+This is the one path both front ends (console and Discord) take: validate the user's
+text, render the persona's prompt, queue it on the worker, clean what comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bot.generation import BASE_ADAPTER, GenerationRequest, GenerationResult
+from bot.worker import GenerationWorker, Ticket
+from personas.card import CardSet, PersonaCard
+from personas.render import PromptRenderer, TokenizerFacts, Turn, validate_user_message
+
+
+@dataclass
+class PendingReply:
+    """A reply on its way: its queue position now, its cleaned text when awaited."""
+
+    card: PersonaCard
+    prompt: str
+    ticket: Ticket
+    renderer: PromptRenderer
+    result: GenerationResult | None = field(default=None, init=False)
+
+    @property
+    def params(self):
+        return self.ticket.request.params
+
+    @property
+    def position(self) -> int:
+        return self.ticket.position
+
+    async def text(self) -> str:
+        """The cleaned reply; raises GenerationError subclasses with user-safe messages."""
+        self.result = await self.ticket.result()
+        return self.renderer.clean_reply(self.result.text)
+
+    def cancel(self) -> None:
+        self.ticket.cancel()
+
+
+class ChatService:
+    def __init__(self, cards: CardSet, worker: GenerationWorker, facts: TokenizerFacts) -> None:
+        self.cards = cards
+        self.worker = worker
+        self._renderers = {pid: PromptRenderer(card, facts) for pid, card in cards.cards.items()}
+
+    def renderer(self, persona_id: str) -> PromptRenderer:
+        self.cards.get(persona_id)  # raises UnknownPersonaError with the known ids
+        return self._renderers[persona_id]
+
+    def submit(self, persona_id: str, history: Sequence[Turn]) -> PendingReply:
+        """Queue a reply to the last turn of ``history``.
+
+        Raises InputError (message safe to show), UnknownPersonaError or QueueFullError.
+        """
+        renderer = self.renderer(persona_id)
+        card = renderer.card
+        if not history:
+            validate_user_message("")
+        newest = history[-1]
+        checked = Turn(newest.speaker, validate_user_message(newest.text), newest.is_persona)
+        rendered = renderer.render_prompt([*history[:-1], checked])
+        adapter = persona_id if self.worker.engine.has_adapter(persona_id) else BASE_ADAPTER
+        request = GenerationRequest(
+            persona_id=persona_id,
+            prompt=rendered.text,
+            params=card.generation,
+            stop=rendered.stop,
+            banned_words=card.banned_words,
+            adapter=adapter,
+        )
+        return PendingReply(card, rendered.text, self.worker.submit(request), renderer)
+
+    async def reply(self, persona_id: str, history: Sequence[Turn]) -> str:
+        return await self.submit(persona_id, history).text()
+
+    def user_turn(self, persona_id: str, text: str) -> Turn:
+        card = self.cards.get(persona_id)
+        return Turn(card.user_label, text)
+
+    def persona_turn(self, persona_id: str, text: str) -> Turn:
+        card = self.cards.get(persona_id)
+        return Turn(card.speaker, text, is_persona=True)

@@ -1,0 +1,352 @@
+"""The generation worker: one thread owns the engine; async callers submit and await.
+
+Requests wait in a bounded queue. The thread takes the oldest one, gathers whatever
+else arrives within a short window (up to ``max_batch_size``, any persona), runs them as
+one mixed-adapter batch and hands each caller its own result. A full queue is refused
+at once rather than letting waits grow without bound; a cancelled or expired request
+that has not started is never computed; a failing batch fails only its own requests.
+
+The request handle (:class:`Ticket`) has both a final result and an async iterator of
+text pieces, so callers that stream today keep working when the engine later admits
+requests between decode steps (continuous batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import torch
+
+from bot.config import WorkerSettings
+from bot.engine import Engine
+from bot.generation import (
+    BASE_ADAPTER,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    QueueFullError,
+    RequestCancelledError,
+    RequestTimeoutError,
+    WorkerStats,
+    WorkerStoppedError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_DONE = object()
+RECENT_BATCHES = 32
+
+
+class Ticket:
+    """A submitted request: await :meth:`result`, iterate pieces, or :meth:`cancel` it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float,
+        worker: GenerationWorker,
+    ) -> None:
+        self.id = next(self._ids)
+        self.request = request
+        self.submitted_at = time.monotonic()
+        self.deadline = self.submitted_at + timeout_s
+        self.state = "queued"  # queued | running | done
+        self._loop = loop
+        self._worker = worker
+        self._future: asyncio.Future[GenerationResult] = loop.create_future()
+        self._pieces: asyncio.Queue[Any] = asyncio.Queue()
+        self._cancelled = threading.Event()
+
+    @property
+    def position(self) -> int:
+        """1-based place in the queue; 0 once generation has started."""
+        return self._worker.position_of(self)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Cancel: a queued request is never computed; a running one stops at its next token."""
+        self._cancelled.set()
+        self._worker.forget(self)
+        self._finish(exc=RequestCancelledError("The request was cancelled."))
+
+    async def result(self) -> GenerationResult:
+        remaining = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), max(remaining, 0.001))
+        except TimeoutError:
+            self._cancelled.set()
+            self._worker.forget(self)
+            self._finish(
+                exc=RequestTimeoutError("The reply took too long and was given up. Please try again.")
+            )
+            return await self._future
+        except asyncio.CancelledError:
+            self.cancel()  # the awaiting task went away: nobody wants this reply
+            raise
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        while True:
+            piece = await self._pieces.get()
+            if piece is _DONE:
+                return
+            yield piece
+
+    # Called from the worker thread through the loop.
+    def _finish(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
+        if self._future.done():
+            return
+        self.state = "done"
+        if exc is not None:
+            self._future.set_exception(exc)
+            self._future.exception()  # mark retrieved: a cancelled caller may never await it
+        else:
+            self._future.set_result(result)
+        self._pieces.put_nowait(_DONE)
+
+    def _deliver(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._finish, result, exc)
+
+    def _piece(self, text: str) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._pieces.put_nowait, text)
+
+
+class GenerationWorker:
+    def __init__(self, engine: Engine, settings: WorkerSettings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or WorkerSettings()
+        self._queue: collections.deque[Ticket] = collections.deque()
+        self._controls: collections.deque[
+            tuple[Callable[[Engine], Any], asyncio.Future, asyncio.AbstractEventLoop]
+        ] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._stopping = False
+        self._running: list[Ticket] = []
+        self._batch_sizes: collections.deque[int] = collections.deque(maxlen=RECENT_BATCHES)
+        self._batch_tokens: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT_BATCHES)
+        self._batches_run = 0
+        self._failed = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
+        self._thread.start()
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop taking requests, let queued ones finish for up to ``drain_timeout``, fail the rest."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue and not self._running:
+                    break
+            await asyncio.sleep(0.05)
+        with self._cond:
+            self._stopping = True
+            leftovers = list(self._queue) + list(self._running)
+            self._queue.clear()
+            self._cond.notify_all()
+        for ticket in leftovers:
+            ticket._cancelled.set()
+            ticket._finish(exc=WorkerStoppedError("The bot is shutting down; this message was not answered."))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    # -- the async side --------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, timeout_s: float | None = None) -> Ticket:
+        """Queue a request; raises QueueFullError at once when the queue is full. Call from the event loop."""
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(request, loop, timeout_s or self.settings.request_timeout_s, self)
+        with self._cond:
+            if not self._accepting:
+                raise WorkerStoppedError("The bot is shutting down and takes no new messages.")
+            if len(self._queue) >= self.settings.queue_size:
+                raise QueueFullError(len(self._queue), self.settings.queue_size)
+            self._queue.append(ticket)
+            self._cond.notify_all()
+        return ticket
+
+    async def call(self, fn: Callable[[Engine], T]) -> T:
+        """Run ``fn(engine)`` on the worker thread between batches (adapter loads, memory figures)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            if self._thread is None or self._stopping:
+                raise WorkerStoppedError("The generation worker is not running.")
+            self._controls.append((fn, future, loop))
+            self._cond.notify_all()
+        return await future
+
+    def position_of(self, ticket: Ticket) -> int:
+        with self._cond:
+            try:
+                return self._queue.index(ticket) + 1
+            except ValueError:
+                return 0
+
+    def forget(self, ticket: Ticket) -> None:
+        with self._cond, contextlib.suppress(ValueError):
+            self._queue.remove(ticket)
+
+    def stats(self) -> WorkerStats:
+        with self._cond:
+            depth, running = len(self._queue), len(self._running)
+            sizes = list(self._batch_sizes)
+            tokens = sum(t for t, _ in self._batch_tokens)
+            seconds = sum(s for _, s in self._batch_tokens)
+        memory = None
+        if self.engine.device.type == "cuda":
+            memory = torch.cuda.memory_allocated(self.engine.device) / 2**20
+        return WorkerStats(
+            queue_depth=depth,
+            queue_capacity=self.settings.queue_size,
+            in_flight=running,
+            recent_batch_sizes=sizes,
+            tokens_per_s=tokens / seconds if seconds else 0.0,
+            batches_run=self._batches_run,
+            requests_failed=self._failed,
+            adapters=self.engine.adapters(),
+            device=str(self.engine.device),
+            device_memory_mb=memory,
+        )
+
+    # -- the worker thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._run_batch(batch)
+
+    def _next_batch(self) -> list[Ticket] | None:
+        """Wait for work; gather a batch within the window. None means stop."""
+        window = self.settings.batch_window_ms / 1000
+        with self._cond:
+            while not self._queue and not self._controls and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            control = self._controls.popleft() if self._controls else None
+        if control is not None:
+            self._run_control(*control)
+            return []
+        with self._cond:
+            gather_until = time.monotonic() + window
+            while len(self._queue) < self.settings.max_batch_size and not self._stopping:
+                left = gather_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch: list[Ticket] = []
+            now = time.monotonic()
+            while self._queue and len(batch) < self.settings.max_batch_size:
+                ticket = self._queue.popleft()
+                if ticket.cancelled:
+                    continue
+                if now > ticket.deadline:
+                    ticket._deliver(exc=RequestTimeoutError("The reply took too long and was given up."))
+                    continue
+                if ticket.request.adapter != BASE_ADAPTER and not self.engine.has_adapter(
+                    ticket.request.adapter
+                ):
+                    ticket._deliver(
+                        exc=GenerationError(f"The adapter {ticket.request.adapter!r} is not loaded.")
+                    )
+                    continue
+                ticket.state = "running"
+                batch.append(ticket)
+            self._running = batch
+        return batch
+
+    def _run_control(self, fn, future: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+        def settle(value=None, exc=None):
+            if not future.done():
+                future.set_exception(exc) if exc is not None else future.set_result(value)
+
+        try:
+            value = fn(self.engine)
+        except Exception as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, value, None)
+
+    def _run_batch(self, batch: list[Ticket]) -> None:
+        try:
+            self._generate(batch)
+        finally:
+            with self._cond:
+                self._running = []
+
+    def _generate(self, batch: list[Ticket]) -> None:
+        try:
+            results = self.engine.generate(
+                [t.request for t in batch],
+                on_piece=lambda i, text: batch[i]._piece(text),
+                is_cancelled=lambda i: batch[i].cancelled,
+            )
+        except torch.OutOfMemoryError:
+            if len(batch) > 1:
+                # Smaller batches need less activation memory; halve until it fits or one row fails alone.
+                log.warning("out of memory on a batch of %d; retrying in halves", len(batch))
+                _empty_cache()
+                half = len(batch) // 2
+                self._generate(batch[:half])
+                self._generate(batch[half:])
+                return
+            self._fail(
+                batch, GenerationError("The model ran out of memory on this message. Try a shorter one.")
+            )
+            return
+        except Exception as exc:
+            log.exception("generation failed for a batch of %d", len(batch))
+            self._fail(batch, GenerationError(f"Generation failed: {type(exc).__name__}: {exc}"))
+            return
+        tokens = sum(r.new_tokens for r in results)
+        with self._cond:
+            self._batches_run += 1
+            self._batch_sizes.append(len(batch))
+            self._batch_tokens.append((tokens, results[0].seconds if results else 0.0))
+        for ticket, result in zip(batch, results, strict=True):
+            if result.finish_reason == "cancelled":
+                ticket._deliver(exc=RequestCancelledError("The request was cancelled."))
+            else:
+                ticket._deliver(result=result)
+
+    def _fail(self, batch: list[Ticket], error: GenerationError) -> None:
+        with self._cond:
+            self._failed += len(batch)
+        for ticket in batch:
+            ticket._deliver(exc=error)
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
