@@ -1,0 +1,358 @@
+"""The store against a real SQLite file: migrations, state, decisions, privacy, locking."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.migrations import LATEST_VERSION, MIGRATIONS
+from bot.store import LogEntry, ReviewNotFoundError, Store, StoreError, normalize_iso
+
+
+def entry(user_id: int | None = 10, **overrides) -> LogEntry:
+    values = dict(
+        guild_id=1,
+        channel_id=2,
+        message_id=3,
+        user_id=user_id,
+        persona_id="marisa",
+        adapter_version="v1",
+        prompt="ユーザー: こんにちは\n魔理沙: ",
+        user_text="こんにちは",
+        reply="よう、元気か？だぜ",
+        params={"temperature": 0.7},
+        latency_ms=120,
+    )
+    values.update(overrides)
+    return LogEntry(**values)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await Store.open(tmp_path / "db" / "bot.sqlite3")
+    yield s
+    await s.close()
+
+
+async def test_open_creates_wal_database_at_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "bot.sqlite3"
+    s = await Store.open(path)
+    assert await s.schema_version() == LATEST_VERSION
+    await s.close()
+    await s.close()  # closing twice is harmless
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == [m.version for m in MIGRATIONS]
+
+
+async def test_migrates_an_old_database_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as raw:  # what a version-1 release left on disk
+        raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)")
+        for statement in MIGRATIONS[0].statements:
+            raw.execute(statement)
+        raw.execute("INSERT INTO schema_version VALUES (1, '2024-01-01T00:00:00+00:00')")
+        raw.execute(
+            "INSERT INTO logs (created_at, user_id, persona_id, prompt, user_text, reply, params, status, origin,"
+            " decision, decided_by, decided_at) VALUES ('2024-01-01T00:00:00+00:00', 77, 'marisa', 'p', 'q', 'r',"
+            " '{}', 'pending', 'live', 'approved', 5, '2024-01-02T00:00:00+00:00')"
+        )
+        raw.execute("INSERT INTO channel_state VALUES (9, 'zundamon', NULL, '2024-01-01')")
+    s = await Store.open(path)
+    try:
+        assert await s.schema_version() == LATEST_VERSION
+        assert await s.channel_persona(9) == "zundamon"
+        rows = await s.approved_for_export()
+        assert [(r.question, r.reply) for r in rows] == [("q", "r")]
+        # The migration back-filled the requester as a participant, so forget reaches old rows.
+        assert await s.forget_user(77) == 1
+        assert await s.approved_for_export() == []
+    finally:
+        await s.close()
+
+
+async def test_refuses_a_database_from_a_newer_version(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    s = await Store.open(path)
+    await s.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO schema_version VALUES (?, 'x')", (LATEST_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        await Store.open(path)
+
+
+async def test_channel_state_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    s = await Store.open(path)
+    assert await s.channel_persona(5) is None
+    assert await s.channel_reset_marker(5) is None
+    await s.set_channel_persona(5, "marisa")
+    await s.reset_channel(5, 12345)
+    await s.set_channel_persona(5, "zundamon")  # the marker is kept when the persona changes
+    await s.close()
+    s = await Store.open(path)
+    assert await s.channel_persona(5) == "zundamon"
+    assert await s.channel_reset_marker(5) == 12345
+    await s.set_channel_persona(5, None)
+    assert await s.channel_persona(5) is None
+    await s.close()
+
+
+async def test_log_reply_round_trips_every_field(store: Store) -> None:
+    log_id = await store.log_reply(
+        entry(status="blocked", blocked_words=("ばか",), reply_message_id=99, participants=(10, 11))
+    )
+    assert log_id is not None
+    item = await store.get_review(log_id)
+    assert item is not None
+    assert (item.guild_id, item.channel_id, item.message_id, item.user_id) == (1, 2, 3, 10)
+    assert item.persona_id == "marisa" and item.adapter_version == "v1"
+    assert item.params == {"temperature": 0.7} and item.latency_ms == 120
+    assert item.status == "blocked" and item.blocked_words == ("ばか",)
+    assert item.reply_message_id == 99 and item.origin == "live"
+    await store.set_reply_message(log_id, 100)
+    assert (await store.get_review(log_id)).reply_message_id == 100
+
+
+async def test_log_reply_rejects_unknown_status(store: Store) -> None:
+    with pytest.raises(ValueError):
+        await store.log_reply(entry(status="posted"))
+    with pytest.raises(ValueError):
+        await store.log_reply(entry(origin="web"))
+
+
+async def test_decide_records_once_and_reports_the_winner(store: Store) -> None:
+    log_id = await store.log_reply(entry())
+    first = await store.decide(log_id, 501, "approved")
+    assert not first.already_decided and first.decision == "approved" and first.moderator_id == 501
+    second = await store.decide(log_id, 502, "rejected")
+    assert second.already_decided and second.decision == "approved" and second.moderator_id == 501
+
+
+async def test_decide_validates_input(store: Store) -> None:
+    log_id = await store.log_reply(entry())
+    with pytest.raises(ValueError):
+        await store.decide(log_id, 1, "maybe")
+    with pytest.raises(ValueError):
+        await store.decide(log_id, 1, "edited", "   ")
+    with pytest.raises(ReviewNotFoundError):
+        await store.decide(999_999, 1, "approved")
+    # a failed attempt leaves the row undecided
+    assert (await store.get_review(log_id)).decision is None
+
+
+async def test_double_click_race_one_store(store: Store) -> None:
+    log_id = await store.log_reply(entry())
+    outcomes = await asyncio.gather(*(store.decide(log_id, 600 + i, "approved") for i in range(10)))
+    winners = [o for o in outcomes if not o.already_decided]
+    assert len(winners) == 1
+    assert {o.moderator_id for o in outcomes} == {winners[0].moderator_id}
+
+
+async def test_double_click_race_two_processes(tmp_path: Path) -> None:
+    """Two connections (as two bot processes would have) decide the same row at the same moment."""
+    path = tmp_path / "race.sqlite3"
+    a = await Store.open(path)
+    b = await Store.open(path)
+    try:
+        log_id = await a.log_reply(entry())
+        outcomes = await asyncio.gather(
+            a.decide(log_id, 1, "approved"), b.decide(log_id, 2, "edited", "直したんだぜ")
+        )
+        assert sorted(o.already_decided for o in outcomes) == [False, True]
+        assert outcomes[0].moderator_id == outcomes[1].moderator_id
+        assert outcomes[0].decision == outcomes[1].decision
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_export_uses_edited_text_and_skips_rejected(store: Store) -> None:
+    a = await store.log_reply(entry(reply="元の返事"))
+    b = await store.log_reply(entry(reply="だめな返事"))
+    c = await store.log_reply(entry(reply="未決定"))
+    d = await store.log_reply(entry(persona_id="zundamon", reply="なのだ"))
+    await store.decide(a, 1, "edited", "直した返事だぜ")
+    await store.decide(b, 1, "rejected")
+    await store.decide(d, 1, "approved")
+    rows = await store.approved_for_export("marisa")
+    assert [(r.log_id, r.reply, r.original_reply, r.decision) for r in rows] == [
+        (a, "直した返事だぜ", "元の返事", "edited")
+    ]
+    assert {r.log_id for r in await store.approved_for_export()} == {a, d}
+    assert c not in {r.log_id for r in await store.approved_for_export()}
+
+
+async def test_count_approved_since(store: Store) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for _ in range(3):
+        await store.decide(await store.log_reply(entry()), 1, "approved")
+    await store.decide(await store.log_reply(entry()), 1, "rejected")
+    assert await store.count_approved_since("marisa", None) == 3
+    assert await store.count_approved_since("marisa", before.strftime("%Y-%m-%dT%H:%M:%SZ")) == 3
+    assert (
+        await store.count_approved_since("marisa", (datetime.now(UTC) + timedelta(hours=1)).isoformat()) == 0
+    )
+    assert await store.count_approved_since("zundamon", None) == 0
+
+
+def test_normalize_iso_accepts_z_offsets_and_naive() -> None:
+    assert normalize_iso("2024-05-01T09:00:00+09:00") == normalize_iso("2024-05-01T00:00:00Z")
+    assert normalize_iso("2024-05-01T00:00:00") == normalize_iso("2024-05-01T00:00:00+00:00")
+
+
+async def test_opted_out_user_is_never_logged_and_never_exported(store: Store) -> None:
+    kept = await store.log_reply(entry(user_id=10))
+    await store.decide(kept, 1, "approved")
+    await store.set_opt_out(10, True)
+    assert await store.is_opted_out(10)
+    assert await store.log_reply(entry(user_id=10)) is None
+    # someone else's reply whose context holds the opted-out user's words is not kept either
+    assert await store.log_reply(entry(user_id=20, participants=(10, 20))) is None
+    assert await store.approved_for_export() == []  # the earlier row is held back while opted out
+    assert await store.opted_out_among([10, 20, 30]) == {10}
+    await store.set_opt_out(10, False)
+    assert not await store.is_opted_out(10)
+    assert [r.log_id for r in await store.approved_for_export()] == [kept]
+
+
+async def test_forget_deletes_rows_cards_and_context_rows(store: Store) -> None:
+    own = await store.log_reply(entry(user_id=10))
+    ctx = await store.log_reply(entry(user_id=20, participants=(10, 20)))
+    other = await store.log_reply(entry(user_id=20))
+    await store.mark_posted(own, 700, 701)
+    for log_id in (own, ctx, other):
+        await store.decide(log_id, 1, "approved")
+    result = await store.forget_user_detailed(10)
+    assert result.deleted == 2
+    assert result.review_cards == ((700, 701),)
+    assert await store.get_review(own) is None and await store.get_review(ctx) is None
+    assert [r.log_id for r in await store.approved_for_export()] == [other]
+    assert await store.forget_user(10) == 0
+
+
+async def test_forget_wins_over_a_reply_logged_late(store: Store) -> None:
+    """A reply still generating when the user ran /forget must not be kept afterwards."""
+    asked = datetime.now(UTC).isoformat()
+    await asyncio.sleep(0.01)
+    await store.forget_user(10)
+    assert await store.log_reply(entry(user_id=10, requested_at=asked)) is None
+    # a message written after the forget is new data and is logged normally
+    await asyncio.sleep(0.01)
+    later = await store.log_reply(entry(user_id=10, requested_at=datetime.now(UTC).isoformat()))
+    assert later is not None
+
+
+async def test_forget_tombstone_blocks_export_of_a_row_that_slipped_in(tmp_path: Path) -> None:
+    path = tmp_path / "slip.sqlite3"
+    s = await Store.open(path)
+    asked = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    log_id = await s.log_reply(entry(user_id=10, requested_at=asked))
+    await s.decide(log_id, 1, "approved")
+    await s.close()
+    with sqlite3.connect(path) as raw:  # a tombstone newer than the request, row still present
+        raw.execute("INSERT INTO forgotten_users VALUES (10, ?)", (datetime.now(UTC).isoformat(),))
+    s = await Store.open(path)
+    try:
+        assert await s.approved_for_export() == []
+        assert await s.count_approved_since(None, None) == 0
+    finally:
+        await s.close()
+
+
+async def test_candidates_are_queued_for_review_once(store: Store) -> None:
+    cand = await store.add_candidate("zundamon", "質問", "答えなのだ", "prompt", "v2", {"temperature": 0.5})
+    live = await store.log_reply(entry())
+    items = await store.unposted_reviews()
+    assert [i.log_id for i in items] == [cand, live]
+    assert items[0].origin == "generated" and items[0].user_id is None
+    assert await store.claim_review(cand)
+    assert not await store.claim_review(cand)  # a second poster cannot take it
+    assert [i.log_id for i in await store.unposted_reviews()] == [live]
+    await store.mark_posted(cand, 50, 51)
+    assert not await store.claim_review(cand)
+    assert (await store.get_review(cand)).review_message_id == 51
+    # a failed post gives the claim back
+    assert await store.claim_review(live)
+    await store.release_review(live)
+    assert [i.log_id for i in await store.unposted_reviews()] == [live]
+
+
+async def test_claims_of_a_dead_run_are_released_at_startup(tmp_path: Path) -> None:
+    path = tmp_path / "claims.sqlite3"
+    s = await Store.open(path)
+    log_id = await s.log_reply(entry())
+    assert await s.claim_review(log_id)
+    await s.close()
+    s = await Store.open(path)
+    try:
+        assert await s.unposted_reviews() == []
+        assert await s.release_all_claims() == 1
+        assert [i.log_id for i in await s.unposted_reviews()] == [log_id]
+    finally:
+        await s.close()
+
+
+async def test_decided_items_are_not_posted(store: Store) -> None:
+    log_id = await store.log_reply(entry())
+    await store.decide(log_id, 1, "rejected")
+    assert await store.unposted_reviews() == []
+
+
+async def test_write_waits_out_a_locked_database(tmp_path: Path) -> None:
+    """Another process holds the write lock for a while: the reply is still logged, not lost."""
+    path = tmp_path / "locked.sqlite3"
+    s = await Store.open(path, busy_timeout_ms=20, base_delay_s=0.02, max_attempts=12)
+    locked = threading.Event()
+
+    def hold_lock() -> None:
+        raw = sqlite3.connect(path, isolation_level=None)
+        raw.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(0.6)
+        raw.execute("COMMIT")
+        raw.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        await asyncio.to_thread(locked.wait)
+        log_id = await s.log_reply(entry())
+        assert log_id is not None
+        assert (await s.get_review(log_id)).reply == entry().reply
+    finally:
+        holder.join()
+        await s.close()
+
+
+async def test_gives_up_on_a_lock_that_never_ends(tmp_path: Path) -> None:
+    path = tmp_path / "stuck.sqlite3"
+    s = await Store.open(path, busy_timeout_ms=10, base_delay_s=0.01, max_attempts=3)
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await s.log_reply(entry())
+    finally:
+        raw.execute("ROLLBACK")
+        raw.close()
+        await s.close()
+    s = await Store.open(path)
+    try:
+        assert await s.unposted_reviews() == []  # the failed write left nothing half-done
+    finally:
+        await s.close()
+
+
+async def test_stats(store: Store) -> None:
+    a = await store.log_reply(entry())
+    await store.log_reply(entry(status="blocked"))
+    await store.decide(a, 1, "approved")
+    assert await store.stats() == {"logged": 2, "undecided": 1, "decided": 1, "blocked": 1}
