@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trainer.commands.tiny_model",
         "build a tiny random-weight model folder for offline trials",
     ),
+    "prepare": ("trainer.commands.prepare", "convert raw sources into one normalized dialogue JSONL"),
+    "fetch": ("trainer.commands.fetch", "download a public dataset (prints its license)"),
 }
 
 
