@@ -120,7 +120,7 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
             device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
         )
     except (OSError, ValueError, ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
             f"could not load base model {name!r}: {reason}. Without internet, point OSHABERI_MODEL at a local "
             "model folder (python -m trainer tiny-model models/tiny makes a small one)"

@@ -1,0 +1,107 @@
+"""``python -m bot``: the Discord bot when DISCORD_TOKEN is set, else the console chat.
+
+python -m bot                       # Discord if a token is set, else console chat
+python -m bot chat [--persona ID] [--model HUB_ID_OR_DIR]
+python -m bot run                   # Discord only; fails without a token
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+
+from bot.config import ConfigError, Settings, discord_token, load_settings
+from bot.model_loading import ModelLoadError
+from personas.card import UnknownPersonaError
+
+log = logging.getLogger("bot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Shared options are accepted before or after the subcommand; SUPPRESS keeps the later
+    # parser from overwriting an earlier value with its default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config TOML (default: oshaberi.toml, or $OSHABERI_CONFIG)",
+    )
+    common.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="base model: a hub id or a local folder (overrides the config)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description=__doc__,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command")
+    chat = sub.add_parser(
+        "chat", parents=[common], help="talk to a persona in the terminal (reads stdin when piped)"
+    )
+    chat.add_argument("--persona", help="persona id (default: chat.default_persona)")
+    sub.add_parser("run", parents=[common], help="run the Discord bot (needs DISCORD_TOKEN)")
+    return parser
+
+
+def run_chat(settings: Settings, persona_id: str | None) -> int:
+    from bot.console import run_console
+    from bot.runtime import Runtime
+
+    async def main() -> int:
+        runtime = await Runtime.start(settings)
+        try:
+            return await run_console(runtime, persona_id or settings.chat.default_persona)
+        finally:
+            await runtime.close(drain_timeout=5)
+
+    return asyncio.run(main())
+
+
+def run_discord(settings: Settings, token: str) -> int:
+    """Start the Discord bot (bot/discord/app.py)."""
+    from bot.discord.app import run
+
+    return run(settings, token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    # Logs go to stderr, so piped console output stays clean.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        # Offline, the hub client warns once per file it tries; the one-line error below says it all.
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        if getattr(args, "model", None):
+            settings = replace(settings, model=replace(settings.model, base_model=args.model))
+        token = discord_token()
+        if args.command == "run" or (args.command is None and token):
+            if not token:
+                print("error: DISCORD_TOKEN is not set (environment or .env)", file=sys.stderr)
+                return 2
+            return run_discord(settings, token)
+        return run_chat(settings, getattr(args, "persona", None))
+    except (ConfigError, ModelLoadError, UnknownPersonaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
