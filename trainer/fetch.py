@@ -102,7 +102,9 @@ def download(url: str, target: Path, timeout: float = TIMEOUT_S) -> int:
                 out.write(chunk)
                 size += len(chunk)
         if size < 1024 and tmp.read_bytes().startswith(_LFS_POINTER):
-            raise FetchError(f"{url} is a Git LFS pointer, not the file itself; try the github.com/…/raw/ URL")
+            raise FetchError(
+                f"{url} is a Git LFS pointer, not the file itself; try the github.com/…/raw/ URL"
+            )
         os.replace(tmp, target)
         return size
     except urllib.error.HTTPError as exc:

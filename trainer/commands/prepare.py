@@ -42,10 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", "-f", required=True, choices=sorted(FORMATS), help="source format")
     parser.add_argument("src", nargs="+", type=Path, metavar="SRC", help="a file, or a folder to scan")
     parser.add_argument("-o", "--output", required=True, type=Path, help="the JSONL to write")
-    parser.add_argument("--source", default="", help='the "source" written on each line (default: the format)')
     parser.add_argument(
-        "--persona-speaker", help="nucc/open2ch/script: the speaker the persona learns from"
+        "--source", default="", help='the "source" written on each line (default: the format)'
     )
+    parser.add_argument("--persona-speaker", help="nucc/open2ch/script: the speaker the persona learns from")
     parser.add_argument("--keep-x", action="store_true", help="nucc: keep X (non-participant) turns")
     parser.add_argument(
         "--ranking",
@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-rows", type=_row_ranges, metavar="ROWS", help="pairs/alpaca/lines: e.g. 79-88,100 (1-based)"
     )
-    parser.add_argument("--exclude-regex", type=_regex, metavar="RE", help="skip dialogues with a matching turn")
+    parser.add_argument(
+        "--exclude-regex", type=_regex, metavar="RE", help="skip dialogues with a matching turn"
+    )
     parser.add_argument(
         "--max-turns", type=_positive, default=0, metavar="N", help="cut longer dialogues into windows"
     )

@@ -32,7 +32,9 @@ def collect_files(fmt: str, sources: Iterable[Path], exclude: Iterable[Path] = (
     seen: dict[str, Path] = {}
     for path in files:
         if path.stem in seen and seen[path.stem].resolve() != path.resolve():
-            raise ValueError(f"{seen[path.stem]} and {path} share the stem {path.stem!r}, so their ids would collide")
+            raise ValueError(
+                f"{seen[path.stem]} and {path} share the stem {path.stem!r}, so their ids would collide"
+            )
         seen[path.stem] = path
     return list(dict.fromkeys(files))
 
@@ -60,4 +62,12 @@ def convert_files(
             report.bad(path, 0, f"cannot read: {exc.strerror or exc}")
 
 
-__all__ = ["COMMON_OPTIONS", "FORMATS", "ConvertOptions", "Dialogue", "Report", "collect_files", "convert_files"]
+__all__ = [
+    "COMMON_OPTIONS",
+    "FORMATS",
+    "ConvertOptions",
+    "Dialogue",
+    "Report",
+    "collect_files",
+    "convert_files",
+]

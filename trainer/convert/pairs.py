@@ -77,7 +77,9 @@ def record_turns(record: dict[str, Any], line: int) -> list[Utterance]:
     else:
         instruction = field_text(record, "instruction", "question")
         reply = field_text(record, "output", "answer")
-        prompt = None if instruction is None else instruction_text(instruction, field_text(record, "input") or "")
+        prompt = (
+            None if instruction is None else instruction_text(instruction, field_text(record, "input") or "")
+        )
     if prompt is None or reply is None:
         raise ValueError(f"no {COLUMNS_HELP} fields")
     return [Utterance(USER_SPEAKER, prompt, line), Utterance(PERSONA_SPEAKER, reply, line)]
