@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trainer.commands.tiny_model",
         "build a tiny random-weight model folder for offline trials",
     ),
+    "train": ("trainer.commands.train", "train a persona's LoRA adapter; saves a new adapter version"),
     "prepare": ("trainer.commands.prepare", "convert raw sources into one normalized dialogue JSONL"),
     "fetch": ("trainer.commands.fetch", "download a public dataset (prints its license)"),
 }

@@ -1,0 +1,84 @@
+"""``train --persona ID``: train a new adapter version and make it the persona's current one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from trainer.config import add_override_arguments, overrides_from_args
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--persona", required=True, help="persona id (a folder under personas/)")
+    parser.add_argument(
+        "--train-config", type=Path, help="training TOML (default: trainer/default_train.toml)"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run: 'last', its version name, or its runs/ folder",
+    )
+    parser.add_argument("--version", help="name for the new version (default: the UTC start time)")
+    parser.add_argument(
+        "--no-activate",
+        action="store_true",
+        help="save the version but leave the persona's CURRENT pointer where it is",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    add_override_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bot.config import ConfigError, load_settings
+    from bot.model_loading import ModelLoadError
+    from personas.card import UnknownPersonaError, load_cards
+    from trainer.config import TrainConfigError, load_train_config
+    from trainer.dataset import DataError
+    from trainer.train import TrainingInterrupted, checkpoint_config, find_resumable, train
+
+    try:
+        settings = load_settings(args.config)
+        cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
+        card = cards.get(args.persona)
+        overrides = overrides_from_args(args)
+        cfg = load_train_config(args.train_config, card.id, overrides)
+        resume = None
+        if args.resume:
+            resume = find_resumable(cfg, card.id, args.resume)
+            cfg = checkpoint_config(resume, overrides)
+        result = train(
+            settings,
+            card,
+            cfg,
+            resume=resume,
+            version=args.version,
+            activate=not args.no_activate,
+            progress=not args.no_progress,
+        )
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    except (
+        ConfigError,
+        TrainConfigError,
+        DataError,
+        ModelLoadError,
+        UnknownPersonaError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+    ) as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 1
+    m = result.metrics
+    val = (
+        f"{m['val_loss']:.4f} (perplexity {m['val_perplexity']:.2f})" if m["val_loss"] is not None else "n/a"
+    )
+    print(f"{result.persona}: adapter version {result.version} saved to {result.path}")
+    print(f"  steps {m['steps']}, validation loss {val}, {m['train_seconds']} s")
+    print("  now current" if result.activated else "  not activated (--no-activate)")
+    return 0

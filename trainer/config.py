@@ -1,0 +1,179 @@
+"""Training hyper-parameters: one TOML file (``trainer/default_train.toml`` unless told
+otherwise), optional per-persona tables in it, then command-line overrides.
+
+Precedence, lowest first: the dataclass defaults, the file's top-level keys, the file's
+``[personas.<id>]`` table, ``--<key>`` flags. Every key is a flag, generated from the
+dataclass, so the README, the TOML file and ``--help`` can never disagree about names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parent / "default_train.toml"
+
+
+class TrainConfigError(ValueError):
+    """A training setting that cannot be used; the message names the file or flag and the key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # -- data ---------------------------------------------------------------
+    # Normalized dialogue JSONL files (globs allowed); {data_dir} and {persona} are filled in.
+    data: tuple[str, ...] = ("{data_dir}/{persona}.jsonl",)
+    # Exported review decisions, mixed in when the file exists ("" to leave them out).
+    reviewed: str = "{data_dir}/{persona}-reviewed.jsonl"
+    # Copies of each reviewed dialogue: moderator-approved text is scarce and on-voice.
+    reviewed_repeat: int = 1
+    # Speakers that count as the persona in dialogues without a "persona" field.
+    persona_speakers: tuple[str, ...] = ()
+    val_fraction: float = 0.05
+    max_length: int = 512
+    # -- LoRA ---------------------------------------------------------------
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ()  # empty: by architecture (bot.model_loading.lora_target_modules)
+    # -- optimisation -------------------------------------------------------
+    epochs: int = 3
+    max_steps: int = 0  # optimizer steps; 0: as many as the epochs take
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 4
+    gradient_checkpointing: str = "auto"  # auto (on with CUDA) | on | off
+    seed: int = 42
+    # -- bookkeeping --------------------------------------------------------
+    eval_every: int = 50  # optimizer steps between validation passes
+    save_every: int = 100  # optimizer steps between resumable checkpoints
+    log_every: int = 10
+    runs_dir: str = "runs"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+_CHOICES = {"gradient_checkpointing": ("auto", "on", "off")}
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    hint = _hints()[key]
+    try:
+        if typing.get_origin(hint) is tuple:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(value)
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except ValueError:
+        raise TrainConfigError(
+            f"{where}: {key} = {value!r} is not a valid {getattr(hint, '__name__', hint)}"
+        ) from None
+    raise TrainConfigError(f"{where}: unsupported type for {key}")
+
+
+def _apply(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise TrainConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+        changes[key] = _coerce(key, value, where)
+    return replace(config, **changes)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    checks = {
+        "r": config.r >= 1,
+        "alpha": config.alpha >= 1,
+        "dropout": 0 <= config.dropout < 1,
+        "epochs": config.epochs >= 1,
+        "max_steps": config.max_steps >= 0,
+        "learning_rate": config.learning_rate > 0,
+        "warmup_ratio": 0 <= config.warmup_ratio < 1,
+        "batch_size": config.batch_size >= 1,
+        "grad_accum": config.grad_accum >= 1,
+        "max_length": config.max_length >= 16,
+        "val_fraction": 0 <= config.val_fraction < 1,
+        "eval_every": config.eval_every >= 1,
+        "save_every": config.save_every >= 1,
+        "log_every": config.log_every >= 1,
+        "reviewed_repeat": config.reviewed_repeat >= 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise TrainConfigError(f"{key} = {getattr(config, key)!r} is out of range")
+    for key, choices in _CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise TrainConfigError(f"{key} must be one of {', '.join(choices)}")
+    return config
+
+
+def load_train_config(
+    path: str | Path | None, persona_id: str, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """The effective config for one persona: file, then its persona table, then overrides."""
+    config_path = Path(path) if path else DEFAULT_TRAIN_CONFIG
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainConfigError(f"train config {config_path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(f"{config_path}: not valid TOML: {exc}") from None
+    per_persona = raw.pop("personas", {})
+    if not isinstance(per_persona, dict):
+        raise TrainConfigError(f"{config_path}: [personas] must hold one table per persona id")
+    config = _apply(TrainConfig(), raw, str(config_path))
+    table = per_persona.get(persona_id, {})
+    if not isinstance(table, dict):
+        raise TrainConfigError(f"{config_path}: [personas.{persona_id}] must be a table")
+    config = _apply(config, table, f"{config_path} [personas.{persona_id}]")
+    config = _apply(config, overrides or {}, "command line")
+    return validate(config)
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One ``--key`` flag per config field (or per field in ``only``), all defaulting to "not given"."""
+    group = parser.add_argument_group("training config overrides (default: the TOML file's values)")
+    hints = _hints()
+    for f in fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if typing.get_origin(hint) is tuple:
+            group.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", metavar="VALUE", default=None)
+        else:
+            group.add_argument(
+                flag, dest=f"cfg_{f.name}", type=hint, choices=_CHOICES.get(f.name), default=None
+            )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None
+    }
