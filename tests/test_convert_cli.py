@@ -116,3 +116,10 @@ def test_converters_import_no_heavy_or_discord_modules():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_missing_ng_list_is_exit_2(tmp_path, capsys):
+    args = ["--format", "open2ch", FIXTURES / "open2ch", "-o", tmp_path / "o.jsonl"]
+    assert prepare(*args, "--ng-words", tmp_path / "none.txt") == 2
+    assert "none.txt" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -153,3 +153,13 @@ def test_two_files_with_one_stem_are_refused(tmp_path):
 def test_a_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         collect_files("lines", [Path(tmp_path / "nope")])
+
+
+def test_folder_scans_skip_hidden_files_and_macos_forks(tmp_path):
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "b.txt").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "._a.txt").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "a.txt").write_text("x\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("y\n", encoding="utf-8")
+    assert collect_files("lines", [tmp_path]) == [tmp_path / "a.txt", tmp_path / "sub" / "c.txt"]

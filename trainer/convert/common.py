@@ -234,8 +234,19 @@ def find_files(src: Path, patterns: Iterable[str]) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such file or folder")
-    found = {p for pattern in patterns for p in src.rglob(pattern) if p.is_file()}
+    found = {
+        p
+        for pattern in patterns
+        for p in src.rglob(pattern)
+        if p.is_file() and not _is_hidden(p.relative_to(src))
+    }
     return sorted(found, key=lambda p: p.relative_to(src).as_posix())
+
+
+def _is_hidden(relative: Path) -> bool:
+    """Dot files (editor backups, macOS ``._x.tsv`` forks) and zips' ``__MACOSX`` folders are
+    not data, though they match the patterns."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
 
 
 # -- normalizing ---------------------------------------------------------------
