@@ -163,3 +163,10 @@ def test_folder_scans_skip_hidden_files_and_macos_forks(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.txt").write_text("y\n", encoding="utf-8")
     assert collect_files("lines", [tmp_path]) == [tmp_path / "a.txt", tmp_path / "sub" / "c.txt"]
+
+
+def test_one_file_named_twice_is_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n", encoding="utf-8")
+    assert collect_files("lines", [tmp_path, tmp_path / "a.txt", tmp_path / "." / "a.txt"]) == [
+        tmp_path / "a.txt"
+    ]

@@ -15,7 +15,15 @@ from pathlib import Path
 from types import ModuleType
 
 from trainer.convert import alpaca, lines, nucc, open2ch, pairs, script
-from trainer.convert.common import ConvertOptions, Dialogue, Report, find_files, normalize, split_turns
+from trainer.convert.common import (
+    ConvertOptions,
+    Dialogue,
+    Report,
+    find_files,
+    normalize,
+    read_dialogues,
+    split_turns,
+)
 
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (nucc, open2ch, script, pairs, alpaca, lines)}
 # Options every format honours, applied here after conversion.
@@ -26,17 +34,20 @@ def collect_files(fmt: str, sources: Iterable[Path], exclude: Iterable[Path] = (
     """The files to convert, in a stable order. Two files with one stem would give the
     same ids, so that is refused before anything is written."""
     skip = {p.resolve() for p in exclude}
-    files: list[Path] = []
+    # Keyed by the resolved path: one file named twice (a folder and a file in it) is read once.
+    files: dict[Path, Path] = {}
     for src in sources:
-        files.extend(p for p in find_files(src, FORMATS[fmt].PATTERNS) if p.resolve() not in skip)
+        for path in find_files(src, FORMATS[fmt].PATTERNS):
+            if path.resolve() not in skip:
+                files.setdefault(path.resolve(), path)
     seen: dict[str, Path] = {}
-    for path in files:
-        if path.stem in seen and seen[path.stem].resolve() != path.resolve():
+    for path in files.values():
+        if path.stem in seen:
             raise ValueError(
                 f"{seen[path.stem]} and {path} share the stem {path.stem!r}, so their ids would collide"
             )
         seen[path.stem] = path
-    return list(dict.fromkeys(files))
+    return list(files.values())
 
 
 def convert_files(
@@ -70,4 +81,5 @@ __all__ = [
     "Report",
     "collect_files",
     "convert_files",
+    "read_dialogues",
 ]
