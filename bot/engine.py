@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class Engine:
         self._resident: dict[str, tuple[str, AdapterInfo]] = {}  # persona -> (internal name, info)
         self._names = itertools.count(1)
         self._banned_cache: dict[str, list[list[int]]] = {}
+        self._vocab_texts: list[str] | None = None  # filled on first use of banned words
         self.max_positions = int(getattr(loaded.model.config, "max_position_embeddings", 2048) or 2048)
 
     @classmethod
@@ -121,9 +123,9 @@ class Engine:
         info = AdapterInfo(name, source.path, source.version, params)
         old = self._resident.get(name)
         self._resident[name] = (internal, info)
+        self._peft.set_adapter(internal)
         if old is not None:
             self._drop_internal(old[0])
-        self._peft.set_adapter(internal)
         log.info("adapter %s loaded from %s (version %s)", name, source.path, source.version)
         return info
 
@@ -135,11 +137,13 @@ class Engine:
     def _drop_internal(self, internal: str) -> None:
         if self._peft is None or internal not in self._peft.peft_config:
             return
-        self._peft.delete_adapter(internal)
-        if self._resident:
-            # PEFT leaves no adapter active after deleting the active one; any resident one will do,
-            # since adapter_names decides per row.
-            self._peft.set_adapter(next(iter(self._resident.values()))[0])
+        others = [n for n, _ in self._resident.values() if n != internal]
+        if internal in self._peft.active_adapters and others:
+            # Any other resident adapter may be the active one: adapter_names decides per row.
+            self._peft.set_adapter(others[0])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            self._peft.delete_adapter(internal)
 
     # -- generation ----------------------------------------------------------
 
@@ -241,9 +245,23 @@ class Engine:
         out = []
         for word in words:
             if word not in self._banned_cache:
-                self._banned_cache[word] = [self.tokenizer(word, add_special_tokens=False)["input_ids"]]
-            out.extend(seq for seq in self._banned_cache[word] if seq)
+                self._banned_cache[word] = self._spellings(word)
+            out.extend(self._banned_cache[word])
         return out
+
+    def _spellings(self, word: str) -> list[list[int]]:
+        """Token sequences that spell ``word``: its own tokenization, the same without the
+        SentencePiece word-start piece (mid-sentence it has none), and every single token
+        that contains the whole word."""
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        seqs = [ids]
+        if len(ids) > 1 and not self.tokenizer.decode(ids[:1]).strip():
+            seqs.append(ids[1:])
+        if self._vocab_texts is None:
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            self._vocab_texts = [_piece_text(p) for p in pieces]
+        seqs.extend([i] for i, text in enumerate(self._vocab_texts) if word in text)
+        return [s for s in seqs if s]
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
         """Pick each row's next token with that row's own settings."""
@@ -318,6 +336,15 @@ class Engine:
             if safe > row.emitted:
                 on_piece(index, row.text[row.emitted : safe])
                 row.emitted = safe
+
+
+def _piece_text(piece: str | None) -> str:
+    """A vocabulary piece as text: word-start marks as spaces, ASCII byte-fallback pieces as their character."""
+    piece = piece or ""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        value = int(piece[3:5], 16)
+        return chr(value) if value < 0x80 else ""
+    return piece.replace("▁", " ")
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
