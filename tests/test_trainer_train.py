@@ -19,7 +19,6 @@ from personas.card import GenerationParams, load_cards
 from personas.render import PromptRenderer, Turn
 from trainer.config import TrainConfig
 from trainer.dataset import continuation_ids, sha256_file
-from trainer.tiny import build_tiny_model
 from trainer.train import STAGING_DIR, TrainingInterrupted, find_resumable, train
 
 CARD = load_cards().get("marisa")
@@ -54,9 +53,9 @@ def write_data(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    model_dir = build_tiny_model(root / "model", "llama")
+    model_dir = tiny_llama
     data = write_data(root / "marisa.jsonl")
     settings = Settings(
         model=ModelSettings(base_model=str(model_dir), device="cpu"),

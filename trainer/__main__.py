@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "build a tiny random-weight model folder for offline trials",
     ),
     "train": ("trainer.commands.train", "train a persona's LoRA adapter; saves a new adapter version"),
+    "eval": ("trainer.commands.eval", "evaluate adapter versions: perplexity, style, probes, ranking"),
     "prepare": ("trainer.commands.prepare", "convert raw sources into one normalized dialogue JSONL"),
     "fetch": ("trainer.commands.fetch", "download a public dataset (prints its license)"),
 }

@@ -1,0 +1,425 @@
+"""Evaluate adapter versions of one persona, side by side on the same data.
+
+Four measures, each answering a different question:
+
+* validation perplexity (the training split's held-out dialogues, persona tokens only):
+  did the adapter learn this persona's data without overfitting it?
+* style adherence on the persona's probe set: of the replies, what share uses one of
+  the card's ``style_markers``, and what share of *sentences* does. The sentence share
+  is the stricter one: a reply that says 「だぜ」 once and then drifts into neutral
+  speech passes the reply test but not the sentence test.
+* the probe answers themselves, for a human to read (numbers miss tone).
+* open2ch response ranking (Recall@1/@5, 1 real reply among 10): did the adapter keep
+  the base model's sense of what is a fitting answer? Each candidate is scored by the
+  summed log-probability of its tokens after the persona's rendered prompt of the
+  context, the score ``eval_ranking.py`` of the corpus ranks by.
+
+Scoring runs on one base model with every version loaded as a named PEFT adapter; then
+the LoRA layers are removed again and the same base model serves the bot's own Engine,
+which generates the probe answers exactly as the bot would (one mixed batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bot.adapters import AdapterSource, current_version, list_versions, persona_dir
+from bot.config import Settings
+from bot.engine import Engine
+from bot.generation import BASE_ADAPTER, GenerationRequest
+from bot.model_loading import LoadedModel, encode_prompt, load_base_model
+from personas.card import PersonaCard
+from personas.render import PromptRenderer, TokenizerFacts, Turn
+from trainer.config import TrainConfig
+from trainer.dataset import IGNORE_INDEX, DataError, Example, build_datasets, collate, continuation_ids
+from trainer.scoring import batch_nll, mean_nll, perplexity
+
+log = logging.getLogger(__name__)
+
+BASE = "base"  # the version label for "no adapter"
+RANKING_CANDIDATES = 10
+RECALL_AT = (1, 5)
+BR_MARK = "__BR__"
+_SENTENCE_RE = re.compile(r"[^。．！？!?♪\n]+[。．！？!?♪]*")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One column of the report: an adapter version, or the bare base model."""
+
+    label: str
+    path: Path | None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            return json.loads((self.path / "metadata.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+
+@dataclass(frozen=True)
+class RankingContext:
+    context: tuple[str, ...]
+    candidates: tuple[str, ...]
+    labels: tuple[int, ...]
+
+
+@dataclass
+class Report:
+    persona: str
+    base_model: str
+    targets: list[Target]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "persona": self.persona,
+            "base_model": self.base_model,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": [
+                {
+                    "label": t.label,
+                    "path": str(t.path) if t.path else None,
+                    "trained": t.metadata.get("metrics"),
+                }
+                for t in self.targets
+            ],
+            "metrics": self.metrics,
+            "probes": self.probes,
+            "notes": self.notes,
+        }
+
+
+# -- what to evaluate --------------------------------------------------------
+
+
+def resolve_target(settings: Settings, persona_id: str, version: str | None) -> Target:
+    """``None``: the persona's current version (else the base model); ``base``; a version name; a path."""
+    adapters = settings.paths.adapters_dir
+    if version is None:
+        version = current_version(adapters, persona_id) or BASE
+    if version == BASE:
+        return Target(BASE, None)
+    path = persona_dir(adapters, persona_id) / version
+    if not (path / "adapter_config.json").is_file():
+        given = Path(version)
+        if (given / "adapter_config.json").is_file():
+            return Target(given.name, given)
+        known = ", ".join(list_versions(adapters, persona_id)) or "none"
+        raise FileNotFoundError(
+            f"no adapter version {version!r} for {persona_id} (known: {known}, or 'base')"
+        )
+    return Target(version, path)
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-blank lines that are not ``#`` comments: the format of questions.txt and probes.txt."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def persona_file(card: PersonaCard, name: str) -> Path:
+    """A file shipped beside the persona's card (probes.txt, questions.txt)."""
+    return Path(card.source).parent / name
+
+
+# -- style ---------------------------------------------------------------------
+
+
+def style_scores(replies: Sequence[str], markers: Sequence[str]) -> dict[str, float | int | None]:
+    """Marker shares per reply and per sentence; None when the card lists no markers."""
+    if not markers:
+        return {"replies": len(replies), "reply_marker_rate": None, "sentence_marker_rate": None}
+    sentences = [s for r in replies for s in _SENTENCE_RE.findall(r) if s.strip()]
+    with_marker = sum(any(m in r for m in markers) for r in replies)
+    sentences_with = sum(any(m in s for m in markers) for s in sentences)
+    return {
+        "replies": len(replies),
+        "reply_marker_rate": with_marker / len(replies) if replies else None,
+        "sentence_marker_rate": sentences_with / len(sentences) if sentences else None,
+        "empty_replies": sum(not r.strip() for r in replies),
+    }
+
+
+# -- ranking -------------------------------------------------------------------
+
+
+def read_ranking(path: Path, limit: int | None = None) -> list[RankingContext]:
+    """Groups of 10 rows (label, context posts..., candidate) sharing one context."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3 or parts[0] not in ("0", "1"):
+                if line.strip():
+                    raise DataError(f"{path}:{lineno}: expected 'label<TAB>context...<TAB>candidate'")
+                continue
+            rows.append((int(parts[0]), tuple(parts[1:-1]), parts[-1]))
+    if len(rows) % RANKING_CANDIDATES:
+        raise DataError(f"{path}: {len(rows)} rows is not a multiple of {RANKING_CANDIDATES}")
+    contexts = []
+    for k in range(0, len(rows), RANKING_CANDIDATES):
+        group = rows[k : k + RANKING_CANDIDATES]
+        if len({r[1] for r in group}) != 1 or sum(r[0] for r in group) != 1:
+            raise DataError(f"{path}: rows {k + 1}-{k + 10} do not share one context with one real reply")
+        contexts.append(RankingContext(group[0][1], tuple(r[2] for r in group), tuple(r[0] for r in group)))
+        if limit and len(contexts) >= limit:
+            break
+    return contexts
+
+
+def ranking_history(context: Sequence[str], card: PersonaCard) -> list[Turn]:
+    """The posts as a conversation the persona answers: the last post is the user's, and
+    posts alternate between two people, so every other post before it is the persona's."""
+    turns = []
+    for i, post in enumerate(context):
+        persona_side = (len(context) - 1 - i) % 2 == 1
+        text = post.replace(BR_MARK, "\n")
+        turns.append(Turn(card.speaker, text, True) if persona_side else Turn(card.user_label, text))
+    return turns
+
+
+def ranking_examples(ctx: RankingContext, renderer: PromptRenderer, tokenizer) -> list[Example]:
+    """One example per candidate: the rendered context, then the candidate as the persona's reply."""
+    prompt = renderer.render_prompt(ranking_history(ctx.context, renderer.card)).text
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    out = []
+    for candidate in ctx.candidates:
+        ids = continuation_ids(tokenizer, renderer.sanitize(candidate.replace(BR_MARK, "\n")))
+        out.append(Example(prompt_ids + ids, [IGNORE_INDEX] * len(prompt_ids) + ids, "ranking"))
+    return out
+
+
+def recall_at_k(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """eval_ranking.py's Recall@k: the real reply is among the k highest scores."""
+    hits = 0
+    for yt, yp in zip(labels, scores, strict=True):
+        hits += int(any(yt[i] == 1 for i in yp.argsort()[::-1][:k]))
+    return hits / len(labels) if len(labels) else float("nan")
+
+
+@torch.no_grad()
+def ranking_scores(model, contexts, renderer, tokenizer, device, dtype) -> np.ndarray:
+    """Summed log-probability of each candidate given its context, shape (contexts, 10)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = np.zeros((len(contexts), RANKING_CANDIDATES))
+    for i, ctx in enumerate(contexts):
+        sums, _ = batch_nll(model, collate(ranking_examples(ctx, renderer, tokenizer), pad_id), device, dtype)
+        scores[i] = -sums.double().cpu().numpy()
+    return scores
+
+
+# -- the run -------------------------------------------------------------------
+
+
+def _validation_examples(settings, card, cfg, renderer, tokenizer, notes) -> list[Example]:
+    from trainer.train import resolve_data
+
+    try:
+        files, reviewed = resolve_data(settings, card.id, cfg)
+        bundle = build_datasets(
+            card,
+            renderer,
+            tokenizer,
+            files,
+            reviewed,
+            persona_speakers=cfg.persona_speakers,
+            max_length=cfg.max_length,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        )
+    except (DataError, OSError) as exc:
+        notes.append(f"validation perplexity skipped: {exc}")
+        return []
+    if not bundle.val:
+        notes.append("validation perplexity skipped: the split has no validation dialogue")
+    return bundle.val
+
+
+def evaluate(
+    settings: Settings,
+    card: PersonaCard,
+    cfg: TrainConfig,
+    targets: Sequence[Target],
+    *,
+    ranking_path: Path | None = None,
+    ranking_limit: int | None = None,
+    probes: Sequence[str] = (),
+    seed: int = 0,
+    loaded: LoadedModel | None = None,
+) -> Report:
+    """Score every target on the same data; see the module docstring for the measures."""
+    from peft import PeftModel
+
+    loaded = loaded or load_base_model(settings.model)
+    tokenizer = loaded.tokenizer
+    facts = TokenizerFacts.from_tokenizer(tokenizer)
+    renderer = PromptRenderer(card, facts)
+    report = Report(card.id, loaded.base_model, list(targets))
+    metrics: dict[str, dict[str, Any]] = {t.label: {} for t in targets}
+    report.metrics = metrics
+
+    val = _validation_examples(settings, card, cfg, renderer, tokenizer, report.notes)
+    contexts: list[RankingContext] = []
+    if ranking_path is not None:
+        contexts = read_ranking(ranking_path, ranking_limit)
+    else:
+        report.notes.append("ranking skipped: no ranking TSV (fetch open2ch-ranking, or pass --ranking)")
+
+    # 1. Likelihoods: every version as a named adapter of one PEFT model.
+    adapters = [t for t in targets if t.path is not None]
+    model = loaded.model
+    if adapters:
+        model = PeftModel.from_pretrained(loaded.model, str(adapters[0].path), adapter_name="t0")
+        for i, t in enumerate(adapters[1:], start=1):
+            model.load_adapter(str(t.path), adapter_name=f"t{i}")
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for target in targets:
+        if target.path is None:
+            scope = model.disable_adapter() if adapters else contextlib.nullcontext()
+        else:
+            model.set_adapter(f"t{adapters.index(target)}")
+            scope = contextlib.nullcontext()
+        with scope:
+            if val:
+                nll, tokens = mean_nll(
+                    model,
+                    val,
+                    batch_size=cfg.batch_size,
+                    pad_id=pad_id,
+                    device=loaded.device,
+                    dtype=loaded.dtype,
+                )
+                metrics[target.label].update(
+                    val_loss=nll, val_perplexity=perplexity(nll), val_tokens=tokens, val_examples=len(val)
+                )
+            if contexts:
+                scores = ranking_scores(model, contexts, renderer, tokenizer, loaded.device, loaded.dtype)
+                labels = np.array([c.labels for c in contexts])
+                metrics[target.label]["ranking"] = {
+                    "contexts": len(contexts),
+                    **{f"recall@{k}": recall_at_k(labels, scores, k) for k in RECALL_AT},
+                }
+
+    # 2. Generation: the bot's own engine on the same (now adapter-free) base model.
+    if probes:
+        base_model = model.unload() if adapters else loaded.model
+        engine = Engine(replace(loaded, model=base_model))
+        for t in adapters:
+            engine.load_adapter(t.label, AdapterSource(str(t.path), t.label, True), card)
+        answers = generate_answers(
+            engine, renderer, probes, [t.label if t.path else BASE_ADAPTER for t in targets], seed
+        )
+        for target, replies in zip(targets, answers, strict=True):
+            metrics[target.label]["style"] = style_scores(replies, card.style_markers)
+        report.probes = [
+            {"probe": probe, "replies": {t.label: answers[j][i] for j, t in enumerate(targets)}}
+            for i, probe in enumerate(probes)
+        ]
+    return report
+
+
+def generate_answers(
+    engine: Engine,
+    renderer: PromptRenderer,
+    questions: Sequence[str],
+    adapters: Sequence[str],
+    seed: int,
+    batch_size: int = 8,
+) -> list[list[str]]:
+    """Cleaned replies per adapter to each question, sampled with the card's settings.
+
+    The seed depends on the question only, so two versions answering the same question
+    draw the same random numbers: differences come from the adapters, not the dice.
+    """
+    card = renderer.card
+    requests = []
+    for adapter in adapters:
+        for i, question in enumerate(questions):
+            prompt = renderer.render_prompt([Turn(card.user_label, question)])
+            requests.append(
+                GenerationRequest(
+                    persona_id=card.id,
+                    prompt=prompt.text,
+                    params=card.generation,
+                    stop=prompt.stop,
+                    banned_words=card.banned_words,
+                    adapter=adapter,
+                    seed=seed + i,
+                )
+            )
+    texts = []
+    for k in range(0, len(requests), batch_size):
+        texts.extend(renderer.clean_reply(r.text) for r in engine.generate(requests[k : k + batch_size]))
+    n = len(questions)
+    return [texts[j * n : (j + 1) * n] for j in range(len(adapters))]
+
+
+# -- output --------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(report: Report) -> str:
+    """A plain-text table: one row per measure, one column per version, then the probe answers."""
+    labels = [t.label for t in report.targets]
+    m = report.metrics
+    rows = [
+        ("validation loss", [_fmt(m[x].get("val_loss"), 4) for x in labels]),
+        ("validation perplexity", [_fmt(m[x].get("val_perplexity"), 2) for x in labels]),
+        (
+            "replies with a style marker",
+            [_fmt(m[x].get("style", {}).get("reply_marker_rate")) for x in labels],
+        ),
+        (
+            "sentences with a style marker",
+            [_fmt(m[x].get("style", {}).get("sentence_marker_rate")) for x in labels],
+        ),
+        ("empty replies", [_fmt(m[x].get("style", {}).get("empty_replies")) for x in labels]),
+    ]
+    for k in RECALL_AT:
+        rows.append(
+            (f"ranking Recall@{k}", [_fmt(m[x].get("ranking", {}).get(f"recall@{k}")) for x in labels])
+        )
+    contexts = next((m[x]["ranking"]["contexts"] for x in labels if "ranking" in m[x]), None)
+    if contexts:
+        rows.append(("ranking contexts", [str(contexts)] * len(labels)))
+    head = ["measure", *labels]
+    widths = [max(len(head[0]), *(len(r[0]) for r in rows))]
+    widths += [max(len(lab), *(len(r[1][i]) for r in rows)) for i, lab in enumerate(labels)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    out = [f"persona {report.persona} on {report.base_model}", line(head), line(["-" * w for w in widths])]
+    out += [line([name, *cells]) for name, cells in rows]
+    if report.probes:
+        out.append("")
+        out.append("probe answers")
+        for item in report.probes:
+            out.append(f"  {item['probe']}")
+            for label in labels:
+                out.append(f"    [{label}] {item['replies'][label]}")
+    for note in report.notes:
+        out.append(f"note: {note}")
+    return "\n".join(out)
