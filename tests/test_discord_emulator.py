@@ -182,6 +182,7 @@ async def test_bot_connects_and_sees_the_seeded_guild(emu: DiscordEmulator, bot:
     assert sent[:2] == ["READY", "GUILD_CREATE"]
     assert any(r.kind == "recv" and r.op == 1 for r in emu.gateway_log)  # heartbeat
     assert any(r.kind == "send" and r.op == 11 for r in emu.gateway_log)  # ack
+    assert emu.unhandled == []
 
 
 async def test_wrong_token_is_rejected(emu: DiscordEmulator) -> None:
@@ -368,6 +369,43 @@ async def test_persistent_view_button_and_modal(emu: DiscordEmulator, bot: EmuBo
         await emu.click_button(review, "moderator", msg.id, "review:approve")
 
 
+async def test_reactions_members_roles_and_dms(emu: DiscordEmulator, bot: EmuBot) -> None:
+    guild = bot.get_guild(int(emu.guild_id))
+    assert guild is not None
+    member = await guild.fetch_member(int(emu.user_id("member")))
+    assert member.display_name == "太郎"
+    moderator_role = guild.get_role(int(emu.role_id("moderator")))
+    assert moderator_role is not None and {r.name for r in await guild.fetch_roles()} >= {"Moderator"}
+    await member.add_roles(moderator_role)
+    assert emu.role_id("moderator") in emu.state.members[emu.user_id("member")]["roles"]
+
+    sent = await emu.send_message("general", "member", "react to me")
+    channel = bot.get_channel(int(emu.channel_id("general")))
+    assert isinstance(channel, discord.TextChannel)
+    await channel.get_partial_message(int(sent["id"])).add_reaction("👍")
+    assert emu.message(sent["id"]).payload["reactions"] == [
+        {"emoji": {"id": None, "name": "👍"}, "count": 1, "me": True}
+    ]
+    reacted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_raw_reaction_add(payload: discord.RawReactionActionEvent) -> None:
+        if payload.user_id != bot.user.id and not reacted.done():  # type: ignore[union-attr]
+            reacted.set_result(str(payload.emoji))
+
+    bot.add_listener(on_raw_reaction_add)
+    await emu.add_reaction("general", sent["id"], "moderator", "🚩")
+    assert await asyncio.wait_for(reacted, WAIT) == "🚩"
+
+    dm = await member.create_dm()
+    assert str(dm.id) == emu.dm_channel_id("member")
+    await dm.send("こんにちは")
+    assert [m.content for m in emu.messages(dm.id)] == ["こんにちは"]
+    incoming = await emu.send_message(dm.id, "member", "echo dm reply")
+    call = await emu.wait_for_call(posted_to(str(dm.id)), timeout=WAIT)
+    assert str(call.json["message_reference"]["message_id"]) == incoming["id"]
+    assert emu.unhandled == []
+
+
 # ------------------------------------------------------------------------- webhooks
 async def test_webhook_execute_records_persona_identity(emu: DiscordEmulator, bot: EmuBot) -> None:
     channel = bot.get_channel(int(emu.channel_id("chat")))
@@ -496,7 +534,7 @@ async def test_state_file_survives_an_emulator_restart(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ standalone and env
 def test_point_discord_at_from_env_and_restore() -> None:
-    before = discord.http.Route.BASE
+    original = discord.http.Route.BASE
     assert point_discord_at_from_env({}) is False
     restore = point_discord_at("http://127.0.0.1:9/api/v10")
     try:
@@ -504,7 +542,7 @@ def test_point_discord_at_from_env_and_restore() -> None:
         assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == "ws://127.0.0.1:9/gateway"
     finally:
         restore()
-    assert discord.http.Route.BASE == before
+    assert original == discord.http.Route.BASE
 
 
 async def test_standalone_process_with_http_hooks(tmp_path: Path) -> None:

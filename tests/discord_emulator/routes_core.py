@@ -70,18 +70,7 @@ class CoreRoutes:
 
     async def create_dm(self, req: ApiRequest, p: dict[str, str]) -> Reply:
         recipient = self.state.resolve_user(req.body().get("recipient_id", ""))
-        for channel in self.state.channels.values():
-            if channel["type"] == 1 and channel["recipients"][0]["id"] == recipient:
-                return Reply(body=dict(channel))
-        cid = self.state.ids.next()
-        self.state.channels[cid] = {
-            "id": cid,
-            "type": 1,
-            "last_message_id": None,
-            "recipients": [self.state.user_payload(recipient)],
-            "flags": 0,
-        }
-        return Reply(body=dict(self.state.channels[cid]))
+        return Reply(body=self.state.channel_payload(self.state.dm_channel(recipient)))
 
     async def get_user(self, req: ApiRequest, p: dict[str, str]) -> Reply:
         return Reply(body=self.state.user_payload(self.state.resolve_user(p["user_id"])))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .errors import CANNOT_EDIT_OTHERS_MESSAGE, ApiError, form_error
@@ -103,14 +103,20 @@ class MessageRoutes:
             entry["count"] += delta
             if entry["count"] <= 0:
                 reactions.remove(entry)
-        data = {
+        data: dict[str, Any] = {
             "user_id": self.state.application_id,
             "channel_id": msg.channel_id,
             "message_id": msg.id,
             "emoji": {"id": emoji_id or None, "name": name},
+            "burst": False,
+            "type": 0,
         }
+        if delta > 0:
+            data["message_author_id"] = str(msg.payload["author"]["id"])
         if self.state.is_guild_channel(msg.channel_id):
             data["guild_id"] = self.state.guild_id
+            if delta > 0:
+                data["member"] = self.state.member_payload(self.state.application_id)
         event = "MESSAGE_REACTION_ADD" if delta > 0 else "MESSAGE_REACTION_REMOVE"
         self.emu.gateway.dispatch(event, data, channel_id=msg.channel_id)
         return Reply(204)

@@ -194,6 +194,12 @@ class DiscordEmulator:
         """Seed roles: "everyone", "moderator", "bot"."""
         return self.state.role_keys[key]
 
+    def dm_channel_id(self, user: str | int) -> str:
+        """The DM channel between the bot and ``user`` (created if needed), for ``send_message``."""
+        cid = self.state.dm_channel(self.state.resolve_user(user))
+        self.state.save()
+        return cid
+
     def messages(self, channel: str | int) -> list[StoredMessage]:
         return self.state.channel_messages(self.state.resolve_channel(channel))
 

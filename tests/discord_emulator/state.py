@@ -301,6 +301,21 @@ class EmulatorState:
         role_ids = [self.role_keys.get(r, r) for r in roles or []]
         self.members[user_id] = {"roles": role_ids, "nick": nick, "joined_at": "2024-01-01T00:00:00+00:00"}
 
+    def dm_channel(self, user_id: str) -> str:
+        """The bot's DM channel with a user, created on first use (as Discord does)."""
+        for channel in self.channels.values():
+            if channel["type"] == 1 and channel["recipients"][0]["id"] == user_id:
+                return str(channel["id"])
+        cid = self.ids.next()
+        self.channels[cid] = {
+            "id": cid,
+            "type": 1,
+            "last_message_id": None,
+            "recipients": [self.user_payload(user_id)],
+            "flags": 0,
+        }
+        return cid
+
     # --------------------------------------------------------------- resolution
     def resolve_user(self, ref: str | int | dict[str, Any]) -> str:
         """Accept a seed key (``"moderator"``), an id, or a user dict; return the id."""
