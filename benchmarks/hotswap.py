@@ -1,0 +1,266 @@
+"""Multi-adapter throughput: is one mixed-persona batch worth more than serial swaps?
+
+    python -m benchmarks.hotswap --out results.json                 # CPU: GPT-NeoX 12x768, vocab 32000
+    python -m benchmarks.hotswap --shape rinna-3.6b --quant 4bit    # CUDA: the default base model's shape
+
+A model of real shape with random weights, 4 personas each with an r=8 adapter,
+8 concurrent requests (2 per persona), 48-token prompts, 32 forced new tokens, greedy:
+
+* A  serial: one request at a time, ``set_adapter`` then ``generate`` (how the seeds did it)
+* B  mixed: the same requests through the worker, mixed-adapter batches
+* C  single: the same 8 requests in one batch on one adapter with ``generate`` (the ceiling)
+* D  switching between resident adapters, and loading one adapter from disk
+
+Figures, not assertions: speed targets live here, never in timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bot.adapters import AdapterSource
+from bot.config import ModelSettings, WorkerSettings
+from bot.engine import Engine
+from bot.generation import GenerationRequest
+from bot.model_loading import encode_prompt
+from bot.worker import GenerationWorker
+from personas.card import GenerationParams
+from trainer.tiny import TinyShape, build_random_adapter, build_tiny_model
+
+SHAPES = {
+    "tiny": TinyShape(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, vocab_size=32000),
+    "neox-12x768": TinyShape(
+        hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, vocab_size=32000
+    ),
+    # rinna/japanese-gpt-neox-3.6b: 36 layers, hidden 2816, 22 heads, vocab 32000.
+    "rinna-3.6b": TinyShape(
+        hidden_size=2816, num_layers=36, num_heads=22, intermediate_size=11264, vocab_size=32000
+    ),
+}
+PERSONAS = ("marisa", "zundamon", "ojousama", "nucc")
+PROMPT_TOKENS = 48
+NEW_TOKENS = 32
+TEXT_POOL = (
+    "今日はとてもいい天気なので、魔法の森まで散歩に行こうと思っているんだけど、"
+    "一緒に来てくれるかな。お弁当はずんだ餅にして、紅茶も持っていきますわ。"
+    "帰りには駅前のカフェで新しいケーキを食べて、映画の話をしようよ。"
+) * 4
+
+
+@dataclass
+class Figures:
+    serial_tok_s: float
+    mixed_tok_s: float
+    single_adapter_tok_s: float
+    engine_single_adapter_tok_s: float
+    switch_ms: float
+    load_ms: float
+    adapters_memory_pct: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    device: str
+
+
+def prompt_of(tokenizer, start: int, length: int = PROMPT_TOKENS) -> str:
+    """A prompt of exactly ``length`` tokens, different for each ``start``."""
+    text = TEXT_POOL[start % 40 :]
+    lo, hi = 1, len(text)
+    while lo < hi:  # the longest prefix of at most `length` tokens
+        mid = (lo + hi + 1) // 2
+        if len(encode_prompt(tokenizer, text[:mid])) <= length:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(shape_name: str, quant: str, device: str, repeats: int, workdir: Path) -> Figures:
+    shape = SHAPES[shape_name]
+    model_dir = build_tiny_model(workdir / "model", "gpt-neox", seed=0, shape=shape)
+    adapter_dirs = {
+        p: build_random_adapter(model_dir, workdir / p, seed=i, r=8) for i, p in enumerate(PERSONAS, 1)
+    }
+    engine = Engine.from_settings(ModelSettings(base_model=str(model_dir), quantization=quant, device=device))
+    base_bytes = sum(p.numel() * p.element_size() for p in engine.loaded.model.parameters())
+    for persona, path in adapter_dirs.items():
+        engine.load_adapter(persona, AdapterSource(str(path), "bench", True))
+    adapter_bytes = sum(
+        p.numel() * p.element_size() for n, p in engine._peft.named_parameters() if "lora_" in n
+    )
+    tok = engine.tokenizer
+    params = GenerationParams(
+        temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, repetition_penalty=1.0
+    )
+    requests = [
+        GenerationRequest(p, prompt_of(tok, 7 * i), params, adapter=p) for i, p in enumerate(PERSONAS * 2)
+    ]
+    total_tokens = len(requests) * NEW_TOKENS
+    peft = engine._peft
+    internal = {name: engine._internal_name(name) for name in PERSONAS}
+
+    def ids_of(batch):
+        rows = [encode_prompt(tok, r.prompt) for r in batch]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return ids.to(engine.device), mask.to(engine.device)
+
+    def hf_generate(batch, adapter):
+        ids, mask = ids_of(batch)
+        peft.set_adapter(internal[adapter])
+        with torch.inference_mode():
+            out = peft.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+        sync(engine.device)
+        assert out.shape[1] - ids.shape[1] == NEW_TOKENS
+
+    def serial():
+        for r in requests:
+            hf_generate([r], r.adapter)
+
+    def single():
+        hf_generate(requests, "marisa")
+
+    def engine_single():
+        one = [GenerationRequest("marisa", r.prompt, params, adapter="marisa") for r in requests]
+        results = engine.generate(one)
+        assert all(x.new_tokens == NEW_TOKENS for x in results)
+
+    async def through_worker(worker):
+        tickets = [worker.submit(r) for r in requests]
+        results = [await t.result() for t in tickets]
+        assert all(x.new_tokens == NEW_TOKENS for x in results), [x.new_tokens for x in results]
+        assert max(x.batch_size for x in results) > 1
+
+    async def mixed_timing() -> float:
+        worker = GenerationWorker(engine, WorkerSettings(max_batch_size=8, batch_window_ms=10, queue_size=64))
+        worker.start()
+        try:
+            await through_worker(worker)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                await through_worker(worker)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+        finally:
+            await worker.stop()
+
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    serial_s = timed(serial, repeats)
+    single_s = timed(single, repeats)
+    engine_single_s = timed(engine_single, repeats)
+    mixed_s = asyncio.run(mixed_timing())
+
+    switches = 200
+    start = time.perf_counter()
+    for i in range(switches):
+        peft.set_adapter(internal[PERSONAS[i % len(PERSONAS)]])
+    switch_ms = (time.perf_counter() - start) / switches * 1000
+    loads = []
+    for _ in range(3):
+        start = time.perf_counter()
+        engine.load_adapter("marisa", AdapterSource(str(adapter_dirs["marisa"]), "reload", True))
+        loads.append(time.perf_counter() - start)
+
+    return Figures(
+        serial_tok_s=total_tokens / serial_s,
+        mixed_tok_s=total_tokens / mixed_s,
+        single_adapter_tok_s=total_tokens / single_s,
+        engine_single_adapter_tok_s=total_tokens / engine_single_s,
+        switch_ms=switch_ms,
+        load_ms=statistics.median(loads) * 1000,
+        adapters_memory_pct=100 * adapter_bytes / base_bytes,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if engine.device.type == "cuda" else None,
+        device=torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.hotswap",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="neox-12x768")
+    parser.add_argument("--quant", choices=("auto", "none", "4bit", "8bit"), default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="oshaberi-bench-") as tmp:
+        fig = run(args.shape, args.quant, args.device, args.repeats, Path(tmp))
+    result = {
+        **fig.__dict__,
+        "mixed_over_serial": fig.mixed_tok_s / fig.serial_tok_s,
+        "mixed_over_single": fig.mixed_tok_s / fig.single_adapter_tok_s,
+        "shape": args.shape,
+        "quant": args.quant,
+        "torch_threads": torch.get_num_threads(),
+        "requests": len(PERSONAS) * 2,
+        "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens": NEW_TOKENS,
+    }
+    print(
+        f"device {result['device']}, shape {args.shape}, quant {args.quant}, threads {result['torch_threads']}"
+    )
+    print(f"A serial (set_adapter + generate, one at a time): {fig.serial_tok_s:8.1f} tok/s")
+    print(f"B mixed-adapter batches through the worker:       {fig.mixed_tok_s:8.1f} tok/s")
+    print(f"C one batch, one adapter, generate (ceiling):     {fig.single_adapter_tok_s:8.1f} tok/s")
+    print(f"  one batch, one adapter, engine decode loop:     {fig.engine_single_adapter_tok_s:8.1f} tok/s")
+    print(f"B/A {result['mixed_over_serial']:.2f}   B/C {result['mixed_over_single']:.2f}")
+    print(
+        f"D switch between resident adapters {fig.switch_ms:.3f} ms, load one from disk {fig.load_ms:.1f} ms"
+    )
+    print(f"4 resident adapters add {fig.adapters_memory_pct:.2f}% of the base model's parameter memory")
+    gpu = f", peak GPU {fig.peak_gpu_mb:.0f} MB" if fig.peak_gpu_mb is not None else ""
+    print(f"peak RSS {fig.peak_rss_mb:.0f} MB{gpu}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The benchmark script runs end to end at a tiny shape and writes every figure the README quotes.
+
+Only the script's plumbing is tested here; speed is measured by running it, never asserted."""
+
+import json
+
+from benchmarks.hotswap import PROMPT_TOKENS, main, prompt_of
+from bot.model_loading import load_tokenizer
+
+KEYS = {
+    "serial_tok_s",
+    "mixed_tok_s",
+    "single_adapter_tok_s",
+    "mixed_over_serial",
+    "mixed_over_single",
+    "switch_ms",
+    "load_ms",
+    "peak_rss_mb",
+    "device",
+    "adapters_memory_pct",
+}
+
+
+def test_prompts_have_exactly_the_asked_length(tiny_neox):
+    from bot.model_loading import encode_prompt
+
+    tok = load_tokenizer(str(tiny_neox))
+    prompts = {prompt_of(tok, 7 * i) for i in range(8)}
+    assert len(prompts) == 8
+    assert {len(encode_prompt(tok, p)) for p in prompts} == {PROMPT_TOKENS}
+
+
+def test_benchmark_writes_its_figures(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["--shape", "tiny", "--repeats", "1", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures) >= KEYS
+    assert figures["device"] == "cpu" and figures["requests"] == 8
+    assert all(figures[k] > 0 for k in ("serial_tok_s", "mixed_tok_s", "single_adapter_tok_s", "load_ms"))
+    assert abs(figures["mixed_over_serial"] - figures["mixed_tok_s"] / figures["serial_tok_s"]) < 1e-9
+    assert "B/A" in capsys.readouterr().out
