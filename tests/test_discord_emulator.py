@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,13 +32,23 @@ WAIT = 5.0
 
 class ReasonModal(discord.ui.Modal, title="Reject reason"):
     reason: discord.ui.TextInput[ReasonModal] = discord.ui.TextInput(label="Reason", custom_id="reason")
+    # A Label-wrapped select: submitted as a type-18 component rather than an action row.
+    severity: discord.ui.Label[ReasonModal] = discord.ui.Label(
+        text="Severity",
+        component=discord.ui.Select(
+            custom_id="severity",
+            options=[discord.SelectOption(label="low"), discord.SelectOption(label="high")],
+        ),
+    )
 
     def __init__(self, bot: EmuBot) -> None:
         super().__init__(custom_id="review:reason", timeout=None)
         self.bot = bot
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        self.bot.events.append(("modal", self.reason.value))
+        select = self.severity.component
+        assert isinstance(select, discord.ui.Select)
+        self.bot.events.append(("modal", (self.reason.value, select.values)))
         await interaction.response.send_message(f"rejected: {self.reason.value}")
 
 
@@ -356,10 +367,13 @@ async def test_persistent_view_button_and_modal(emu: DiscordEmulator, bot: EmuBo
     call = await emu.wait_for_call(callback_for(opened.id), timeout=WAIT)
     assert call.json["type"] == 9 and call.json["data"]["custom_id"] == "review:reason"
 
-    submitted = await emu.submit_modal("moderator", "review:reason", {"reason": "スパム"})
+    submitted = await emu.submit_modal(
+        "moderator", "review:reason", {"reason": "スパム", "severity": ["high"]}
+    )
+    assert [c["type"] for c in submitted.data["components"]] == [1, 18]
     call = await emu.wait_for_call(callback_for(submitted.id), timeout=WAIT)
     assert call.json["type"] == 4 and call.json["data"]["content"] == "rejected: スパム"
-    assert ("modal", "スパム") in bot.events
+    assert ("modal", ("スパム", ["high"])) in bot.events
 
     approved = await emu.click_button(review, "moderator", msg.id, "review:approve")
     call = await emu.wait_for_call(callback_for(approved.id), timeout=WAIT)
@@ -543,6 +557,44 @@ def test_point_discord_at_from_env_and_restore() -> None:
     finally:
         restore()
     assert original == discord.http.Route.BASE
+
+
+SUBPROCESS_BOT = """
+import asyncio, os, discord
+from tests.discord_emulator.patch import point_discord_at_from_env
+
+assert point_discord_at_from_env()
+intents = discord.Intents.default()
+intents.message_content = True
+client = discord.Client(intents=intents)
+
+@client.event
+async def on_message(message):
+    if not message.author.bot:
+        await message.channel.send(f"pid {os.getpid()}: {message.content}")
+
+client.run(os.environ["BOT_TOKEN"], log_handler=None)
+"""
+
+
+async def test_bot_subprocess_via_env_survives_restart(emu: DiscordEmulator, tmp_path: Path) -> None:
+    """The common case: the emulator keeps running in the test while the bot process restarts."""
+    script = tmp_path / "bot.py"
+    script.write_text(SUBPROCESS_BOT)
+    env = {**os.environ, "DISCORD_API_BASE": emu.api_base, "BOT_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
+    general = emu.channel_id("general")
+    for attempt in range(2):
+        since = len(emu.gateway_log)
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), env=env, cwd=tmp_path)
+        try:
+            await emu.wait_for_gateway(lambda r: r.kind == "ready", since=since, timeout=20)
+            await emu.send_message(general, "member", f"hello {attempt}")
+            call = await emu.wait_for_call(posted_to(general), timeout=WAIT)
+            assert call.json["content"] == f"pid {proc.pid}: hello {attempt}"
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 10)
+    assert len(emu.gateway_log.find(lambda r: r.kind == "identify")) == 2
 
 
 async def test_standalone_process_with_http_hooks(tmp_path: Path) -> None:
