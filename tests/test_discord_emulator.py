@@ -71,6 +71,11 @@ class ReviewView(discord.ui.View):
         self.bot.events.append(("approve", interaction.user.id))
         await interaction.response.edit_message(content="approved", view=None)
 
+    @discord.ui.button(label="Later", custom_id="review:later")
+    async def later(self, interaction: discord.Interaction, button: discord.ui.Button[ReviewView]) -> None:
+        await interaction.response.defer()  # type 6: acknowledge now, edit the message afterwards
+        await interaction.edit_original_response(content="please review (snoozed)")
+
     @discord.ui.button(label="Reject", style=discord.ButtonStyle.danger, custom_id="review:reject")
     async def reject(self, interaction: discord.Interaction, button: discord.ui.Button[ReviewView]) -> None:
         await interaction.response.send_modal(ReasonModal(self.bot))
@@ -363,6 +368,11 @@ async def test_persistent_view_button_and_modal(emu: DiscordEmulator, bot: EmuBo
     assert call.json["data"]["content"] == "moderators only" and call.json["data"]["flags"] == 64
     assert emu.message(msg.id).content == "please review"
 
+    snoozed = await emu.click_button(review, "moderator", msg.id, "review:later")
+    edit = await emu.wait_for_call(lambda c: c.method == "PATCH" and snoozed.token in c.path, timeout=WAIT)
+    assert emu.interaction(snoozed.id).response_type == 6 and edit.path.endswith("/messages/@original")
+    assert edit.status == 200 and emu.message(msg.id).content == "please review (snoozed)"
+
     opened = await emu.click_button(review, "moderator", msg.id, "review:reject")
     call = await emu.wait_for_call(callback_for(opened.id), timeout=WAIT)
     assert call.json["type"] == 9 and call.json["data"]["custom_id"] == "review:reason"
@@ -482,13 +492,13 @@ async def test_reconnect_opcode_and_invalid_session(emu: DiscordEmulator, bot: E
 
 async def test_rate_limit_429_is_waited_out(emu: DiscordEmulator, bot: EmuBot) -> None:
     general = emu.channel_id("general")
-    fault = emu.fail_next("POST", rf"^/channels/{general}/messages$", 429, retry_after=0.5)
+    fault = emu.fail_next("POST", rf"^/channels/{general}/messages$", 429, retry_after=0.25, count=2)
     await emu.send_message(general, "member", "echo limited")
     ok = await emu.wait_for_call(lambda c: posted_to(general)(c) and c.status == 200, timeout=WAIT)
     limited = emu.calls.find(lambda c: posted_to(general)(c) and c.status == 429)
-    assert fault.hits == 1 and len(limited) == 1 and limited[0].injected
-    assert limited[0].response["retry_after"] == 0.5 and limited[0].response["global"] is False
-    assert ok.at - limited[0].at >= 0.45
+    assert fault.hits == 2 and fault.remaining == 0 and len(limited) == 2 and limited[0].injected
+    assert limited[0].response["retry_after"] == 0.25 and limited[0].response["global"] is False
+    assert limited[1].at - limited[0].at >= 0.2 and ok.at - limited[1].at >= 0.2
     assert ok.json["content"] == "limited"
 
 

@@ -144,6 +144,8 @@ class EmulatorState:
     def __init__(self, state_file: str | os.PathLike[str] | None = None) -> None:
         self.state_file = Path(state_file) if state_file else None
         self.ids = SnowflakeGenerator()
+        self.guild_id = ""
+        self.application_id = ""
         self.users: dict[str, dict[str, Any]] = {}
         self.user_keys: dict[str, str] = {}
         self.guild: dict[str, Any] = {}
