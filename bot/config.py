@@ -70,6 +70,7 @@ class ChatSettings:
     rate_limit_per_minute: float = 6.0
     rate_limit_burst: int = 3
     blocked_words_file: str = ""  # empty: the list shipped in bot/blocked_words.txt
+    queue_notice_position: int = 4  # tell users their queue position from this place on; 0: never
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class DiscordSettings:
     moderator_role: int = 0  # 0: only members with Manage Messages moderate
     use_webhooks: bool = True
     owner_ids: tuple[int, ...] = ()
+    review_poll_s: float = 10.0  # how often review items from other processes are looked for
+    shutdown_grace_s: float = 20.0  # on SIGTERM, how long in-flight replies may still finish
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # A claim (unix time) stops two posters from posting one item; a stale claim is retried.
             "ALTER TABLE logs ADD COLUMN review_claimed_at REAL",
             "CREATE INDEX logs_unposted ON logs (id) WHERE review_message_id IS NULL",
+            "CREATE INDEX logs_reply_message ON logs (reply_message_id)",
             # Everyone whose words are in a row's prompt, so /forget and opt-out reach those rows too.
             """
             CREATE TABLE log_participants (

@@ -451,6 +451,15 @@ class Store:
 
         await self._write(body)
 
+    async def message_answered_by(self, reply_message_id: int) -> int | None:
+        """The user message a logged reply answered: webhook replies cannot carry a reply
+        reference, so this is how a reply chain is followed through them."""
+        row = await self._fetchone(
+            "SELECT message_id FROM logs WHERE reply_message_id = ? AND origin = 'live' LIMIT 1",
+            (reply_message_id,),
+        )
+        return int(row[0]) if row and row[0] is not None else None
+
     async def add_candidate(
         self,
         persona_id: str,

@@ -1,0 +1,272 @@
+"""The Discord bot: wiring, start-up, graceful shutdown, command sync and the token's safety.
+
+Start-up (``setup_hook``) opens the store, builds the runtime (model, adapters, worker), loads the
+cogs and registers the review buttons, so a click on a card posted before a restart still works.
+Shutdown (SIGTERM, SIGINT or ``close()``) stops taking messages, lets in-flight replies finish for
+a grace period, fails the rest with a message in their channel, stops the worker and flushes the
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from bot.config import Settings, redact
+from bot.discord.sender import NO_PINGS, ReplySender
+from bot.ratelimit import RateLimiter
+from bot.replyflow import LogSpool, ReplyFlow
+from bot.store import Store
+from bot.wordfilter import WordFilter
+
+log = logging.getLogger(__name__)
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+COGS = (
+    "bot.discord.cogs.persona",
+    "bot.discord.cogs.chat",
+    "bot.discord.cogs.review",
+    "bot.discord.cogs.admin",
+)
+RuntimeFactory = Callable[[Settings], Awaitable[Any]]
+
+
+async def _start_runtime(settings: Settings) -> Any:
+    from bot.runtime import Runtime  # imports torch: only when the bot really generates
+
+    return await Runtime.start(settings)
+
+
+def intents() -> discord.Intents:
+    """Guilds and guild messages to see conversations; Message Content to read what people say."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_messages = True
+    wanted.message_content = True
+    return wanted
+
+
+class OshaberiBot(commands.Bot):
+    """The bot; ``runtime_factory`` and ``store`` are injectable so tests run without a model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime_factory: RuntimeFactory | None = _start_runtime,
+        store: Store | None = None,
+        sync_only: bool = False,
+        gateway_intents: discord.Intents | None = None,
+    ) -> None:
+        super().__init__(
+            command_prefix=lambda _bot, _msg: [],  # slash commands only; no text commands
+            intents=gateway_intents or intents(),
+            allowed_mentions=NO_PINGS,
+            help_command=None,
+        )
+        self.settings = settings
+        self._runtime_factory = runtime_factory
+        self.store: Store | None = store
+        self.runtime: Any = None
+        self.sync_only = sync_only
+        self.accepting = not sync_only
+        self.sender = ReplySender(self, settings.discord.use_webhooks)
+        self.flow: ReplyFlow | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        from bot.discord.cogs.review import ReviewButton
+
+        if not self.sync_only:
+            if self.store is None:
+                self.store = await Store.open(self.settings.paths.database)
+            chat = self.settings.chat
+            self.flow = ReplyFlow(
+                RateLimiter(chat.rate_limit_per_minute, chat.rate_limit_burst),
+                WordFilter.from_file(chat.blocked_words_file or None),
+                LogSpool(self.store),
+            )
+            if self._runtime_factory is not None:
+                self.runtime = await self._runtime_factory(self.settings)
+        # Registered before any event: a click on a card from before the restart finds its handler.
+        self.add_dynamic_items(ReviewButton)
+        for name in COGS:
+            await self.load_extension(name)
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected as %s (%s) to %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds)
+        )
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Graceful: one shutdown even when SIGTERM and a second close() arrive together."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self) -> None:
+        self.accepting = False
+        chat_cog = self.get_cog("Chat")
+        if chat_cog is not None:
+            await chat_cog.drain(self.settings.discord.shutdown_grace_s)  # type: ignore[attr-defined]
+        review_cog = self.get_cog("Review")
+        if review_cog is not None:
+            review_cog.stop_polling()  # type: ignore[attr-defined]
+        if self.runtime is not None:
+            try:
+                await self.runtime.close()
+            except Exception:
+                log.exception("the runtime did not stop cleanly")
+        if self.flow is not None and self.store is not None:
+            left = len(self.flow.spool)
+            await self.flow.spool.flush()
+            if len(self.flow.spool):
+                log.error(
+                    "%d of %d spooled log entries could not be written at shutdown",
+                    len(self.flow.spool),
+                    left,
+                )
+        if self.store is not None:
+            await self.store.close()
+        await super().close()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM (docker stop) and SIGINT start the graceful shutdown instead of killing the loop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
+                loop.add_signal_handler(sig, lambda s=sig: self._on_signal(s))
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.warning("received %s: shutting down gracefully", sig.name)
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._shutdown())
+
+
+# -- the token never reaches a log ----------------------------------------------------------------
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces the token in every record (message, arguments and traceback) before it is written."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secret:
+            message = record.getMessage()
+            if self.secret in message:
+                record.msg, record.args = redact(message, self.secret), ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text, self.secret)
+        return True
+
+
+def install_token_redaction(token: str) -> RedactingFilter:
+    """Attach the filter to every handler of the root logger (handlers see propagated records)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    flt = RedactingFilter(token)
+    for handler in root.handlers:
+        handler.addFilter(flt)
+    return flt
+
+
+# -- where the Discord API is -----------------------------------------------------------------------
+
+
+def point_discord_at(base_url: str) -> None:
+    """Send every REST call (bot and webhook clients) to ``base_url``; the gateway URL then comes
+    from that server's ``/gateway/bot``. Used to run against the Discord emulator."""
+    from discord import http as discord_http
+
+    base = base_url.rstrip("/")
+    discord_http.Route.BASE = base  # the webhook client builds its routes with the same class
+    log.warning("Discord API base set to %s", base)
+
+
+def apply_api_base_from_env(environ: dict[str, str] | None = None) -> str | None:
+    base = (os.environ if environ is None else environ).get("DISCORD_API_BASE", "").strip()
+    if base:
+        point_discord_at(base)
+        return base
+    return None
+
+
+# -- entry points ----------------------------------------------------------------------------------
+
+
+def run(settings: Settings, token: str) -> int:
+    """Run the bot until SIGTERM/SIGINT; returns the process exit code."""
+    install_token_redaction(token)
+    apply_api_base_from_env()
+
+    async def main() -> int:
+        bot = OshaberiBot(settings)
+        bot.install_signal_handlers()
+        async with bot:
+            try:
+                await bot.start(token)
+            except discord.LoginFailure:
+                print(
+                    "error: Discord refused the token (DISCORD_TOKEN); check it in the developer portal",
+                    file=sys.stderr,
+                )
+                return 2
+            except discord.PrivilegedIntentsRequired:
+                print(
+                    "error: enable the Message Content intent for this bot in the developer portal "
+                    "(Bot → Privileged Gateway Intents)",
+                    file=sys.stderr,
+                )
+                return 2
+        return 0
+
+    return asyncio.run(main())
+
+
+def sync_commands(settings: Settings, token: str, guild_id: int | None = None) -> int:
+    """Register the slash commands with Discord: globally, or in one guild (instant, for testing).
+
+    An explicit step because Discord rate-limits command registration and a global change takes a
+    while to reach every client; doing it on every start would be slow and fragile.
+    """
+    install_token_redaction(token)
+    apply_api_base_from_env()
+
+    async def main() -> int:
+        bot = OshaberiBot(settings, runtime_factory=None, sync_only=True)
+        async with bot:
+            try:
+                await bot.login(token)
+            except discord.LoginFailure:
+                print("error: Discord refused the token (DISCORD_TOKEN)", file=sys.stderr)
+                return 2
+            if guild_id:
+                guild = discord.Object(id=guild_id)
+                bot.tree.copy_global_to(guild=guild)
+                synced = await bot.tree.sync(guild=guild)
+                where = f"guild {guild_id}"
+            else:
+                synced = await bot.tree.sync()
+                where = "all servers (global; may take a while to appear)"
+        print(f"synced {len(synced)} commands to {where}: {', '.join('/' + c.name for c in synced)}")
+        return 0
+
+    return asyncio.run(main())

@@ -1,0 +1,1 @@
+"""One cog per concern: persona choice, chatting, review, moderation and privacy commands."""

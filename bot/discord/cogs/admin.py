@@ -1,0 +1,182 @@
+"""/status and /reload for moderators; /forget, /optout and /optin for everyone.
+
+Moderator commands are hidden from others by default permissions, but that is only a hint a
+server can change: the callbacks check again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.checks import is_moderator
+from bot.discord.cogs.persona import persona_choices
+from bot.generation import AdapterError
+from personas.card import UnknownPersonaError
+
+if TYPE_CHECKING:
+    from bot.discord.app import OshaberiBot
+
+log = logging.getLogger(__name__)
+NOT_MODERATOR = "Only moderators can use this command."
+
+
+def status_lines(stats: Any, store_stats: dict[str, int] | None, spooled: int) -> list[str]:
+    """The /status text, from the worker's stats (Discord-free so it is easy to test)."""
+    sizes = list(getattr(stats, "recent_batch_sizes", []) or [])
+    avg = sum(sizes) / len(sizes) if sizes else 0.0
+    lines = [
+        f"**Queue**: {stats.queue_depth}/{stats.queue_capacity} waiting, {stats.in_flight} generating",
+        f"**Batches**: {stats.batches_run} run; recent sizes avg {avg:.1f}, max {max(sizes, default=0)}"
+        f" (last: {', '.join(map(str, sizes[-8:])) or '—'})",
+        f"**Speed**: {stats.tokens_per_s:.1f} tokens/s; {stats.requests_failed} requests failed",
+    ]
+    memory = stats.device_memory_mb
+    lines.append(
+        f"**Device**: {stats.device}" + (f", {memory:,.0f} MiB in use" if memory is not None else "")
+    )
+    adapters = getattr(stats, "adapters", []) or []
+    if adapters:
+        lines.append("**Adapters**:")
+        lines += [
+            f"• `{a.name}`: {a.version or 'unversioned'} ({a.parameters:,} parameters)" for a in adapters
+        ]
+    else:
+        lines.append("**Adapters**: none loaded (prompt-only personas)")
+    if store_stats is not None:
+        lines.append(
+            f"**Reviews**: {store_stats['undecided']} awaiting a decision, {store_stats['decided']} decided, "
+            f"{store_stats['blocked']} blocked by the word filter"
+        )
+    if spooled:
+        lines.append(f"⚠️ {spooled} log entries are waiting for the database")
+    return lines
+
+
+class Admin(commands.Cog):
+    def __init__(self, bot: OshaberiBot) -> None:
+        self.bot = bot
+
+    def _moderator(self, interaction: discord.Interaction[Any]) -> bool:
+        return is_moderator(self.bot.settings.discord, interaction.user, interaction.permissions)
+
+    @app_commands.command(
+        name="status", description="Queue, batches, speed, adapters and memory (moderators)"
+    )
+    @app_commands.default_permissions(manage_messages=True)
+    async def status(self, interaction: discord.Interaction[Any]) -> None:
+        if not self._moderator(interaction):
+            await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
+            return
+        runtime = self.bot.runtime
+        if runtime is None:
+            await interaction.response.send_message("The model is not loaded yet.", ephemeral=True)
+            return
+        stats = runtime.worker.stats()
+        store_stats = await self.bot.store.stats() if self.bot.store is not None else None
+        spooled = len(self.bot.flow.spool) if self.bot.flow is not None else 0
+        await interaction.response.send_message(
+            "\n".join(status_lines(stats, store_stats, spooled))[:2000], ephemeral=True
+        )
+
+    @app_commands.command(name="reload", description="Reload persona adapters from disk (moderators)")
+    @app_commands.describe(persona="Only this persona (default: all)")
+    @app_commands.default_permissions(manage_messages=True)
+    async def reload(self, interaction: discord.Interaction[Any], persona: str | None = None) -> None:
+        if not self._moderator(interaction):
+            await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
+            return
+        runtime = self.bot.runtime
+        if runtime is None:
+            await interaction.response.send_message("The model is not loaded yet.", ephemeral=True)
+            return
+        persona_id = persona.strip().lower() if persona else None
+        if persona_id is not None and persona_id not in runtime.cards.cards:
+            known = ", ".join(sorted(runtime.cards.cards))
+            await interaction.response.send_message(f"Unknown persona. Known: {known}.", ephemeral=True)
+            return
+        # Loading weights takes longer than the 3 s Discord allows for a first response.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            lines = await runtime.reload(persona_id)
+        except AdapterError as exc:
+            await interaction.followup.send(
+                f"⚠️ The new adapter did not load, so `{persona_id}` keeps serving with the previous one.\n"
+                f"Reason: {str(exc)[:1500]}",
+                ephemeral=True,
+            )
+            return
+        except UnknownPersonaError as exc:
+            await interaction.followup.send(str(exc), ephemeral=True)
+            return
+        except Exception as exc:
+            log.exception("reload failed")
+            await interaction.followup.send(f"Reload failed: {str(exc)[:1500]}", ephemeral=True)
+            return
+        await interaction.followup.send("Reloaded:\n" + "\n".join(lines)[:1900], ephemeral=True)
+
+    @reload.autocomplete("persona")
+    async def _reload_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        cards = getattr(self.bot.runtime, "cards", None)
+        return persona_choices(dict(cards.cards) if cards else {}, current, with_off=False)
+
+    @app_commands.command(name="forget", description="Delete everything the bot logged from you")
+    async def forget(self, interaction: discord.Interaction[Any]) -> None:
+        store = self.bot.store
+        if store is None:
+            await interaction.response.send_message(
+                "The database is not available; try again later.", ephemeral=True
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            result = await store.forget_user_detailed(interaction.user.id)
+        except Exception:
+            log.exception("forget failed")
+            await interaction.followup.send(
+                "That did not work (database busy); please try again.", ephemeral=True
+            )
+            return
+        review = self.bot.get_cog("Review")
+        if review is not None and result.review_cards:
+            await review.delete_cards(result.review_cards)  # type: ignore[attr-defined]
+        await interaction.followup.send(
+            f"🗑️ Deleted {result.deleted} logged conversations you took part in. None of it will be used "
+            "for training. Use /optout to stop new messages being logged.",
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="optout", description="Stop logging your messages (you are still answered)")
+    async def optout(self, interaction: discord.Interaction[Any]) -> None:
+        await self._set_opt_out(interaction, True)
+
+    @app_commands.command(name="optin", description="Allow your messages to be logged and reviewed again")
+    async def optin(self, interaction: discord.Interaction[Any]) -> None:
+        await self._set_opt_out(interaction, False)
+
+    async def _set_opt_out(self, interaction: discord.Interaction[Any], opted_out: bool) -> None:
+        store = self.bot.store
+        if store is None:
+            await interaction.response.send_message(
+                "The database is not available; try again later.", ephemeral=True
+            )
+            return
+        await store.set_opt_out(interaction.user.id, opted_out)
+        if opted_out:
+            text = (
+                "You are opted out: the bot still answers you, but conversations with your messages are not "
+                "logged or used for training. Use /forget to delete what was logged before."
+            )
+        else:
+            text = "You are opted in: replies to your messages are logged and may be reviewed for training."
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: OshaberiBot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,292 @@
+"""Answering messages: who is answered, with what history, and how the reply reaches the channel.
+
+Every request ends in something the user can see (a reply, a notice, or a reaction), never in
+silence: a full queue, a rate limit, an error and a shutdown all say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.conversation import ChatMessage, Conversation, build_conversation, queue_notice
+from bot.discord.checks import channel_allowed, member_allowed
+from bot.discord.history import channel_history, classify, is_reply_to_bot, reply_chain
+from bot.discord.sender import NO_PINGS, notify
+from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
+from bot.ratelimit import describe_wait
+from bot.replyflow import Incoming, Stopwatch
+from personas.card import UnknownPersonaError
+from personas.render import InputError
+
+if TYPE_CHECKING:
+    from bot.discord.app import OshaberiBot
+
+log = logging.getLogger(__name__)
+SHUTDOWN_NOTICE = "The bot is restarting, so this message was not answered. Please send it again in a minute."
+TYPING_EVERY_S = 8.0  # Discord shows typing for ~10 s per trigger
+
+
+class TypingIndicator:
+    """Shows 'typing…' until the block ends; unlike ``channel.typing()`` a failure is not fatal."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.channel.typing()  # awaiting (not entering) triggers it once
+            except discord.HTTPException as exc:
+                log.debug("typing indicator failed in %s: %s", getattr(self.channel, "id", "?"), exc)
+            await asyncio.sleep(TYPING_EVERY_S)
+
+    async def __aenter__(self) -> TypingIndicator:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class QueueNotice:
+    """The 'you are number N' message: posted when the queue is long, updated, removed at the end."""
+
+    def __init__(self, channel: Any, reply_to: discord.Message, threshold: int) -> None:
+        self.channel = channel
+        self.reply_to = reply_to
+        self.threshold = threshold
+        self.message: discord.Message | None = None
+
+    async def update(self, position: int) -> None:
+        text = queue_notice(position, self.threshold)
+        if text is None:
+            if self.message is not None and position == 0:
+                await self._edit("✍️ Your reply is being written now.")
+            return
+        if self.message is None:
+            self.message = await notify(self.channel, text, self.reply_to)
+        else:
+            await self._edit(text)
+
+    async def _edit(self, text: str) -> None:
+        if self.message is None:
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await self.message.edit(content=text, allowed_mentions=NO_PINGS)
+
+    async def remove(self) -> None:
+        if self.message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await self.message.delete()
+            self.message = None
+
+
+class Chat(commands.Cog):
+    position_poll_s = 2.0  # how often a waiting request's queue position is looked at
+
+    def __init__(self, bot: OshaberiBot) -> None:
+        self.bot = bot
+        self._pending: set[Any] = set()  # replies being generated, for a graceful shutdown
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- which messages are answered -----------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id is not None:
+            return  # other bots, webhooks, and the bot itself (its persona webhook included)
+        if self.bot.user is not None and message.author.id == self.bot.user.id:
+            return
+        if message.guild is None or self.bot.flow is None or self.bot.store is None:
+            return  # direct messages are not a place the server's moderators can review
+        settings = self.bot.settings.discord
+        if not channel_allowed(settings, message.channel):
+            return
+        persona_id = await self.bot.store.channel_persona(message.channel.id)
+        addressed = await self._addressed(message)
+        if persona_id is None and not addressed:
+            return
+        if not member_allowed(settings, message.author):
+            if addressed:
+                await notify(
+                    message.channel, "Sorry, you do not have a role that may talk to the bot here.", message
+                )
+            return
+        if not self.bot.accepting:
+            await notify(message.channel, SHUTDOWN_NOTICE, message)
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self.answer(message, persona_id or self.bot.settings.chat.default_persona)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _addressed(self, message: discord.Message) -> bool:
+        """Mentioned, or a reply to one of the bot's messages (its persona webhook's included)."""
+        me = self.bot.user
+        if me is not None and any(u.id == me.id for u in message.mentions):
+            return True
+        ref = message.reference
+        resolved = ref.resolved if ref is not None else None
+        if isinstance(resolved, discord.Message) and resolved.webhook_id is not None:
+            await self.bot.sender.webhook_for(message.channel)  # learn our webhook's id after a restart
+        return is_reply_to_bot(
+            message, bot_user_id=me.id if me else None, webhook_ids=self.bot.sender.known_webhook_ids()
+        )
+
+    # -- answering -----------------------------------------------------------------------------
+
+    async def answer(self, message: discord.Message, persona_id: str) -> None:
+        """Rate limit → history → queue → wait (typing, position) → filter → send → log → review."""
+        bot, flow, store = self.bot, self.bot.flow, self.bot.store
+        assert flow is not None and store is not None
+        channel = message.channel
+        clock = Stopwatch()
+
+        decision = flow.rate(message.author.id)
+        if not decision.allowed:
+            if decision.first_refusal:
+                await notify(
+                    channel,
+                    f"🐢 You are sending messages faster than the bot can answer. "
+                    f"Please wait {describe_wait(decision.retry_after_s)} and try again.",
+                    message,
+                )
+            else:
+                with contextlib.suppress(discord.HTTPException):
+                    await message.add_reaction("🐢")
+            return
+
+        runtime = bot.runtime
+        if runtime is None:
+            await notify(channel, "The bot is still starting up. Please try again shortly.", message)
+            return
+        try:
+            card = runtime.cards.get(persona_id)
+        except UnknownPersonaError:
+            await notify(
+                channel,
+                f"The persona `{persona_id}` is not available any more. Choose one with /persona.",
+                message,
+            )
+            return
+
+        try:
+            conversation = await self._conversation(message, card, persona_id)
+            pending = runtime.chat.submit(persona_id, conversation.turns)
+        except InputError as exc:
+            await notify(channel, str(exc), message)
+            return
+        except QueueFullError as exc:
+            await notify(channel, f"🚦 {exc}", message)
+            return
+        except (GenerationError, UnknownPersonaError) as exc:
+            await notify(channel, f"Sorry, that could not be answered: {exc}", message)
+            return
+
+        notice = QueueNotice(channel, message, bot.settings.chat.queue_notice_position)
+        self._pending.add(pending)
+        try:
+            async with TypingIndicator(channel):
+                text = await flow.wait(pending, notice.update, self.position_poll_s)
+        except (RequestCancelledError, WorkerStoppedError) as exc:
+            await notice.remove()
+            await notify(channel, SHUTDOWN_NOTICE if not bot.accepting else f"Sorry: {exc}", message)
+            return
+        except GenerationError as exc:
+            await notice.remove()
+            await notify(channel, f"Sorry, no reply this time: {exc}", message)
+            return
+        except Exception:
+            log.exception("generation failed for message %s", message.id)
+            await notice.remove()
+            await notify(channel, "Sorry, something went wrong while writing the reply.", message)
+            return
+        finally:
+            self._pending.discard(pending)
+        await notice.remove()
+
+        filtered = flow.filter(text)
+        if not filtered.text.strip():
+            await notify(
+                channel,
+                f"{card.display_name} had nothing to say to that. Try saying it another way.",
+                message,
+            )
+            return
+        sent: list[discord.Message] = []
+        if filtered.is_blocked:
+            await notify(
+                channel, f"{card.display_name}'s reply was held back for a moderator to check.", message
+            )
+        else:
+            try:
+                sent = await bot.sender.send(channel, card, filtered.text, message)
+            except discord.HTTPException as exc:
+                # Discord is down or refuses: the reply is still logged, so it is not lost for review.
+                log.warning("could not post the reply to message %s: %s", message.id, exc)
+
+        incoming = Incoming(
+            guild_id=message.guild.id if message.guild else None,
+            channel_id=channel.id,
+            message_id=message.id,
+            user_id=message.author.id,
+            created_at=message.created_at,
+        )
+        entry = flow.entry(incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None)
+        log_id = await flow.record(entry)
+        review = bot.get_cog("Review")
+        if log_id is not None and review is not None:
+            await review.post_new(log_id)  # type: ignore[attr-defined]
+
+    async def _conversation(self, message: discord.Message, card: Any, persona_id: str) -> Conversation:
+        bot, store = self.bot, self.bot.store
+        assert store is not None
+        limit = max(0, bot.settings.chat.history_messages)
+        marker = await store.channel_reset_marker(message.channel.id)
+        channel_has_persona = await store.channel_persona(message.channel.id) is not None
+        if message.reference is not None and not channel_has_persona:
+            earlier = await reply_chain(
+                message, after=marker, limit=limit, answered_by=store.message_answered_by
+            )
+        else:
+            earlier = await channel_history(message, after=marker, limit=limit)
+        webhook_ids = bot.sender.known_webhook_ids()
+        me = bot.user.id if bot.user else None
+        lines: list[ChatMessage] = []
+        for m in earlier:
+            line = classify(m, bot_user_id=me, card=card, webhook_ids=webhook_ids)
+            if line is not None:
+                lines.append(line)
+        lines.append(ChatMessage(message.id, message.author.id, message.content))
+        return build_conversation(card, lines, limit)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> None:
+        """Let replies in progress finish for ``grace_s``; cancel the rest (they tell their users)."""
+        tasks = {t for t in self._tasks if not t.done()}
+        if tasks:
+            log.info("waiting up to %.0fs for %d replies in progress", grace_s, len(tasks))
+            _, still = await asyncio.wait(tasks, timeout=grace_s)
+            if still:
+                for pending in list(self._pending):
+                    pending.cancel()
+                await asyncio.wait(still, timeout=10)
+
+
+async def setup(bot: OshaberiBot) -> None:
+    await bot.add_cog(Chat(bot))

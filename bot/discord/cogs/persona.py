@@ -1,0 +1,145 @@
+"""/persona, /personas and /reset: which character talks in a channel, and starting afresh.
+
+Autocomplete only suggests; a client can send any string, so the chosen value is checked here
+against the loaded cards before anything is stored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.checks import channel_allowed, member_allowed
+from bot.discord.sender import NO_PINGS
+
+if TYPE_CHECKING:
+    from bot.discord.app import OshaberiBot
+
+OFF = "off"
+
+
+def persona_choices(cards: dict[str, Any], current: str, *, with_off: bool) -> list[app_commands.Choice[str]]:
+    """Autocomplete entries matching what was typed, by id or display name (at most 25: Discord's cap)."""
+    needle = current.strip().casefold()
+    out = []
+    if with_off and (not needle or OFF.startswith(needle)):
+        out.append(app_commands.Choice(name="off — stop answering every message here", value=OFF))
+    for pid, card in sorted(cards.items()):
+        if needle and needle not in pid.casefold() and needle not in card.display_name.casefold():
+            continue
+        out.append(app_commands.Choice(name=f"{card.display_name} ({pid})"[:100], value=pid))
+    return out[:25]
+
+
+class Persona(commands.Cog):
+    def __init__(self, bot: OshaberiBot) -> None:
+        self.bot = bot
+
+    def _cards(self) -> dict[str, Any]:
+        cards = getattr(self.bot.runtime, "cards", None)
+        return dict(cards.cards) if cards is not None else {}
+
+    async def _refuse_here(self, interaction: discord.Interaction[Any]) -> bool:
+        """True (after telling the user) when this channel or member may not use the bot."""
+        settings = self.bot.settings.discord
+        if interaction.guild is None:
+            await interaction.response.send_message("Personas talk in server channels only.", ephemeral=True)
+            return True
+        if not channel_allowed(settings, interaction.channel):
+            await interaction.response.send_message("The bot does not talk in this channel.", ephemeral=True)
+            return True
+        if not member_allowed(settings, interaction.user):
+            await interaction.response.send_message(
+                "You do not have a role that may use the bot.", ephemeral=True
+            )
+            return True
+        if self.bot.store is None:
+            await interaction.response.send_message("The bot is still starting up.", ephemeral=True)
+            return True
+        return False
+
+    @app_commands.command(name="persona", description="Choose who answers every message in this channel")
+    @app_commands.describe(persona="A persona id from /personas, or 'off'")
+    @app_commands.guild_only()
+    async def persona(self, interaction: discord.Interaction[Any], persona: str) -> None:
+        if await self._refuse_here(interaction):
+            return
+        assert self.bot.store is not None and interaction.channel_id is not None
+        choice = persona.strip().lower()
+        cards = self._cards()
+        if choice == OFF:
+            await self.bot.store.set_channel_persona(interaction.channel_id, None)
+            await interaction.response.send_message(
+                "No persona answers every message here any more (mention the bot to talk).",
+                allowed_mentions=NO_PINGS,
+            )
+            return
+        card = cards.get(choice)
+        if card is None:
+            known = ", ".join(sorted(cards)) or "none loaded"
+            await interaction.response.send_message(
+                f"There is no persona `{discord.utils.escape_markdown(persona[:40])}`. Known: {known}.",
+                ephemeral=True,
+            )
+            return
+        # A new character starts a new conversation: the old persona's lines are not this one's.
+        await self.bot.store.set_channel_persona(interaction.channel_id, card.id)
+        await self.bot.store.reset_channel(interaction.channel_id, interaction.id)
+        await interaction.response.send_message(
+            f"**{card.display_name}** now answers every message in this channel. `/persona off` to stop.",
+            allowed_mentions=NO_PINGS,
+        )
+
+    @persona.autocomplete("persona")
+    async def _persona_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return persona_choices(self._cards(), current, with_off=True)
+
+    @app_commands.command(name="personas", description="List the personas and show which one is active here")
+    async def personas(self, interaction: discord.Interaction[Any]) -> None:
+        cards = self._cards()
+        active = None
+        if self.bot.store is not None and interaction.channel_id is not None:
+            active = await self.bot.store.channel_persona(interaction.channel_id)
+        default = self.bot.settings.chat.default_persona
+        embed = discord.Embed(title="Personas", colour=discord.Colour.blurple())
+        for pid, card in sorted(cards.items())[:25]:
+            marks = []
+            if pid == active:
+                marks.append("▶ active here")
+            if pid == default:
+                marks.append("default")
+            note = f" ({', '.join(marks)})" if marks else ""
+            embed.add_field(
+                name=f"{card.display_name} — `{pid}`{note}"[:256], value=card.description[:1024], inline=False
+            )
+        if active is None:
+            embed.set_footer(
+                text=f"No persona is active here; mentions are answered by {default}. Use /persona."
+            )
+        elif active not in cards:
+            embed.set_footer(
+                text=f"The persona set here ({active}) is not loaded; choose another with /persona."
+            )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="reset", description="Forget this channel's conversation so far")
+    @app_commands.guild_only()
+    async def reset(self, interaction: discord.Interaction[Any]) -> None:
+        if await self._refuse_here(interaction):
+            return
+        assert self.bot.store is not None and interaction.channel_id is not None
+        # The interaction id is a snowflake of this moment: history starts after it.
+        await self.bot.store.reset_channel(interaction.channel_id, interaction.id)
+        await interaction.response.send_message(
+            "🧹 The conversation so far is forgotten; the next message starts afresh.",
+            allowed_mentions=NO_PINGS,
+        )
+
+
+async def setup(bot: OshaberiBot) -> None:
+    await bot.add_cog(Persona(bot))

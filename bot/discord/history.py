@@ -1,0 +1,127 @@
+"""Reading a conversation back from Discord: channel history since the reset, or a reply chain.
+
+Discord is the record of the conversation (the bot keeps no copy), so a restart, an edited or a
+deleted message are all reflected the next time history is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import discord
+
+from bot.conversation import ChatMessage, parse_prefixed
+from personas.card import PersonaCard
+
+log = logging.getLogger(__name__)
+
+
+def classify(
+    message: discord.Message,
+    *,
+    bot_user_id: int | None,
+    card: PersonaCard,
+    webhook_ids: set[int],
+) -> ChatMessage | None:
+    """A message as a conversation line for ``card``; None for lines that are not part of it.
+
+    Persona lines are the bot's webhook posts under the card's name and its own prefixed posts.
+    Other bots, other webhooks, other personas' lines and the bot's notices are left out.
+    """
+    if message.webhook_id is not None:
+        ours = not webhook_ids or message.webhook_id in webhook_ids
+        if ours and message.author.name == card.display_name[:80]:
+            return ChatMessage(message.id, None, message.content, is_persona=True)
+        return None
+    if bot_user_id is not None and message.author.id == bot_user_id:
+        parsed = parse_prefixed(message.content, [card])
+        return ChatMessage(message.id, None, parsed[1], is_persona=True) if parsed else None
+    if message.author.bot:
+        return None
+    return ChatMessage(message.id, message.author.id, message.content)
+
+
+async def channel_history(
+    message: discord.Message, *, after: int | None, limit: int
+) -> list[discord.Message]:
+    """Up to ``limit`` messages before ``message`` and after the reset marker, oldest first."""
+    if limit <= 0:
+        return []
+    found = []
+    try:
+        async for earlier in message.channel.history(limit=limit, before=message):
+            if after is None or earlier.id > after:
+                found.append(earlier)
+    except discord.HTTPException as exc:  # no Read Message History: answer the message alone
+        log.warning("cannot read history of channel %s: %s", message.channel.id, exc)
+    # Snowflakes order messages in time; sorting does not depend on the order the API returned.
+    found.sort(key=lambda m: m.id)
+    return found
+
+
+async def reply_chain(
+    message: discord.Message,
+    *,
+    after: int | None,
+    limit: int,
+    answered_by: Callable[[int], Awaitable[int | None]] | None = None,
+) -> list[discord.Message]:
+    """The messages ``message`` replies to, transitively, oldest first.
+
+    A webhook reply carries no reply reference; ``answered_by`` (the store's log) names the user
+    message it answered, so a chain through a persona's webhook line continues.
+    """
+    chain: list[discord.Message] = []
+    current = message
+    while len(chain) < limit:
+        target = _reference_id(current)
+        if target is None and answered_by is not None and current is not message:
+            target = await answered_by(current.id)
+        if target is None or (after is not None and target <= after):
+            break
+        earlier = await _resolve(current, target)
+        if earlier is None or any(m.id == earlier.id for m in chain):
+            break
+        chain.append(earlier)
+        current = earlier
+    chain.reverse()
+    return chain
+
+
+def _reference_id(message: discord.Message) -> int | None:
+    ref = message.reference
+    if ref is None or ref.message_id is None:
+        return None
+    if getattr(ref, "type", None) == discord.MessageReferenceType.forward:
+        return None  # a forward quotes another conversation; it does not continue this one
+    if ref.channel_id is not None and ref.channel_id != message.channel.id:
+        return None
+    return ref.message_id
+
+
+async def _resolve(current: discord.Message, target: int) -> discord.Message | None:
+    ref = current.reference
+    if ref is not None and ref.message_id == target:
+        if isinstance(ref.resolved, discord.Message):
+            return ref.resolved
+        if ref.cached_message is not None:
+            return ref.cached_message
+    try:
+        return await current.channel.fetch_message(target)
+    except discord.HTTPException:
+        return None
+
+
+def is_reply_to_bot(message: discord.Message, *, bot_user_id: int | None, webhook_ids: Iterable[int]) -> bool:
+    """Whether ``message`` replies to one of the bot's own posts (prefixed or through its webhook)."""
+    ref = message.reference
+    if ref is None:
+        return False
+    resolved: Any = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
+    if resolved is None:
+        return False
+    if resolved.webhook_id is not None:
+        return resolved.webhook_id in set(webhook_ids)
+    return bot_user_id is not None and resolved.author.id == bot_user_id

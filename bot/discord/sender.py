@@ -1,0 +1,140 @@
+"""Posting a persona's reply: through a webhook as the persona, else as the bot with a name prefix.
+
+Every send passes ``AllowedMentions.none()`` and defused text, so a reply can never ping. Long
+replies are split at sentence boundaries. A failing webhook (deleted, permission revoked) falls
+back to the prefixed form instead of losing the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import discord
+
+from bot.conversation import persona_prefix
+from bot.mentions import defuse_mentions
+from bot.splitter import DISCORD_LIMIT, split_message
+from personas.card import PersonaCard
+
+log = logging.getLogger(__name__)
+NO_PINGS = discord.AllowedMentions.none()
+WEBHOOK_NAME = "oshaberi"
+# After a channel refused us a webhook, try again only after this long (permissions may change).
+NO_WEBHOOK_RETRY_S = 600.0
+
+
+class ReplySender:
+    def __init__(self, client: discord.Client, use_webhooks: bool = True) -> None:
+        self.client = client
+        self.use_webhooks = use_webhooks
+        self._webhooks: dict[int, discord.Webhook] = {}
+        self._refused: dict[int, float] = {}
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _webhook_home(channel: Any) -> Any:
+        """Threads post through their parent channel's webhook."""
+        return channel.parent if isinstance(channel, discord.Thread) else channel
+
+    def known_webhook_ids(self) -> set[int]:
+        return {w.id for w in self._webhooks.values()}
+
+    async def webhook_for(self, channel: Any) -> discord.Webhook | None:
+        """The bot's webhook for this channel (created on first use), or None where not possible."""
+        if not self.use_webhooks or getattr(channel, "guild", None) is None:
+            return None
+        home = self._webhook_home(channel)
+        if home is None or not hasattr(home, "webhooks"):
+            return None
+        if home.id in self._webhooks:
+            return self._webhooks[home.id]
+        refused_at = self._refused.get(home.id)
+        if refused_at is not None and time.monotonic() - refused_at < NO_WEBHOOK_RETRY_S:
+            return None
+        me = home.guild.me
+        if me is None or not home.permissions_for(me).manage_webhooks:
+            self._refused[home.id] = time.monotonic()
+            return None
+        try:
+            existing = await home.webhooks()
+            mine = next(
+                (
+                    w
+                    for w in existing
+                    if w.token
+                    and w.user is not None
+                    and self.client.user
+                    and w.user.id == self.client.user.id
+                ),
+                None,
+            )
+            webhook = mine or await home.create_webhook(name=WEBHOOK_NAME, reason="oshaberi persona replies")
+        except discord.HTTPException as exc:
+            log.warning("no webhook in channel %s (%s); replying as the bot", home.id, exc)
+            self._refused[home.id] = time.monotonic()
+            return None
+        self._webhooks[home.id] = webhook
+        return webhook
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def send(
+        self, channel: Any, card: PersonaCard, text: str, reply_to: discord.Message | None = None
+    ) -> list[discord.Message]:
+        """Post ``text`` as ``card``; returns the messages sent. Raises HTTPException if both ways fail.
+
+        Chunks are cut to fit the prefixed form too, so when a webhook fails half-way the rest of
+        the reply continues as the bot without repeating what was already posted.
+        """
+        prefix = persona_prefix(card)
+        chunks = split_message(defuse_mentions(text), DISCORD_LIMIT - len(prefix))
+        sent: list[discord.Message] = []
+        webhook = await self.webhook_for(channel)
+        if webhook is not None:
+            try:
+                for chunk in chunks:
+                    sent.append(await self._send_webhook(webhook, channel, card, chunk))
+                return sent
+            except discord.NotFound:
+                # Someone deleted the webhook: forget it, and let the next reply create a new one.
+                self._webhooks.pop(self._webhook_home(channel).id, None)
+                log.warning("webhook for channel %s is gone; replying as the bot", channel.id)
+            except discord.HTTPException as exc:
+                log.warning("webhook send failed in channel %s (%s); replying as the bot", channel.id, exc)
+        for chunk in chunks[len(sent) :]:
+            kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
+            if not sent and reply_to is not None:
+                kwargs["reference"] = reply_to.to_reference(fail_if_not_exists=False)
+                kwargs["mention_author"] = False
+            sent.append(await channel.send(prefix + chunk, **kwargs))
+        return sent
+
+    async def _send_webhook(
+        self, webhook: discord.Webhook, channel: Any, card: PersonaCard, chunk: str
+    ) -> discord.Message:
+        kwargs: dict[str, Any] = {
+            "username": card.display_name[:80],
+            "allowed_mentions": NO_PINGS,
+            "wait": True,
+        }
+        if card.avatar_url:
+            kwargs["avatar_url"] = card.avatar_url
+        if isinstance(channel, discord.Thread):
+            kwargs["thread"] = channel
+        return await webhook.send(chunk, **kwargs)
+
+
+async def notify(channel: Any, text: str, reply_to: discord.Message | None = None) -> discord.Message | None:
+    """A short system notice (busy, too fast, error); a failure to send is logged, never raised."""
+    kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
+    if reply_to is not None:
+        kwargs["reference"] = reply_to.to_reference(fail_if_not_exists=False)
+        kwargs["mention_author"] = False
+    try:
+        return await channel.send(defuse_mentions(text)[:DISCORD_LIMIT], **kwargs)
+    except discord.HTTPException as exc:
+        log.warning("could not send a notice to channel %s: %s", getattr(channel, "id", "?"), exc)
+        return None
