@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("trainer.commands.train", "train a persona's LoRA adapter; saves a new adapter version"),
     "eval": ("trainer.commands.eval", "evaluate adapter versions: perplexity, style, probes, ranking"),
+    "augment": ("trainer.commands.augment", "current adapter answers a question set; answers go to review"),
+    "export-reviews": ("trainer.commands.export_reviews", "export approved/edited replies as training JSONL"),
+    "schedule": ("trainer.commands.schedule", "retrain personas with enough new approved replies (cron)"),
     "prepare": ("trainer.commands.prepare", "convert raw sources into one normalized dialogue JSONL"),
     "fetch": ("trainer.commands.fetch", "download a public dataset (prints its license)"),
 }

@@ -1,0 +1,83 @@
+"""Approved and edited review decisions → normalized dialogue JSONL for ``train``.
+
+Privacy is the store's rule, enforced where data leaves it: ``approved_for_export`` never
+returns a row in which an opted-out or forgotten user took part. The export is always
+complete (never appended to), so a user who opts out or asks to be forgotten drops out of
+the file at the next export, and the scheduler exports afresh before every training run.
+
+Beside the JSONL, ``<file>.meta.json`` records when the export was taken; ``train`` copies
+it into the adapter's metadata, and the scheduler counts approvals newer than it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.store import ExportRow, Store, utc_now
+from trainer.convert.common import PERSONA_SPEAKER, USER_SPEAKER
+
+SOURCE = "reviews"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    rows: int
+    skipped: int  # rows without a question or a reply
+    exported_at: str
+
+
+def dialogue_line(row: ExportRow) -> dict:
+    """One decided reply as a two-turn dialogue; the extra fields are for people auditing the file."""
+    return {
+        "source": SOURCE,
+        "id": f"review:{row.log_id}",
+        "persona": PERSONA_SPEAKER,
+        "turns": [
+            {"speaker": USER_SPEAKER, "text": row.question},
+            {"speaker": PERSONA_SPEAKER, "text": row.reply},
+        ],
+        "decision": row.decision,
+        "origin": row.origin,
+        "adapter_version": row.adapter_version,
+        "decided_at": row.decided_at,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def export_reviews(database: str | Path, persona_id: str, out: str | Path) -> ExportResult:
+    """Write every exportable approved/edited reply of a persona to ``out`` (replacing it)."""
+    out = Path(out)
+    # Taken before reading: an approval landing mid-export is then counted as new next time
+    # (at worst one extra retrain), never silently missed.
+    exported_at = utc_now()
+    store = await Store.open(database)
+    try:
+        rows = await store.approved_for_export(persona_id)
+    finally:
+        await store.close()
+    lines, skipped = [], 0
+    for row in rows:
+        if not row.question.strip() or not row.reply.strip():
+            skipped += 1
+            continue
+        lines.append(json.dumps(dialogue_line(row), ensure_ascii=False))
+    _write_atomic(out, "".join(line + "\n" for line in lines))
+    meta = {"exported_at": exported_at, "persona": persona_id, "rows": len(lines), "database": str(database)}
+    _write_atomic(Path(f"{out}.meta.json"), json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    return ExportResult(out, len(lines), skipped, exported_at)

@@ -1,0 +1,273 @@
+"""Scheduled retraining: on a cron schedule, retrain each persona that gained enough newly
+approved replies, in a separate process, then tell the running bot to hot-reload it.
+
+Why a subprocess: training takes minutes to hours and holds the GIL and the GPU's compute;
+in another process the bot's event loop and generation worker keep serving, and a crash
+(out of memory, a bad data file) kills only the training run. The child is the ordinary
+``python -m trainer train`` command, so a scheduled run is exactly a manual one, and
+``train`` itself guarantees that a failed run never moves the persona's CURRENT pointer.
+
+"New approvals" are counted after the newest review export any version of the persona
+was trained on (``reviews_exported_at`` in the versions' metadata), so a run that failed
+leaves them counted and the next tick tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.adapters import current_version, list_versions, new_version_name, persona_dir
+from bot.config import Settings
+from bot.store import Store
+from personas.card import load_cards
+from trainer.config import load_train_config
+from trainer.export_reviews import export_reviews
+
+log = logging.getLogger(__name__)
+
+NewVersionHook = Callable[[str, str], Awaitable[None]]
+FailureHook = Callable[[str, str], Awaitable[None]]
+LOG_TAIL_CHARS = 1500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    persona: str
+    status: str  # skipped | trained | failed
+    new_approved: int
+    version: str | None = None
+    message: str = ""
+
+
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab: 0 and 7 are Sunday
+
+
+def _crontab_weekdays(field: str) -> str:
+    """Crontab's numeric weekdays as names. APScheduler 3 reads numbers Monday-based (0 = Monday),
+    so ``from_crontab("0 4 * * 1")`` would fire on Tuesdays; names mean the same to both."""
+    if field == "*" or any(c.isalpha() for c in field):
+        return field
+    days: list[int] = []
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            lo, hi = 0, 6
+        elif "-" in span:
+            lo, hi = (int(x) for x in span.split("-", 1))
+        else:
+            lo = int(span)
+            hi = 6 if step_text else lo
+        if not (0 <= lo <= 7 and 0 <= hi <= 7 and lo <= hi and step >= 1):
+            raise ValueError(f"bad weekday field {field!r} in the cron line")
+        days.extend(d % 7 for d in range(lo, hi + 1, step))
+    return ",".join(_CRON_DAYS[d] for d in sorted(set(days)))
+
+
+def cron_trigger(expr: str):
+    """An APScheduler trigger for a standard five-field crontab line (local time)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron line {expr!r} needs 5 fields: minute hour day month weekday")
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekday))
+
+
+def last_export_time(adapters_dir: str | Path, persona_id: str) -> str | None:
+    """The newest review export any version of the persona was trained on, if any."""
+    times = []
+    for version in list_versions(adapters_dir, persona_id):
+        try:
+            meta = json.loads(
+                (persona_dir(adapters_dir, persona_id) / version / "metadata.json").read_text("utf-8")
+            )
+        except (OSError, ValueError):
+            continue
+        value = meta.get("reviews_exported_at") if isinstance(meta, dict) else None
+        if isinstance(value, str):
+            times.append(value)
+    return max(times) if times else None
+
+
+async def _log_hook_errors(what: str, coro: Awaitable[None]) -> str | None:
+    """Run a callback; its failure is logged and returned, never allowed to stop the scheduler."""
+    try:
+        await coro
+    except Exception as exc:
+        log.exception("schedule: %s failed", what)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class ScheduledRetrainer:
+    """The retraining job, runnable on a cron schedule (:meth:`start`) or once (:meth:`run_once`).
+
+    ``on_new_version(persona, version)`` runs after a successful run (the bot passes a
+    function calling ``Runtime.reload``); ``on_failure(persona, message)`` runs when training
+    or the reload failed (the bot posts it to the review channel).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_new_version: NewVersionHook | None = None,
+        on_failure: FailureHook | None = None,
+        *,
+        train_config: str | Path | None = None,
+        runs_dir: str | Path | None = None,
+        extra_train_args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self.settings = settings
+        self.on_new_version = on_new_version
+        self.on_failure = on_failure
+        self.train_config = Path(train_config) if train_config else None
+        # Given to every train run, so its TensorBoard logs and this job's log share one folder.
+        self.runs_dir = Path(runs_dir) if runs_dir else None
+        self.extra_train_args = list(extra_train_args)
+        self.python = python
+        self._lock = asyncio.Lock()
+        self._scheduler = None
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the cron job on the running event loop (``schedule.cron``, local time)."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        trigger = cron_trigger(self.settings.schedule.cron)
+        self._scheduler = AsyncIOScheduler()
+        # One run at a time; runs missed while the machine slept collapse into one.
+        self._scheduler.add_job(
+            self.run_once, trigger, id="retrain", max_instances=1, coalesce=True, misfire_grace_time=3600
+        )
+        self._scheduler.start()
+        log.info("schedule: retraining check on cron %r", self.settings.schedule.cron)
+
+    def next_run_time(self):
+        job = self._scheduler.get_job("retrain") if self._scheduler else None
+        return job.next_run_time if job else None
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+    # -- the job ---------------------------------------------------------------------------
+
+    def personas(self) -> list[str]:
+        if self.settings.schedule.personas:
+            return list(self.settings.schedule.personas)
+        personas_dir = Path(self.settings.paths.personas_dir) if self.settings.paths.personas_dir else None
+        return sorted(load_cards(personas_dir).cards)
+
+    async def run_once(self) -> list[Outcome]:
+        """Check every scheduled persona now; personas are trained one after another."""
+        async with self._lock:
+            outcomes = []
+            for persona in self.personas():
+                try:
+                    outcome = await self._check(persona)
+                except Exception as exc:  # one persona's trouble never stops the others
+                    log.exception("schedule: %s failed", persona)
+                    outcome = Outcome(persona, "failed", 0, message=f"{type(exc).__name__}: {exc}")
+                    await self._report_failure(persona, outcome.message)
+                outcomes.append(outcome)
+            return outcomes
+
+    async def _count_new(self, persona: str) -> int:
+        since = last_export_time(self.settings.paths.adapters_dir, persona)
+        store = await Store.open(self.settings.paths.database)
+        try:
+            return await store.count_approved_since(persona, since)
+        finally:
+            await store.close()
+
+    async def _check(self, persona: str) -> Outcome:
+        new = await self._count_new(persona)
+        needed = self.settings.schedule.min_new_approved
+        if new < needed:
+            log.info("schedule: %s has %d new approved replies (needs %d)", persona, new, needed)
+            return Outcome(persona, "skipped", new, message=f"{new} of {needed} new approved replies")
+
+        cfg = load_train_config(self.train_config, persona)
+        reviewed = Path(
+            (cfg.reviewed or "{data_dir}/{persona}-reviewed.jsonl").format(
+                data_dir=self.settings.paths.data_dir, persona=persona
+            )
+        )
+        exported = await export_reviews(self.settings.paths.database, persona, reviewed)
+        version = new_version_name()
+        run_dir = (self.runs_dir or Path(cfg.runs_dir)) / persona / version
+        log.info("schedule: %s has %d new approved replies; training %s", persona, new, version)
+        code, tail = await self._train(persona, version, reviewed, run_dir / "schedule.log")
+
+        if code != 0 or current_version(self.settings.paths.adapters_dir, persona) != version:
+            message = f"training {version} failed (exit {code}); the previous adapter stays in use.\n{tail}"
+            await self._report_failure(persona, message.strip())
+            return Outcome(persona, "failed", new, version, message)
+        log.info("schedule: %s trained %s on %d reviewed dialogues", persona, version, exported.rows)
+        if self.on_new_version is not None:
+            error = await _log_hook_errors(f"reloading {persona}", self.on_new_version(persona, version))
+            if error:
+                message = f"trained {version}, but the bot could not load it: {error}"
+                await self._report_failure(persona, message)
+                return Outcome(persona, "failed", new, version, message)
+        return Outcome(persona, "trained", new, version, f"{exported.rows} reviewed dialogues")
+
+    def train_command(self, persona: str, version: str, reviewed: Path) -> list[str]:
+        cmd = [self.python, "-m", "trainer"]
+        if self.settings.source:
+            cmd += ["--config", self.settings.source]
+        cmd += [
+            "train",
+            "--persona",
+            persona,
+            "--version",
+            version,
+            "--reviewed",
+            str(reviewed),
+            "--no-progress",
+        ]
+        if self.train_config is not None:
+            cmd += ["--train-config", str(self.train_config)]
+        if self.runs_dir is not None:
+            cmd += ["--runs-dir", str(self.runs_dir)]
+        return cmd + self.extra_train_args
+
+    async def _train(self, persona: str, version: str, reviewed: Path, log_path: Path) -> tuple[int, str]:
+        """Run ``train`` in a child process; its output goes to a log file in the run folder."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as fh:
+            proc = await asyncio.create_subprocess_exec(
+                *self.train_command(persona, version, reviewed),
+                stdout=fh,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                code = await proc.wait()
+            except asyncio.CancelledError:
+                # The bot is shutting down: no orphan. SIGINT lets train save a checkpoint to resume.
+                proc.send_signal(signal.SIGINT)
+                try:
+                    await asyncio.wait_for(proc.wait(), 60)
+                except TimeoutError:
+                    proc.kill()
+                raise
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:]
+        return code, tail
+
+    async def _report_failure(self, persona: str, message: str) -> None:
+        log.error("schedule: %s: %s", persona, message)
+        if self.on_failure is not None:
+            await _log_hook_errors(f"reporting {persona}'s failure", self.on_failure(persona, message))
