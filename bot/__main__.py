@@ -3,6 +3,7 @@
 python -m bot                       # Discord if a token is set, else console chat
 python -m bot chat [--persona ID] [--model HUB_ID_OR_DIR]
 python -m bot run                   # Discord only; fails without a token
+python -m bot sync-commands [--guild ID]   # register the slash commands (an explicit step)
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--persona", help="persona id (default: chat.default_persona)")
     sub.add_parser("run", parents=[common], help="run the Discord bot (needs DISCORD_TOKEN)")
+    sync = sub.add_parser(
+        "sync-commands",
+        parents=[common],
+        help="register the slash commands with Discord (globally, or instantly in one --guild)",
+    )
+    sync.add_argument("--guild", type=int, help="a server id: sync there only (appears at once)")
     return parser
 
 
@@ -90,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "model", None):
             settings = replace(settings, model=replace(settings.model, base_model=args.model))
         token = discord_token()
+        if args.command == "sync-commands":
+            if not token:
+                print("error: DISCORD_TOKEN is not set (environment or .env)", file=sys.stderr)
+                return 2
+            from bot.discord.app import sync_commands
+
+            return sync_commands(settings, token, args.guild)
         if args.command == "run" or (args.command is None and token):
             if not token:
                 print("error: DISCORD_TOKEN is not set (environment or .env)", file=sys.stderr)
