@@ -216,3 +216,23 @@ def test_cli_trains_with_overrides_and_no_activate(env, tmp_path, monkeypatch):
     assert meta["hyperparameters"]["max_steps"] == 1
     assert meta["data_files"][0]["path"].endswith("marisa.jsonl")
     assert replace(cfg).max_steps == 30  # the module's config is untouched
+
+
+def test_cpu_training_of_a_4bit_config_uses_full_precision_and_checkpointing(env):
+    # bitsandbytes' CPU 4-bit kernels have no backward: the adapter would silently stay zero.
+    _, settings, cfg, _ = env
+    four_bit = replace(settings, model=replace(settings.model, quantization="4bit"))
+    result = train(
+        four_bit,
+        CARD,
+        replace(cfg, max_steps=2, gradient_checkpointing="on"),
+        version="v-4bit-cfg",
+        activate=False,
+        progress=False,
+    )
+    meta = json.loads((result.path / "metadata.json").read_text(encoding="utf-8"))
+    assert (meta["method"], meta["quantization"]) == ("lora", "none")
+    from safetensors.torch import load_file
+
+    weights = load_file(result.path / "adapter_model.safetensors")
+    assert any(float(w.abs().max()) > 0 for k, w in weights.items() if "lora_B" in k)

@@ -32,8 +32,14 @@ import torch
 
 from bot.adapters import _VERSION_RE as VERSION_RE
 from bot.adapters import new_version_name, persona_dir, set_current
-from bot.config import Settings
-from bot.model_loading import LoadedModel, load_base_model, lora_target_modules
+from bot.config import ModelSettings, Settings
+from bot.model_loading import (
+    LoadedModel,
+    load_base_model,
+    lora_target_modules,
+    resolve_device,
+    resolve_precision,
+)
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig, validate
@@ -113,7 +119,11 @@ def prepare_lora_model(loaded: LoadedModel, cfg: TrainConfig):
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.enable_input_require_grads()
     model.config.use_cache = False  # the cache is useless in training and clashes with checkpointing
     targets = list(cfg.target_modules) or lora_target_modules(model)
@@ -126,6 +136,30 @@ def prepare_lora_model(loaded: LoadedModel, cfg: TrainConfig):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), targets
+
+
+def training_model_settings(model: ModelSettings) -> ModelSettings:
+    """The bot's model settings, but full precision on CPU.
+
+    bitsandbytes' CPU 4-bit kernels have no backward pass: the loss would never reach the
+    adapter. A LoRA trained on the full-precision base serves the 4-bit base just as well.
+    """
+    device = resolve_device(model.device)
+    quant, _ = resolve_precision(model, device)
+    if device.type == "cpu" and quant != "none":
+        log.info("training on CPU: plain LoRA on the full-precision base (4-bit has no CPU backward)")
+        return replace(model, quantization="none")
+    return model
+
+
+def _check_gradients(model) -> None:
+    """Fail fast if the first backward pass left every adapter weight without a gradient."""
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
+        raise RuntimeError(
+            "no gradient reached the LoRA weights; this model/quantization/device combination cannot "
+            "be trained (try model.quantization = 'none')"
+        )
 
 
 def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -292,7 +326,7 @@ def train(
 
     data_files, reviewed = resolve_data(settings, card.id, cfg)
     torch.manual_seed(cfg.seed)
-    loaded = load_base_model(settings.model)
+    loaded = load_base_model(training_model_settings(settings.model))
     tokenizer = loaded.tokenizer
     renderer = PromptRenderer(card, TokenizerFacts.from_tokenizer(tokenizer))
     data: DataBundle = build_datasets(
@@ -372,6 +406,8 @@ def train(
                     loss = sums.sum() / max(1, n_tokens)
                     loss.backward()
                     window_loss += float(loss.detach())
+                if state.step == (state.resumed_from_step or 0):
+                    _check_gradients(model)
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
