@@ -4,7 +4,8 @@ shape it later sees.
 
 Three templates, all from the seeds:
 
-* ``speaker-script``: ``ユーザー: …`` / ``魔理沙: …``, one turn per line; a newline ends a turn.
+* ``speaker-script``: ``ユーザー: …`` / ``魔理沙: …``, one turn per line; a newline ends a turn
+  (written ``<NL>`` for tokenizers that cannot spell a newline, as rinna's cannot).
 * ``rinna``: ``ユーザー: …<NL>システム: …``; ``<NL>`` ends a turn (rinna's tokenizer has no newline).
 * ``alpaca``: the alpaca-ja instruction layout; the tokenizer's EOS text ends the response.
 
@@ -65,14 +66,19 @@ class TokenizerFacts:
     eos_text: str = "</s>"
     special_texts: tuple[str, ...] = ()
     count_tokens: Callable[[str], int] = len
+    # How a line break is written in prompts: "\n", or rinna's "<NL>" for tokenizers that
+    # cannot spell a newline (they would silently turn it into a space).
+    newline: str = "\n"
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenizerFacts:
         specials = tuple(t for t in getattr(tokenizer, "all_special_tokens", []) if t)
+        probe = tokenizer.decode(tokenizer("あ\nい", add_special_tokens=False)["input_ids"])
         return cls(
             eos_text=tokenizer.eos_token or "</s>",
             special_texts=specials,
             count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+            newline="\n" if "\n" in probe else NL_MARK,
         )
 
 
@@ -117,9 +123,8 @@ class PromptRenderer:
     def __init__(self, card: PersonaCard, facts: TokenizerFacts | None = None) -> None:
         self.card = card
         self.facts = facts or TokenizerFacts()
-        self.turn_end = {"speaker-script": "\n", "rinna": NL_MARK, "alpaca": self.facts.eos_text}[
-            card.template
-        ]
+        nl = self.nl = self.facts.newline
+        self.turn_end = {"speaker-script": nl, "rinna": NL_MARK, "alpaca": self.facts.eos_text}[card.template]
         labels = {card.speaker, card.user_label, *COMMON_LABELS}
         # Longest first, so "ユーザー" is matched before a shorter label inside it.
         label_alt = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
@@ -155,7 +160,8 @@ class PromptRenderer:
     def _header(self) -> str:
         card = self.card
         if card.template == "alpaca":
-            return f"{ALPACA_PREAMBLE}\n\n### 指示:\n{card.system_prompt}\n\n### 入力:\n"
+            nl = self.nl
+            return f"{ALPACA_PREAMBLE}{nl}{nl}### 指示:{nl}{card.system_prompt}{nl}{nl}### 入力:{nl}"
         lines = [card.system_prompt]
         for ex in card.examples:
             lines.append(f"{card.user_label}: {ex.user}")
@@ -164,13 +170,13 @@ class PromptRenderer:
 
     def _line(self, turn: Turn) -> str:
         """A finished context turn, sanitized, with its end-of-turn mark."""
-        sep = "\n" if self.card.template == "alpaca" else self.turn_end
+        sep = self.nl if self.card.template == "alpaca" else self.turn_end
         return f"{turn.speaker}: {self.sanitize(turn.text)}{sep}"
 
     def _open(self) -> str:
         """What the prompt ends with: the persona's label, waiting for its words."""
         if self.card.template == "alpaca":
-            return "\n### 応答:\n"
+            return f"{self.nl}### 応答:{self.nl}"
         return f"{self.card.speaker}: "
 
     def _examples_as_context(self) -> str:
@@ -178,7 +184,7 @@ class PromptRenderer:
         if self.card.template != "alpaca":
             return ""
         return "".join(
-            f"{self.card.user_label}: {ex.user}\n{self.card.speaker}: {ex.reply}\n"
+            f"{self.card.user_label}: {ex.user}{self.nl}{self.card.speaker}: {ex.reply}{self.nl}"
             for ex in self.card.examples
         )
 

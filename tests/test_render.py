@@ -139,3 +139,22 @@ def test_alpaca_training_gives_one_example_per_persona_turn():
     examples = r.render_training(turns)
     assert [[s.text for s in ex if s.trainable] for ex in examples] == [["一ですわ</s>"], ["二ですわ</s>"]]
     assert "お嬢様: 一ですわ" in examples[1][0].text
+
+
+def test_line_breaks_follow_what_the_tokenizer_can_spell(tiny_neox, tiny_llama):
+    from bot.model_loading import load_tokenizer
+
+    rinna_like = TokenizerFacts.from_tokenizer(load_tokenizer(str(tiny_neox)))
+    llama_like = TokenizerFacts.from_tokenizer(load_tokenizer(str(tiny_llama)))
+    assert rinna_like.newline == "<NL>" and llama_like.newline == "\n"
+    marisa = CARDS.get("marisa")
+    on_rinna = PromptRenderer(marisa, rinna_like).render_prompt([user("やあ")])
+    assert "\n" not in on_rinna.text and on_rinna.text.endswith("<NL>ユーザー: やあ<NL>魔理沙: ")
+    assert on_rinna.stop[0] == "<NL>"
+    assert (
+        PromptRenderer(marisa, llama_like)
+        .render_prompt([user("やあ")])
+        .text.endswith("\nユーザー: やあ\n魔理沙: ")
+    )
+    ojousama = PromptRenderer(CARDS.get("ojousama"), rinna_like).render_prompt([user("やあ")])
+    assert "\n" not in ojousama.text and ojousama.text.endswith("<NL>### 応答:<NL>")
