@@ -96,7 +96,8 @@ class Chat(commands.Cog):
 
     def __init__(self, bot: OshaberiBot) -> None:
         self.bot = bot
-        self._pending: set[Any] = set()  # replies being generated, for a graceful shutdown
+        # Replies being generated, for a graceful shutdown; keyed by id() (PendingReply is unhashable).
+        self._pending: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- which messages are answered -----------------------------------------------------------
@@ -198,7 +199,7 @@ class Chat(commands.Cog):
             return
 
         notice = QueueNotice(channel, message, bot.settings.chat.queue_notice_position)
-        self._pending.add(pending)
+        self._pending[id(pending)] = pending
         try:
             async with TypingIndicator(channel):
                 text = await flow.wait(pending, notice.update, self.position_poll_s)
@@ -216,7 +217,7 @@ class Chat(commands.Cog):
             await notify(channel, "Sorry, something went wrong while writing the reply.", message)
             return
         finally:
-            self._pending.discard(pending)
+            self._pending.pop(id(pending), None)
         await notice.remove()
 
         filtered = flow.filter(text)
@@ -283,7 +284,7 @@ class Chat(commands.Cog):
             log.info("waiting up to %.0fs for %d replies in progress", grace_s, len(tasks))
             _, still = await asyncio.wait(tasks, timeout=grace_s)
             if still:
-                for pending in list(self._pending):
+                for pending in list(self._pending.values()):
                     pending.cancel()
                 await asyncio.wait(still, timeout=10)
 
