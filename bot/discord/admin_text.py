@@ -1,0 +1,37 @@
+"""The /status text, built from plain data so it is tested without Discord."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def status_lines(stats: Any, store_stats: dict[str, int] | None, spooled: int) -> list[str]:
+    """The /status text, from the worker's stats (Discord-free so it is easy to test)."""
+    sizes = list(getattr(stats, "recent_batch_sizes", []) or [])
+    avg = sum(sizes) / len(sizes) if sizes else 0.0
+    lines = [
+        f"**Queue**: {stats.queue_depth}/{stats.queue_capacity} waiting, {stats.in_flight} generating",
+        f"**Batches**: {stats.batches_run} run; recent sizes avg {avg:.1f}, max {max(sizes, default=0)}"
+        f" (last: {', '.join(map(str, sizes[-8:])) or '—'})",
+        f"**Speed**: {stats.tokens_per_s:.1f} tokens/s; {stats.requests_failed} requests failed",
+    ]
+    memory = stats.device_memory_mb
+    lines.append(
+        f"**Device**: {stats.device}" + (f", {memory:,.0f} MiB in use" if memory is not None else "")
+    )
+    adapters = getattr(stats, "adapters", []) or []
+    if adapters:
+        lines.append("**Adapters**:")
+        lines += [
+            f"• `{a.name}`: {a.version or 'unversioned'} ({a.parameters:,} parameters)" for a in adapters
+        ]
+    else:
+        lines.append("**Adapters**: none loaded (prompt-only personas)")
+    if store_stats is not None:
+        lines.append(
+            f"**Reviews**: {store_stats['undecided']} awaiting a decision, {store_stats['decided']} decided, "
+            f"{store_stats['blocked']} blocked by the word filter"
+        )
+    if spooled:
+        lines.append(f"⚠️ {spooled} log entries are waiting for the database")
+    return lines
