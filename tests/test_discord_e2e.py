@@ -222,3 +222,42 @@ async def test_python_m_bot_with_the_real_runtime_and_sigterm(
     assert [(r[0], r[1]) for r in rows] == [("marisa", "こんにちは")], log_text[-3000:]
     assert rows[0][2].strip() and rows[0][3] is not None  # a reply was generated and its card posted
     assert mode == "wal"
+
+
+async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_path: Path) -> None:
+    """``python -m bot sync-commands --guild ID`` registers every slash command and exits; it loads
+    no model (nothing to generate) and never prints the token."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DISCORD_TOKEN": TOKEN,
+        "DISCORD_API_BASE": emu.api_base,
+        "OSHABERI_DB": str(tmp_path / "unused.sqlite3"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "sync-commands",
+        "--guild",
+        emu.guild_id,
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    text = (out + err).decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert TOKEN not in text
+    [put] = [
+        c for c in emu.calls if c.method == "PUT" and c.path.endswith(f"/guilds/{emu.guild_id}/commands")
+    ]
+    names = sorted(cmd["name"] for cmd in put.json)
+    assert names == ["forget", "optin", "optout", "persona", "personas", "reload", "reset", "status"]
+    persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
+    assert persona["options"][0]["autocomplete"] is True
+    status = next(cmd for cmd in put.json if cmd["name"] == "status")
+    assert int(status["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
+    assert not (tmp_path / "unused.sqlite3").exists()  # sync touches no database
+    assert "synced 8 commands" in text
