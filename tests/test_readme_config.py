@@ -1,0 +1,37 @@
+"""The README's configuration reference names every setting, with its environment form."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from bot.config import ENV_ALIASES, Settings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_and_alias_is_documented() -> None:
+    missing = []
+    for section in fields(Settings):
+        if section.name == "source":
+            continue
+        for key in fields(section.default_factory()):
+            for needle in (
+                f"`{section.name}.{key.name}`",
+                f"OSHABERI_{section.name.upper()}__{key.name.upper()}",
+            ):
+                if needle not in README:
+                    missing.append(needle)
+    missing += [alias for alias in ENV_ALIASES if f"`{alias}`" not in README]
+    assert not missing, f"README configuration reference lacks: {missing}"
+
+
+def test_readme_documents_the_discord_setup() -> None:
+    for needle in (
+        "Message Content",
+        "Manage Webhooks",
+        "applications.commands",
+        "sync-commands",
+        "docker/compose.yaml",
+    ):
+        assert needle in README, needle
