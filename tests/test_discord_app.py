@@ -139,3 +139,28 @@ def test_persona_choices() -> None:
     assert [c.value for c in persona_choices(cards, "魔理沙", with_off=True)] == ["marisa"]
     assert persona_choices(cards, "of", with_off=True)[0].value == "off"
     assert len(persona_choices({f"p{i}": cards["marisa"] for i in range(40)}, "", with_off=True)) == 25
+
+
+async def test_scheduled_retraining_hooks_reload_and_report(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    import discord.ext.test as dpytest
+
+    from bot.config import ScheduleSettings
+    from tests.discord_harness import close_harness, make_harness
+
+    h = await make_harness(tmp_path, monkeypatch)
+    try:
+        h.bot.settings = replace(h.bot.settings, schedule=ScheduleSettings(enabled=True, cron="0 4 * * 1"))
+        h.bot.start_retraining()
+        assert h.bot.retrainer.next_run_time() is not None
+        await h.bot.load_trained_version("marisa", "v20250101-000000")
+        assert h.runtime.reloaded == ["marisa"]
+        await h.bot.report_training_failure("marisa", "CUDA out of memory @everyone")
+        await dpytest.run_all_events()
+        [note] = h.sent(h.review)
+        assert "marisa" in note.content and "out of memory" in note.content
+        assert h.payloads[-1]["allowed_mentions"]["parse"] == []
+    finally:
+        await close_harness(h)
+    assert h.bot.retrainer.next_run_time() is None  # shut down with the bot

@@ -81,6 +81,7 @@ class OshaberiBot(commands.Bot):
         self.accepting = not sync_only
         self.sender = ReplySender(self, settings.discord.use_webhooks)
         self.flow: ReplyFlow | None = None
+        self.retrainer: Any = None
         self._closing: asyncio.Task[None] | None = None
 
     # -- start-up ------------------------------------------------------------------------------
@@ -99,10 +100,42 @@ class OshaberiBot(commands.Bot):
             )
             if self._runtime_factory is not None:
                 self.runtime = await self._runtime_factory(self.settings)
+            if self.settings.schedule.enabled and self.runtime is not None:
+                self.start_retraining()
         # Registered before any event: a click on a card from before the restart finds its handler.
         self.add_dynamic_items(ReviewButton)
         for name in COGS:
             await self.load_extension(name)
+
+    # -- scheduled retraining (trainer/schedule.py) ----------------------------------------------
+
+    def start_retraining(self) -> None:
+        """Retrain on ``schedule.cron`` in a child process; the bot keeps serving meanwhile."""
+        from trainer.schedule import ScheduledRetrainer
+
+        self.retrainer = ScheduledRetrainer(
+            self.settings, on_new_version=self.load_trained_version, on_failure=self.report_training_failure
+        )
+        self.retrainer.start()
+
+    async def load_trained_version(self, persona_id: str, version: str) -> None:
+        """Hot-reload a freshly trained adapter; an AdapterError goes back to the scheduler,
+        which reports it (the persona keeps its old adapter)."""
+        lines = await self.runtime.reload(persona_id)
+        log.warning("scheduled training: %s now serves %s (%s)", persona_id, version, "; ".join(lines))
+
+    async def report_training_failure(self, persona_id: str, message: str) -> None:
+        """Tell the moderators in the review channel; the log has it too."""
+        log.error("scheduled training of %s failed: %s", persona_id, message)
+        channel_id = self.settings.discord.review_channel
+        channel = self.get_channel(channel_id) if channel_id else None
+        if channel is None or not hasattr(channel, "send"):
+            return
+        text = f"⚠️ Scheduled training of `{persona_id}` failed; it keeps its current adapter.\n```\n{message[-1700:]}\n```"
+        try:
+            await channel.send(text, allowed_mentions=NO_PINGS)
+        except discord.HTTPException as exc:
+            log.warning("could not report the training failure: %s", exc)
 
     async def on_ready(self) -> None:
         log.info(
@@ -125,6 +158,8 @@ class OshaberiBot(commands.Bot):
         review_cog = self.get_cog("Review")
         if review_cog is not None:
             review_cog.stop_polling()  # type: ignore[attr-defined]
+        if self.retrainer is not None:
+            self.retrainer.shutdown()
         if self.runtime is not None:
             try:
                 await self.runtime.close()
