@@ -138,8 +138,15 @@ async def test_bot_against_the_emulator(emu: DiscordEmulator, tmp_path: Path) ->
             "moderator", opened.json["data"]["custom_id"], {TEXT_INPUT_ID: "ずんだ餅が一番なのだ"}
         )
         updated = await wait_for(emu, lambda c: c.path.startswith(f"/interactions/{submit.id}/"), mark)
-        assert updated.json["type"] == 7 and updated.status in (200, 204)
-        assert all(b["disabled"] for row in updated.json["data"]["components"] for b in row["components"])
+        assert updated.json["type"] == 6 and updated.status in (200, 204)  # acknowledged at once
+        edit = await wait_for(
+            emu, lambda c: c.method == "PATCH" and c.path.endswith("/messages/@original"), mark
+        )
+        assert edit.status == 200
+        assert all(b["disabled"] for row in edit.json["components"] for b in row["components"])
+        assert all(
+            b["disabled"] for row in emu.message(card_id).payload["components"] for b in row["components"]
+        )
         [row] = await bot.store.approved_for_export()
         assert row.reply == "ずんだ餅が一番なのだ" and row.decision == "edited"
         assert emu.unhandled == []

@@ -55,9 +55,13 @@ async def logged_reply(h: Harness, reply: str = "元気だぜ") -> int:
     return log_id
 
 
+def card_updates(h: Harness):
+    """Edits of the card after a deferred acknowledgement (PATCH .../messages/@original)."""
+    return [c for c in h.http.calls if c.method == "PATCH" and c.path.endswith("/messages/@original")]
+
+
 def card_update(h: Harness):
-    """The last interaction response that edited the card (type 7: UPDATE_MESSAGE)."""
-    updates = [c for c in h.http.responses() if c.payload and c.payload.get("type") == 7]
+    updates = card_updates(h)
     return updates[-1] if updates else None
 
 
@@ -165,7 +169,8 @@ async def test_double_click_race_produces_one_decision(h: Harness) -> None:
     winner = h.mod.id if item.decision == "approved" else h.bob.id
     assert item.decided_by == winner
     # both cards now show the one decision; the loser is told privately who decided
-    updates = [c for c in h.http.responses() if c.payload.get("type") == 7]
+    assert [c.payload["type"] for c in h.http.responses()] == [6, 6]  # both acknowledged at once
+    updates = card_updates(h)
     assert len(updates) == 2
     for update in updates:
         fields = {f["name"]: f["value"] for f in update.data["embeds"][0]["fields"]}
@@ -223,6 +228,9 @@ async def test_deleted_item_says_so(h: Harness) -> None:
     log_id = await logged_reply(h)
     await h.store.forget_user(h.alice.id)
     await h.click(card_message(h, log_id), custom_id("approve", log_id), member=h.mod, permissions=MOD_PERMS)
+    assert "no longer exists" in card_update(h).content
+    assert card_update(h).data.get("components") == []
+    await h.click(card_message(h, log_id), custom_id("edit", log_id), member=h.mod, permissions=MOD_PERMS)
     assert "no longer exists" in h.http.responses()[-1].content
 
 

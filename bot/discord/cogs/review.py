@@ -346,24 +346,26 @@ class Review(commands.Cog):
         if store is None:
             await interaction.response.send_message("The database is not available.", ephemeral=True)
             return
-        item = await store.get_review(log_id)
-        if item is None:
-            await self._gone(interaction, log_id)
-            return
         if action == "edit":
-            if item.decision is not None:
+            # A modal must be the first response, so this path cannot defer; one read is quick
+            # (WAL readers never wait for writers).
+            item = await store.get_review(log_id)
+            if item is None:
+                await interaction.response.send_message(_gone_text(log_id), ephemeral=True)
+            elif item.decision is not None:
                 await interaction.response.send_message(
                     _already(item.decision, item.decided_by), ephemeral=True
                 )
-                return
-            modal = EditModal(log_id, item.reply)
-            # Stopped before sending: discord.py then does not keep it, and the submit is handled by
-            # its custom id in on_interaction below, the same before and after a restart.
-            modal.stop()
-            await interaction.response.send_modal(modal)
+            else:
+                modal = EditModal(log_id, item.reply)
+                # Stopped before sending: discord.py then does not keep it, and the submit is handled
+                # by its custom id in on_interaction below, the same before and after a restart.
+                modal.stop()
+                await interaction.response.send_modal(modal)
             return
-        decision = ACTIONS[action][2]
-        await self._decide(interaction, item, decision, None)
+        # Acknowledge within Discord's 3 seconds even if the database is busy and retrying.
+        await interaction.response.defer()
+        await self._decide(interaction, log_id, ACTIONS[action][2], None)
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
@@ -376,11 +378,10 @@ class Review(commands.Cog):
         await self.on_edit_submit(interaction, int(match["log_id"]), submitted_text(data) or "")
 
     async def on_edit_submit(self, interaction: discord.Interaction[Any], log_id: int, text: str) -> None:
-        store = self.bot.store
         if not self._allowed(interaction):  # checked again: the modal could be forged or stale
             await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
             return
-        if store is None:
+        if self.bot.store is None:
             await interaction.response.send_message("The database is not available.", ephemeral=True)
             return
         if not text.strip():
@@ -388,30 +389,30 @@ class Review(commands.Cog):
                 "The edited reply is empty; nothing was recorded.", ephemeral=True
             )
             return
-        item = await store.get_review(log_id)
-        if item is None:
-            await self._gone(interaction, log_id)
-            return
-        await self._decide(interaction, item, "edited", text[:MAX_EDITED_CHARS])
+        await interaction.response.defer()
+        await self._decide(interaction, log_id, "edited", text[:MAX_EDITED_CHARS])
 
     async def _decide(
-        self, interaction: discord.Interaction[Any], item: ReviewItem, decision: str, edited: str | None
+        self, interaction: discord.Interaction[Any], log_id: int, decision: str, edited: str | None
     ) -> None:
+        """Record the decision (the interaction is already acknowledged) and show the outcome."""
         store = self.bot.store
         assert store is not None
         try:
-            outcome = await store.decide(item.log_id, interaction.user.id, decision, edited)
+            outcome = await store.decide(log_id, interaction.user.id, decision, edited)
+            item = await store.get_review(log_id)
         except ReviewNotFoundError:
-            await self._gone(interaction, item.log_id)
-            return
+            item = None
         except Exception:
-            log.exception("recording the decision on #%s failed", item.log_id)
-            await interaction.response.send_message(
-                "The decision could not be recorded (database busy). Please try again.", ephemeral=True
+            log.exception("recording the decision on #%s failed", log_id)
+            await self._tell(
+                interaction, "The decision could not be recorded (database busy). Please try again."
             )
             return
-        fresh = await store.get_review(item.log_id) or item
-        await self._show(interaction, fresh, outcome)
+        if item is None:
+            await self._gone(interaction, log_id)
+            return
+        await self._show(interaction, item, outcome)
 
     async def _show(
         self, interaction: discord.Interaction[Any], item: ReviewItem, outcome: DecisionOutcome
@@ -421,16 +422,21 @@ class Review(commands.Cog):
         view = review_view(item.log_id, decided=True)
         try:
             if interaction.message is not None:
-                await interaction.response.edit_message(embed=embed, view=view, allowed_mentions=NO_PINGS)
+                await interaction.edit_original_response(embed=embed, view=view, allowed_mentions=NO_PINGS)
             else:
-                await interaction.response.defer(ephemeral=True)
                 await self._edit_card(item, embed, view)
-            if outcome.already_decided:
-                await interaction.followup.send(
-                    _already(outcome.decision, outcome.moderator_id), ephemeral=True
-                )
         except discord.HTTPException as exc:
             log.warning("review card #%s not updated: %s", item.log_id, exc)
+        if outcome.already_decided:
+            await self._tell(interaction, _already(outcome.decision, outcome.moderator_id))
+
+    async def _tell(self, interaction: discord.Interaction[Any], text: str) -> None:
+        """An ephemeral note to whoever clicked, whether or not the interaction was answered yet."""
+        with contextlib.suppress(discord.HTTPException):
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+            else:
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
 
     async def _edit_card(self, item: ReviewItem, embed: discord.Embed, view: discord.ui.View) -> None:
         if item.review_channel_id and item.review_message_id:
@@ -439,12 +445,16 @@ class Review(commands.Cog):
                 await channel.get_partial_message(item.review_message_id).edit(embed=embed, view=view)
 
     async def _gone(self, interaction: discord.Interaction[Any], log_id: int) -> None:
-        text = f"Review item #{log_id} no longer exists (its user asked to be forgotten)."
-        with contextlib.suppress(discord.HTTPException):
-            if interaction.message is not None:
-                await interaction.response.edit_message(content=text, embed=None, view=None)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
+        """The row was deleted (its user asked to be forgotten): retire the card."""
+        if interaction.message is not None and interaction.response.is_done():
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content=_gone_text(log_id), embed=None, view=None)
+                return
+        await self._tell(interaction, _gone_text(log_id))
+
+
+def _gone_text(log_id: int) -> str:
+    return f"Review item #{log_id} no longer exists (its user asked to be forgotten)."
 
 
 def _already(decision: str, moderator_id: int | None) -> str:
