@@ -21,15 +21,28 @@ async def h(tmp_path, monkeypatch):
 
 async def test_persona_sets_the_channel_persona_and_starts_afresh(h: Harness) -> None:
     await h.command("persona", persona="zundamon")
-    [response] = h.http.responses()
-    assert "ずんだもん" in response.content and not response.ephemeral
-    assert response.data["allowed_mentions"]["parse"] == []
+    [ack] = h.http.responses()
+    assert ack.payload["type"] == 5 and not ack.ephemeral  # public, answered at once
+    said = h.http.calls[-1]
+    assert "ずんだもん" in said.content and not said.ephemeral
+    assert said.data["allowed_mentions"]["parse"] == []
     assert await h.store.channel_persona(h.chat.id) == "zundamon"
     marker = await h.store.channel_reset_marker(h.chat.id)
     assert marker is not None
     await h.say("こんにちは")
     persona, _ = h.fake_chat.submitted[-1]
     assert persona == "zundamon"
+
+
+async def test_a_busy_database_is_reported_not_hidden(h: Harness, monkeypatch) -> None:
+    import sqlite3
+
+    async def locked(*_args):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(h.store, "set_channel_persona", locked)
+    await h.command("persona", persona="marisa")
+    assert "could not be saved" in h.http.calls[-1].content
 
 
 async def test_persona_off_stops_answering(h: Harness) -> None:
@@ -84,7 +97,7 @@ async def test_reset_forgets_the_conversation_so_far(h: Harness) -> None:
     await h.store.set_channel_persona(h.chat.id, "marisa")
     await h.say("覚えててね、私の名前は花子")
     await h.command("reset")
-    assert "forgotten" in h.http.responses()[-1].content
+    assert "forgotten" in h.http.calls[-1].content
     h.fake_chat.scripts.append(Script("誰だっけ？"))
     await h.say("私の名前は？")
     _, turns = h.fake_chat.submitted[-1]
@@ -153,7 +166,7 @@ async def test_reload_refuses_unknown_personas_and_non_moderators(h: Harness) ->
 async def test_optout_and_optin(h: Harness) -> None:
     await h.command("optout")
     assert await h.store.is_opted_out(h.alice.id)
-    assert h.http.responses()[-1].ephemeral
+    assert h.http.responses()[-1].ephemeral and "opted out" in h.http.calls[-1].content
     await h.store.set_channel_persona(h.chat.id, "marisa")
     await h.say("これはログされない")
     assert h.sent(h.review) == []

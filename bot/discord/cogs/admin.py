@@ -136,7 +136,15 @@ class Admin(commands.Cog):
                 "The database is not available; try again later.", ephemeral=True
             )
             return
-        await store.set_opt_out(interaction.user.id, opted_out)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            await store.set_opt_out(interaction.user.id, opted_out)
+        except Exception:
+            log.exception("opt-out could not be saved")
+            await interaction.followup.send(
+                "That could not be saved (database busy); please try again.", ephemeral=True
+            )
+            return
         if opted_out:
             text = (
                 "You are opted out: the bot still answers you, but conversations with your messages are not "
@@ -144,7 +152,7 @@ class Admin(commands.Cog):
             )
         else:
             text = "You are opted in: replies to your messages are logged and may be reviewed for training."
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
 
 async def setup(bot: OshaberiBot) -> None:

@@ -6,6 +6,7 @@ against the loaded cards before anything is stored.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,6 +19,7 @@ from bot.discord.sender import NO_PINGS
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
 
+log = logging.getLogger(__name__)
 OFF = "off"
 
 
@@ -70,28 +72,30 @@ class Persona(commands.Cog):
         assert self.bot.store is not None and interaction.channel_id is not None
         choice = persona.strip().lower()
         cards = self._cards()
-        if choice == OFF:
-            await self.bot.store.set_channel_persona(interaction.channel_id, None)
-            await interaction.response.send_message(
-                "No persona answers every message here any more (mention the bot to talk).",
-                allowed_mentions=NO_PINGS,
-            )
-            return
         card = cards.get(choice)
-        if card is None:
+        if choice != OFF and card is None:
             known = ", ".join(sorted(cards)) or "none loaded"
             await interaction.response.send_message(
                 f"There is no persona `{discord.utils.escape_markdown(persona[:40])}`. Known: {known}.",
                 ephemeral=True,
+                allowed_mentions=NO_PINGS,
             )
             return
-        # A new character starts a new conversation: the old persona's lines are not this one's.
-        await self.bot.store.set_channel_persona(interaction.channel_id, card.id)
-        await self.bot.store.reset_channel(interaction.channel_id, interaction.id)
-        await interaction.response.send_message(
-            f"**{card.display_name}** now answers every message in this channel. `/persona off` to stop.",
-            allowed_mentions=NO_PINGS,
-        )
+        # Answer Discord now: a busy database may take longer than the 3 s an interaction allows.
+        await interaction.response.defer(thinking=True)
+        try:
+            if card is None:
+                await self.bot.store.set_channel_persona(interaction.channel_id, None)
+                text = "No persona answers every message here any more (mention the bot to talk)."
+            else:
+                # A new character starts a new conversation: the old persona's lines are not this one's.
+                await self.bot.store.set_channel_persona(interaction.channel_id, card.id)
+                await self.bot.store.reset_channel(interaction.channel_id, interaction.id)
+                text = f"**{card.display_name}** now answers every message in this channel. `/persona off` to stop."
+        except Exception:
+            log.exception("/persona could not be saved")
+            text = "That could not be saved (database busy). Please try again."
+        await interaction.followup.send(text, allowed_mentions=NO_PINGS)
 
     @persona.autocomplete("persona")
     async def _persona_autocomplete(
@@ -133,12 +137,15 @@ class Persona(commands.Cog):
         if await self._refuse_here(interaction):
             return
         assert self.bot.store is not None and interaction.channel_id is not None
-        # The interaction id is a snowflake of this moment: history starts after it.
-        await self.bot.store.reset_channel(interaction.channel_id, interaction.id)
-        await interaction.response.send_message(
-            "🧹 The conversation so far is forgotten; the next message starts afresh.",
-            allowed_mentions=NO_PINGS,
-        )
+        await interaction.response.defer(thinking=True)
+        try:
+            # The interaction id is a snowflake of this moment: history starts after it.
+            await self.bot.store.reset_channel(interaction.channel_id, interaction.id)
+            text = "🧹 The conversation so far is forgotten; the next message starts afresh."
+        except Exception:
+            log.exception("/reset could not be saved")
+            text = "That could not be saved (database busy). Please try again."
+        await interaction.followup.send(text, allowed_mentions=NO_PINGS)
 
 
 async def setup(bot: OshaberiBot) -> None:
