@@ -66,11 +66,14 @@ async def test_plain_messages_outside_persona_channels_are_ignored(h: Harness) -
 
 
 async def test_mention_is_answered_by_the_default_persona(h: Harness) -> None:
+    await h.say("関係ない雑談", member=h.bob)  # not addressed to the bot: not its context
     await h.say(f"<@{h.bot.user.id}> やあ")
     [reply] = h.sent()
     assert reply.content.startswith("**霧雨魔理沙**: ")
     persona, turns = h.fake_chat.submitted[0]
-    assert persona == "marisa" and turns[-1].text == "やあ"  # the mention itself never reaches the prompt
+    assert persona == "marisa" and [t.text for t in turns] == ["やあ"]  # the mention never reaches the prompt
+    [item] = await all_logs(h)
+    assert "関係ない雑談" not in item.prompt
 
 
 async def test_reply_to_the_bot_is_answered_with_the_reply_chain(h: Harness) -> None:

@@ -130,7 +130,11 @@ class Chat(commands.Cog):
         if task is not None:
             self._tasks.add(task)
         try:
-            await self.answer(message, persona_id or self.bot.settings.chat.default_persona)
+            await self.answer(
+                message,
+                persona_id or self.bot.settings.chat.default_persona,
+                channel_has_persona=persona_id is not None,
+            )
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -150,7 +154,7 @@ class Chat(commands.Cog):
 
     # -- answering -----------------------------------------------------------------------------
 
-    async def answer(self, message: discord.Message, persona_id: str) -> None:
+    async def answer(self, message: discord.Message, persona_id: str, *, channel_has_persona: bool) -> None:
         """Rate limit → history → queue → wait (typing, position) → filter → send → log → review."""
         bot, flow, store = self.bot, self.bot.flow, self.bot.store
         assert flow is not None and store is not None
@@ -186,7 +190,7 @@ class Chat(commands.Cog):
             return
 
         try:
-            conversation = await self._conversation(message, card, persona_id)
+            conversation = await self._conversation(message, card, channel_has_persona)
             pending = runtime.chat.submit(persona_id, conversation.turns)
         except InputError as exc:
             await notify(channel, str(exc), message)
@@ -253,18 +257,22 @@ class Chat(commands.Cog):
         if log_id is not None and review is not None:
             await review.post_new(log_id)  # type: ignore[attr-defined]
 
-    async def _conversation(self, message: discord.Message, card: Any, persona_id: str) -> Conversation:
+    async def _conversation(
+        self, message: discord.Message, card: Any, channel_has_persona: bool
+    ) -> Conversation:
+        """In a persona channel, the channel since the reset; elsewhere the bot was addressed
+        directly, so only the reply chain counts (other people's chatter there was not meant for
+        it, and would put their words into someone else's log)."""
         bot, store = self.bot, self.bot.store
         assert store is not None
         limit = max(0, bot.settings.chat.history_messages)
         marker = await store.channel_reset_marker(message.channel.id)
-        channel_has_persona = await store.channel_persona(message.channel.id) is not None
-        if message.reference is not None and not channel_has_persona:
+        if channel_has_persona:
+            earlier = await channel_history(message, after=marker, limit=limit)
+        else:
             earlier = await reply_chain(
                 message, after=marker, limit=limit, answered_by=store.message_answered_by
             )
-        else:
-            earlier = await channel_history(message, after=marker, limit=limit)
         webhook_ids = bot.sender.known_webhook_ids()
         me = bot.user.id if bot.user else None
         lines: list[ChatMessage] = []
