@@ -356,3 +356,9 @@ async def test_stats(store: Store) -> None:
     await store.log_reply(entry(status="blocked"))
     await store.decide(a, 1, "approved")
     assert await store.stats() == {"logged": 2, "undecided": 1, "decided": 1, "blocked": 1}
+
+
+async def test_message_answered_by_links_a_reply_to_its_question(store: Store) -> None:
+    await store.log_reply(entry(message_id=500, reply_message_id=501))
+    assert await store.message_answered_by(501) == 500
+    assert await store.message_answered_by(999) is None
