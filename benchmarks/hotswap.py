@@ -85,32 +85,39 @@ def prompt_of(tokenizer, start: int, length: int = PROMPT_TOKENS) -> str:
     return text[:lo]
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def run(shape_name: str, quant: str, device: str, repeats: int, workdir: Path) -> Figures:
-    shape = SHAPES[shape_name]
-    model_dir = build_tiny_model(workdir / "model", "gpt-neox", seed=0, shape=shape)
-    adapter_dirs = {
-        p: build_random_adapter(model_dir, workdir / p, seed=i, r=8) for i, p in enumerate(PERSONAS, 1)
-    }
-    engine = Engine.from_settings(ModelSettings(base_model=str(model_dir), quantization=quant, device=device))
-    base_bytes = sum(p.numel() * p.element_size() for p in engine.loaded.model.parameters())
-    for persona, path in adapter_dirs.items():
-        engine.load_adapter(persona, AdapterSource(str(path), "bench", True))
+async def run(shape_name: str, quant: str, device: str, repeats: int, workdir: Path) -> Figures:
+    """Every torch call runs on the worker thread, as in the bot (see GenerationWorker.launch):
+    A, C and D through ``worker.call``, B through ``worker.submit``."""
+    adapter_dirs: dict[str, Path] = {}
+
+    def build() -> Engine:
+        model_dir = build_tiny_model(workdir / "model", "gpt-neox", seed=0, shape=SHAPES[shape_name])
+        for i, persona in enumerate(PERSONAS, 1):
+            adapter_dirs[persona] = build_random_adapter(model_dir, workdir / persona, seed=i, r=8)
+        engine = Engine.from_settings(
+            ModelSettings(base_model=str(model_dir), quantization=quant, device=device)
+        )
+        for persona, path in adapter_dirs.items():
+            engine.load_adapter(persona, AdapterSource(str(path), "bench", True))
+        return engine
+
+    worker = await GenerationWorker.launch(build, WorkerSettings(max_batch_size=8, batch_window_ms=10))
+    try:
+        return await _measure(worker, adapter_dirs, repeats)
+    finally:
+        await worker.stop()
+
+
+async def _measure(worker: GenerationWorker, adapter_dirs: dict[str, Path], repeats: int) -> Figures:
+    engine = worker.engine
+    base_bytes = sum(
+        p.numel() * p.element_size() for n, p in engine._peft.named_parameters() if "lora_" not in n
+    )
     adapter_bytes = sum(
         p.numel() * p.element_size() for n, p in engine._peft.named_parameters() if "lora_" in n
     )
@@ -150,63 +157,72 @@ def run(shape_name: str, quant: str, device: str, repeats: int, workdir: Path) -
         sync(engine.device)
         assert out.shape[1] - ids.shape[1] == NEW_TOKENS
 
-    def serial():
+    def serial(_engine):
         for r in requests:
             hf_generate([r], r.adapter)
 
-    def single():
+    def single(_engine):
         hf_generate(requests, "marisa")
 
-    def engine_single():
+    def engine_single(_engine):
         one = [GenerationRequest("marisa", r.prompt, params, adapter="marisa") for r in requests]
         results = engine.generate(one)
         assert all(x.new_tokens == NEW_TOKENS for x in results)
 
-    async def through_worker(worker):
+    async def mixed() -> None:
         tickets = [worker.submit(r) for r in requests]
         results = [await t.result() for t in tickets]
         assert all(x.new_tokens == NEW_TOKENS for x in results), [x.new_tokens for x in results]
         assert max(x.batch_size for x in results) > 1
 
-    async def mixed_timing() -> float:
-        worker = GenerationWorker(engine, WorkerSettings(max_batch_size=8, batch_window_ms=10, queue_size=64))
-        worker.start()
-        try:
-            await through_worker(worker)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                await through_worker(worker)
-                times.append(time.perf_counter() - start)
-            return statistics.median(times)
-        finally:
-            await worker.stop()
+    async def timed(step) -> float:
+        """Median wall time of ``repeats`` runs after one warm-up; ``step`` runs on the worker thread."""
+
+        async def once():
+            if step is mixed:
+                await mixed()
+            else:
+                await worker.call(step)
+
+        await once()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            await once()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    serial_s = timed(serial, repeats)
-    single_s = timed(single, repeats)
-    engine_single_s = timed(engine_single, repeats)
-    mixed_s = asyncio.run(mixed_timing())
+    serial_s = await timed(serial)
+    mixed_s = await timed(mixed)
+    single_s = await timed(single)
+    engine_single_s = await timed(engine_single)
 
-    switches = 200
-    start = time.perf_counter()
-    for i in range(switches):
-        peft.set_adapter(internal[PERSONAS[i % len(PERSONAS)]])
-    switch_ms = (time.perf_counter() - start) / switches * 1000
-    loads = []
-    for _ in range(3):
+    def switching(_engine) -> float:
+        switches = 200
         start = time.perf_counter()
-        engine.load_adapter("marisa", AdapterSource(str(adapter_dirs["marisa"]), "reload", True))
-        loads.append(time.perf_counter() - start)
+        for i in range(switches):
+            peft.set_adapter(internal[PERSONAS[i % len(PERSONAS)]])
+        return (time.perf_counter() - start) / switches * 1000
 
+    def loading(_engine) -> float:
+        loads = []
+        for _ in range(3):
+            start = time.perf_counter()
+            engine.load_adapter("marisa", AdapterSource(str(adapter_dirs["marisa"]), "reload", True))
+            loads.append(time.perf_counter() - start)
+        return statistics.median(loads) * 1000
+
+    switch_ms = await worker.call(switching)
+    load_ms = await worker.call(loading)
     return Figures(
         serial_tok_s=total_tokens / serial_s,
         mixed_tok_s=total_tokens / mixed_s,
         single_adapter_tok_s=total_tokens / single_s,
         engine_single_adapter_tok_s=total_tokens / engine_single_s,
         switch_ms=switch_ms,
-        load_ms=statistics.median(loads) * 1000,
+        load_ms=load_ms,
         adapters_memory_pct=100 * adapter_bytes / base_bytes,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if engine.device.type == "cuda" else None,
@@ -230,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="oshaberi-bench-") as tmp:
-        fig = run(args.shape, args.quant, args.device, args.repeats, Path(tmp))
+        fig = asyncio.run(run(args.shape, args.quant, args.device, args.repeats, Path(tmp)))
     result = {
         **fig.__dict__,
         "mixed_over_serial": fig.mixed_tok_s / fig.serial_tok_s,

@@ -213,12 +213,15 @@ class Engine:
         return entry[0]
 
     def _forward(self, input_ids, attention, positions, cache, adapter_names):
+        # logits_to_keep=1: only the last position's logits are used, which saves the output
+        # head's (prompt length x vocabulary) matmul on the prefill.
         kwargs = dict(
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,
         )
         if self._peft is not None and self._resident:
             out = self._peft(**kwargs, adapter_names=adapter_names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +36,19 @@ class Runtime:
             log.error("persona card skipped: %s", error)
         if not cards.cards:
             raise RuntimeError("no persona card could be loaded; see the errors above")
-        engine = await asyncio.to_thread(Engine.from_settings, settings.model)
-        for card in cards.cards.values():
-            try:
-                _load_persona_adapter(engine, settings, card.id, cards)
-            except AdapterError as exc:
-                log.error("%s; %s answers prompt-only", exc, card.id)
-        worker = GenerationWorker(engine, settings.worker)
-        worker.start()
+
+        def build() -> Engine:
+            engine = Engine.from_settings(settings.model)
+            for card in cards.cards.values():
+                try:
+                    _load_persona_adapter(engine, settings, card.id, cards)
+                except AdapterError as exc:
+                    log.error("%s; %s answers prompt-only", exc, card.id)
+            return engine
+
+        # The model is loaded on the worker thread that will run it (see GenerationWorker.launch).
+        worker = await GenerationWorker.launch(build, settings.worker)
+        engine = worker.engine
         return cls(settings, cards, engine, worker, ChatService(cards, worker, engine.facts))
 
     async def reload(self, persona_id: str | None = None) -> list[str]:

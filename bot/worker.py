@@ -41,7 +41,6 @@ from bot.generation import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_DONE = object()
 RECENT_BATCHES = 32
 
 
@@ -65,7 +64,12 @@ class Ticket:
         self._loop = loop
         self._worker = worker
         self._future: asyncio.Future[GenerationResult] = loop.create_future()
-        self._pieces: asyncio.Queue[Any] = asyncio.Queue()
+        # Pieces are buffered here by the worker thread; the loop is only woken for them once
+        # somebody iterates, so a caller that just awaits the result costs no per-token wake-ups.
+        self._buffer: list[str] = []
+        self._buffer_lock = threading.Lock()
+        self._streaming = False
+        self._wake = asyncio.Event()
         self._cancelled = threading.Event()
 
     @property
@@ -102,11 +106,18 @@ class Ticket:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str]:
+        with self._buffer_lock:
+            self._streaming = True
         while True:
-            piece = await self._pieces.get()
-            if piece is _DONE:
+            self._wake.clear()
+            finished = self._future.done()  # read before draining: every piece precedes the finish
+            with self._buffer_lock:
+                pieces, self._buffer = self._buffer, []
+            for piece in pieces:
+                yield piece
+            if finished:
                 return
-            yield piece
+            await self._wake.wait()
 
     # Called from the worker thread through the loop.
     def _finish(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
@@ -118,19 +129,23 @@ class Ticket:
             self._future.exception()  # mark retrieved: a cancelled caller may never await it
         else:
             self._future.set_result(result)
-        self._pieces.put_nowait(_DONE)
+        self._wake.set()
 
     def _deliver(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._finish, result, exc)
 
     def _piece(self, text: str) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._pieces.put_nowait, text)
+        with self._buffer_lock:
+            self._buffer.append(text)
+            streaming = self._streaming
+        if streaming:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake.set)
 
 
 class GenerationWorker:
-    def __init__(self, engine: Engine, settings: WorkerSettings | None = None) -> None:
+    def __init__(self, engine: Engine | None, settings: WorkerSettings | None = None) -> None:
         self.engine = engine
         self.settings = settings or WorkerSettings()
         self._queue: collections.deque[Ticket] = collections.deque()
@@ -150,11 +165,51 @@ class GenerationWorker:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        """Serve an engine built elsewhere (tests, benchmarks). The bot uses :meth:`launch`."""
         if self._thread is not None:
             return
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
+
+    @classmethod
+    async def launch(
+        cls, build: Callable[[], Engine], settings: WorkerSettings | None = None
+    ) -> GenerationWorker:
+        """Build the engine on the worker thread itself, then serve from that thread.
+
+        Why: torch's CPU kernels run on an OpenMP thread team per calling thread. If the model
+        is loaded on one thread and run on another, two teams exist, libgomp sees more threads
+        than cores and stops spin-waiting between kernels, which cost 25-30% of CPU decoding
+        speed here (measured on 2 cores). One thread doing all torch work keeps a single team.
+        """
+        worker = cls(None, settings)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if not ready.done():
+                ready.set_exception(exc) if exc is not None else ready.set_result(None)
+
+        def run() -> None:
+            try:
+                worker.engine = build()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(settle, exc)
+                return
+            loop.call_soon_threadsafe(settle, None)
+            worker._run()
+
+        worker._accepting = True
+        worker._thread = threading.Thread(target=run, name="generation-worker", daemon=True)
+        worker._thread.start()
+        try:
+            await ready
+        except BaseException:
+            worker._accepting = False
+            worker._thread = None
+            raise
+        return worker
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop taking requests, let queued ones finish for up to ``drain_timeout``, fail the rest."""

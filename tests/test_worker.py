@@ -246,3 +246,22 @@ async def test_worker_results_match_the_engine_run_directly(real_engine):
     for row, result in zip(rows, results, strict=True):
         assert result.text == real_engine.generate([row])[0].text
     await worker.stop()
+
+
+async def test_launch_builds_the_engine_on_the_worker_thread_and_reports_a_failed_build():
+    built_on: list[str] = []
+
+    def build():
+        built_on.append(threading.current_thread().name)
+        return FakeEngine()
+
+    worker = await GenerationWorker.launch(build, WorkerSettings())
+    assert built_on == ["generation-worker"]
+    assert (await worker.submit(req("hi")).result()).text == "re:hi"
+    await worker.stop()
+
+    def broken():
+        raise RuntimeError("no model here")
+
+    with pytest.raises(RuntimeError, match="no model here"):
+        await GenerationWorker.launch(broken, WorkerSettings())
