@@ -14,8 +14,9 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 DEFAULT_BASE_MODEL = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
 DEFAULT_CONFIG_FILE = "oshaberi.toml"
 ENV_PREFIX = "OSHABERI_"
@@ -146,7 +147,8 @@ def _section_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _apply(section_obj: Any, values: dict[str, Any], where: str) -> Any:
+def apply_overrides(section_obj: T, values: dict[str, Any], where: str) -> T:
+    """A copy of a settings dataclass with ``values`` coerced to its field types; ConfigError names the key."""
     hints = _section_types(type(section_obj))
     known = {f.name for f in fields(section_obj)}
     changes = {}
@@ -185,7 +187,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         if not isinstance(values, dict):
             raise ConfigError(f"{config_path}: [{name}] must be a table")
         settings = replace(
-            settings, **{name: _apply(getattr(settings, name), values, f"{config_path} [{name}]")}
+            settings, **{name: apply_overrides(getattr(settings, name), values, f"{config_path} [{name}]")}
         )
 
     env_values: dict[str, dict[str, str]] = {}
@@ -200,7 +202,9 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             continue
         env_values.setdefault(section, {})[key] = value
     for section, values in env_values.items():
-        settings = replace(settings, **{section: _apply(getattr(settings, section), values, "environment")})
+        settings = replace(
+            settings, **{section: apply_overrides(getattr(settings, section), values, "environment")}
+        )
     _validate(settings)
     return settings
 

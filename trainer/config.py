@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import tomllib
 import typing
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from bot.config import ConfigError, apply_overrides
 
 DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parent / "default_train.toml"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A training setting that cannot be used; the message names the file or flag and the key."""
 
 
@@ -68,42 +70,11 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _coerce(key: str, value: Any, where: str) -> Any:
-    hint = _hints()[key]
-    try:
-        if typing.get_origin(hint) is tuple:
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                raise ValueError(value)
-            return tuple(value)
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if hint is str:
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-    except ValueError:
-        raise TrainConfigError(
-            f"{where}: {key} = {value!r} is not a valid {getattr(hint, '__name__', hint)}"
-        ) from None
-    raise TrainConfigError(f"{where}: unsupported type for {key}")
-
-
 def _apply(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    changes = {}
-    for key, value in values.items():
-        if key not in known:
-            raise TrainConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
-        changes[key] = _coerce(key, value, where)
-    return replace(config, **changes)
+    try:
+        return apply_overrides(config, values, where)
+    except ConfigError as exc:
+        raise TrainConfigError(str(exc)) from None
 
 
 def validate(config: TrainConfig) -> TrainConfig:
