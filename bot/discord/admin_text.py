@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.looplag import LagSummary
 
-def status_lines(stats: Any, store_stats: dict[str, int] | None, spooled: int) -> list[str]:
+
+def status_lines(
+    stats: Any, store_stats: dict[str, int] | None, spooled: int, loop_lag: LagSummary | None = None
+) -> list[str]:
     """The /status text, from the worker's stats (Discord-free so it is easy to test)."""
     sizes = list(getattr(stats, "recent_batch_sizes", []) or [])
     avg = sum(sizes) / len(sizes) if sizes else 0.0
@@ -31,6 +35,12 @@ def status_lines(stats: Any, store_stats: dict[str, int] | None, spooled: int) -
         lines.append(
             f"**Reviews**: {store_stats['undecided']} awaiting a decision, {store_stats['decided']} decided, "
             f"{store_stats['blocked']} blocked by the word filter"
+        )
+    if loop_lag is not None and loop_lag.samples:
+        # A slow event loop delays heartbeats and the 3 s interaction acknowledgements.
+        lines.append(
+            f"**Event loop**: lag p50 {loop_lag.p50_ms:.1f} ms, p99 {loop_lag.p99_ms:.1f} ms, "
+            f"max {loop_lag.max_ms:.1f} ms ({loop_lag.samples:,} samples)"
         )
     if spooled:
         lines.append(f"⚠️ {spooled} log entries are waiting for the database")

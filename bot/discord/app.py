@@ -24,6 +24,7 @@ from discord.ext import commands
 
 from bot.config import Settings, redact
 from bot.discord.sender import NO_PINGS, ReplySender
+from bot.looplag import LoopLagMonitor
 from bot.ratelimit import RateLimiter
 from bot.replyflow import LogSpool, ReplyFlow
 from bot.store import Store
@@ -82,6 +83,8 @@ class OshaberiBot(commands.Bot):
         self.sender = ReplySender(self, settings.discord.use_webhooks)
         self.flow: ReplyFlow | None = None
         self.retrainer: Any = None
+        # Is the event loop really never blocked? Measured for the whole run: /status and shutdown log.
+        self.loop_lag = LoopLagMonitor()
         self._closing: asyncio.Task[None] | None = None
 
     # -- start-up ------------------------------------------------------------------------------
@@ -90,6 +93,7 @@ class OshaberiBot(commands.Bot):
         from bot.discord.cogs.review import ReviewButton
 
         if not self.sync_only:
+            self.loop_lag.start()
             if self.store is None:
                 self.store = await Store.open(self.settings.paths.database)
             chat = self.settings.chat
@@ -176,6 +180,9 @@ class OshaberiBot(commands.Bot):
                 )
         if self.store is not None:
             await self.store.close()
+        if self.loop_lag.running:
+            # One line an operator (and the e2e harness) can read after the run.
+            log.warning("shutdown: %s", (await self.loop_lag.stop()).line())
         await super().close()
 
     def install_signal_handlers(self) -> None:

@@ -49,7 +49,8 @@ class Admin(commands.Cog):
         store_stats = await self.bot.store.stats() if self.bot.store is not None else None
         spooled = len(self.bot.flow.spool) if self.bot.flow is not None else 0
         await interaction.response.send_message(
-            "\n".join(status_lines(stats, store_stats, spooled))[:2000], ephemeral=True
+            "\n".join(status_lines(stats, store_stats, spooled, self.bot.loop_lag.summary()))[:2000],
+            ephemeral=True,
         )
 
     @app_commands.command(name="reload", description="Reload persona adapters from disk (moderators)")
