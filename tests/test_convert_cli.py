@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.__main__ import main
-from trainer.convert.common import read_dialogues
+from trainer.dataset import read_dialogues
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "convert"

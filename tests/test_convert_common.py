@@ -18,9 +18,9 @@ from trainer.convert.common import (
     join_speech,
     merge_turns,
     parse_row_ranges,
-    read_dialogues,
     read_text,
 )
+from trainer.dataset import read_dialogues
 
 SENTENCE = "こんにちは、今日はいい天気ですね。\n"
 
@@ -123,14 +123,18 @@ def test_a_committed_file_round_trips(tmp_path):
     }
     assert "persona" not in json.loads(lines[1])
     assert "ユーザー" in lines[0]  # written as UTF-8, not \\u escapes
-    assert list(read_dialogues(out)) == dialogues
+    # The trainer reads what prepare writes: one reader, the trainer's own.
+    read_back = [(d.source, d.id, list(d.turns), d.persona) for d in read_dialogues(out)]
+    assert read_back == [
+        (d.source, d.id, [(t.speaker, t.text) for t in d.turns], d.persona) for d in dialogues
+    ]
 
 
 def test_reading_a_malformed_prepared_file_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"turns": []}\n{"turns": [{"speaker": 1}]}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: "):
-        list(read_dialogues(path))
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: 'turns' must be a non-empty list"):
+        read_dialogues(path)
 
 
 def test_only_the_first_bad_rows_are_printed(tmp_path, capsys):

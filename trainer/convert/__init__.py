@@ -21,7 +21,6 @@ from trainer.convert.common import (
     Report,
     find_files,
     normalize,
-    read_dialogues,
     split_turns,
 )
 
@@ -81,5 +80,4 @@ __all__ = [
     "Report",
     "collect_files",
     "convert_files",
-    "read_dialogues",
 ]

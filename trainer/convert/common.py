@@ -95,27 +95,6 @@ class Dialogue:
             obj["persona"] = self.persona
         return obj
 
-    @classmethod
-    def from_json(cls, obj: Any) -> Dialogue:
-        """Parse one JSONL object, so the trainer reads prepared files through one checked path."""
-        if not isinstance(obj, dict):
-            raise ValueError("a dialogue must be a JSON object")
-        turns = obj.get("turns")
-        if not isinstance(turns, list) or not all(
-            isinstance(t, dict) and isinstance(t.get("speaker"), str) and isinstance(t.get("text"), str)
-            for t in turns
-        ):
-            raise ValueError('"turns" must be a list of {"speaker": str, "text": str}')
-        persona = obj.get("persona")
-        if persona is not None and not isinstance(persona, str):
-            raise ValueError('"persona" must be a string')
-        return cls(
-            source=str(obj.get("source", "")),
-            id=str(obj.get("id", "")),
-            turns=[Utterance(t["speaker"], t["text"]) for t in turns],
-            persona=persona,
-        )
-
 
 @dataclass
 class Report:
@@ -346,17 +325,6 @@ class JsonlWriter:
             self._fh.close()
         if self._tmp is not None:  # not committed: leave OUT as it was
             self._tmp.unlink(missing_ok=True)
-
-
-def read_dialogues(path: Path) -> Iterator[Dialogue]:
-    """Read a prepared JSONL back (for the trainer and for tests)."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield Dialogue.from_json(json.loads(line))
-                except ValueError as exc:  # JSONDecodeError is a ValueError
-                    raise ValueError(f"{path}:{number}: {exc}") from exc
 
 
 def has_replacement_char(text: str) -> bool:
