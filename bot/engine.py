@@ -171,26 +171,34 @@ class Engine:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
 
         logits, cache = self._forward(input_ids, attention, positions, None, adapter_names)
+        active = list(range(len(rows)))  # batch position -> index into rows
         for _ in range(max_steps):
-            next_tokens = self._choose(rows, logits)
-            for i, row in enumerate(rows):
-                if row.finish_reason is None:
-                    self._advance(row, int(next_tokens[i]), on_piece, i)
-                    if row.finish_reason is None and is_cancelled is not None and is_cancelled(i):
-                        row.finish_reason = "cancelled"
-            if all(r.finish_reason is not None for r in rows):
+            next_tokens = self._choose([rows[i] for i in active], logits)
+            for pos, i in enumerate(active):
+                self._advance(rows[i], int(next_tokens[pos]), on_piece, i)
+                if rows[i].finish_reason is None and is_cancelled is not None and is_cancelled(i):
+                    rows[i].finish_reason = "cancelled"
+            keep = [pos for pos, i in enumerate(active) if rows[i].finish_reason is None]
+            if not keep:
                 break
-            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            if len(keep) < len(active):
+                # Finished rows leave the batch, so short replies stop costing compute.
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                attention, positions, next_tokens = attention[index], positions[index], next_tokens[index]
+                active = [active[pos] for pos in keep]
+                adapter_names = [adapter_names[pos] for pos in keep]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
             positions = positions[:, -1:] + 1
             logits, cache = self._forward(next_tokens.view(-1, 1), attention, positions, cache, adapter_names)
 
         seconds = time.perf_counter() - start
         results = []
-        for row in rows:
+        for i, row in enumerate(rows):
             if row.finish_reason is None:
                 row.finish_reason = "length"
             if on_piece is not None and row.emitted < len(row.text):
-                on_piece(rows.index(row), row.text[row.emitted :])
+                on_piece(i, row.text[row.emitted :])
             results.append(
                 GenerationResult(
                     text=row.text,
