@@ -164,3 +164,15 @@ async def test_scheduled_retraining_hooks_reload_and_report(tmp_path, monkeypatc
     finally:
         await close_harness(h)
     assert h.bot.retrainer.next_run_time() is None  # shut down with the bot
+
+
+def test_freeze_startup_objects_excludes_them_from_collections() -> None:
+    import gc
+
+    from bot.discord.app import freeze_startup_objects
+
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > 0  # what start-up allocated is no longer scanned by the GC
+    finally:
+        gc.unfreeze()

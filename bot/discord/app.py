@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -67,6 +68,7 @@ class OshaberiBot(commands.Bot):
         store: Store | None = None,
         sync_only: bool = False,
         gateway_intents: discord.Intents | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         super().__init__(
             command_prefix=lambda _bot, _msg: [],  # slash commands only; no text commands
@@ -80,6 +82,7 @@ class OshaberiBot(commands.Bot):
         self.runtime: Any = None
         self.sync_only = sync_only
         self.accepting = not sync_only
+        self.freeze_gc = freeze_gc  # run() sets it; tests building many bots in one process do not
         self.sender = ReplySender(self, settings.discord.use_webhooks)
         self.flow: ReplyFlow | None = None
         self.retrainer: Any = None
@@ -93,7 +96,6 @@ class OshaberiBot(commands.Bot):
         from bot.discord.cogs.review import ReviewButton
 
         if not self.sync_only:
-            self.loop_lag.start()
             if self.store is None:
                 self.store = await Store.open(self.settings.paths.database)
             chat = self.settings.chat
@@ -110,6 +112,11 @@ class OshaberiBot(commands.Bot):
         self.add_dynamic_items(ReviewButton)
         for name in COGS:
             await self.load_extension(name)
+        if not self.sync_only:
+            if self.freeze_gc:
+                freeze_startup_objects()
+            # From here on the loop serves Discord; start-up (imports, model load) is not counted.
+            self.loop_lag.start()
 
     # -- scheduled retraining (trainer/schedule.py) ----------------------------------------------
 
@@ -198,6 +205,20 @@ class OshaberiBot(commands.Bot):
             self._closing = asyncio.ensure_future(self._shutdown())
 
 
+def freeze_startup_objects() -> None:
+    """Exclude everything allocated during start-up from later garbage collections.
+
+    torch, transformers and the model are about half a million long-lived objects. Every full
+    (generation 2) collection walked all of them: about 0.25 s on the 2-core reference machine,
+    during which no Python thread runs, the event loop included. The e2e load run measured
+    it as event-loop lag spikes of 120-165 ms (p99 5 ms). After ``gc.freeze()`` a full
+    collection only looks at what the bot allocated while serving (a few ms). Collect first so
+    start-up garbage is freed rather than kept forever.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 # -- the token never reaches a log ----------------------------------------------------------------
 
 
@@ -274,7 +295,7 @@ def run(settings: Settings, token: str) -> int:
     apply_api_base_from_env()
 
     async def main() -> int:
-        bot = OshaberiBot(settings)
+        bot = OshaberiBot(settings, freeze_gc=True)
         bot.install_signal_handlers()
         async with bot:
             try:
