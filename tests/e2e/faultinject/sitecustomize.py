@@ -1,0 +1,73 @@
+"""Test-only fault injection for the bot subprocess; never on the import path of a real run.
+
+The e2e harness puts this folder first on the bot's PYTHONPATH, so Python imports this file at
+start-up (``site`` imports ``sitecustomize``). It wraps ``bot.engine.Engine.generate`` once that
+module is imported, so the production code has no test hooks:
+
+* a prompt containing ``E2E-MODEL-FAULT`` makes the whole batch raise RuntimeError, as a CUDA
+  error or a bad adapter would;
+* a prompt containing ``E2E-SLOW-MODEL`` makes the batch take ``E2E_SLOW_S`` seconds longer
+  (default 3), to edit, delete or restart while a reply is being generated.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import time
+from typing import Any
+
+FAULT_MARKER = "E2E-MODEL-FAULT"
+SLOW_MARKER = "E2E-SLOW-MODEL"
+TARGET = "bot.engine"
+
+
+def _wrap(module: Any) -> None:
+    engine = module.Engine
+    original = engine.generate
+    slow_s = float(os.environ.get("E2E_SLOW_S", "3"))
+
+    def generate(self: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        prompts = [getattr(r, "prompt", "") for r in requests]
+        if any(FAULT_MARKER in p for p in prompts):
+            raise RuntimeError(f"injected model failure ({FAULT_MARKER})")
+        if any(SLOW_MARKER in p for p in prompts):
+            time.sleep(slow_s)
+        return original(self, requests, *args, **kwargs)
+
+    engine.generate = generate
+    print(f"e2e fault injection armed on {TARGET}.Engine.generate", file=sys.stderr, flush=True)
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.inner.exec_module(module)  # type: ignore[attr-defined]
+        _wrap(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds ``bot.engine`` the normal way, then wraps it right after it has run."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != TARGET:
+            return None
+        sys.meta_path.remove(self)  # once: the real finders do the finding
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _Loader(spec.loader)
+        return spec
+
+
+sys.meta_path.insert(0, _Finder())
