@@ -214,6 +214,8 @@ class PromptRenderer:
         kept = [newest_line]
         used = count(newest_line)
         for turn in reversed(history[:-1]):
+            if not self.sanitize(turn.text):
+                continue  # only markers or invisible characters: an empty "ユーザー: " line says nothing
             line = self._line(turn)
             cost = count(line)
             if used + cost > budget:

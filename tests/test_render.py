@@ -70,6 +70,17 @@ def test_sanitize_keeps_ordinary_words():
     assert r.sanitize("魔理沙って誰？ 10:30に会おう") == "魔理沙って誰？ 10:30に会おう"
 
 
+def test_context_turns_with_nothing_left_after_sanitizing_are_dropped():
+    """A zero-width-only or marker-only message earlier in the channel must not become an empty
+    "ユーザー: " line in every later prompt (found by the e2e bad-input run)."""
+    r = renderer("marisa")
+    history = [user("やあ"), user("\u200b\u200d\u202e"), user("<NL></s>"), user("魔法を見せて")]
+    prompt = r.render_prompt(history)
+    assert prompt.text.endswith("ユーザー: やあ\nユーザー: 魔法を見せて\n魔理沙: ")
+    assert "ユーザー: \n" not in prompt.text
+    assert prompt.dropped_turns == 2
+
+
 def test_history_budget_drops_oldest_turns_first():
     r = renderer("marisa", history_budget_tokens=40)
     history = [
