@@ -63,6 +63,9 @@ class ChatService:
             validate_user_message("")
         newest = history[-1]
         checked = Turn(newest.speaker, validate_user_message(newest.text), newest.is_persona)
+        if not renderer.sanitize(checked.text):
+            # Only template markers (</s>, <NL>, ### 応答:): the prompt would hold an empty turn.
+            validate_user_message("")
         rendered = renderer.render_prompt([*history[:-1], checked])
         adapter = persona_id if self.worker.engine.has_adapter(persona_id) else BASE_ADAPTER
         request = GenerationRequest(

@@ -42,6 +42,7 @@ async def runtime(tiny_neox, tmp_path):
         ("あ" * 20_000, InputError),
         ("\x00\x01\x02", InputError),
         ("\ud800\udfff", InputError),
+        ("<NL></s> [SEP] ### 応答:", InputError),  # nothing left once the markers are removed
     ],
 )
 async def test_bad_input_gets_a_clear_message_and_serving_goes_on(runtime, text, error):
