@@ -10,6 +10,7 @@ import discord.ext.test as dpytest
 import pytest
 from discord.ext.test import backend as dpy_backend
 
+from bot.discord.cogs.chat import ONLY_TEXT
 from bot.generation import RequestTimeoutError
 from bot.mentions import has_live_mention
 from tests.discord_harness import Harness, Script, close_harness, make_harness, snowflake
@@ -243,6 +244,44 @@ async def test_unanswerable_messages_are_explained(h: Harness, text: str, expect
     await h.say(text)
     [notice] = h.sent()
     assert expected in notice.content
+
+
+async def test_attachment_only_message_is_told_only_text_is_read(h: Harness, tmp_path) -> None:
+    await h.store.set_channel_persona(h.chat.id, "marisa")
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n")
+    await dpytest.message("", channel=h.chat, member=h.alice, attachments=[picture])
+    [notice] = h.sent()
+    assert notice.content == ONLY_TEXT
+    assert h.fake_chat.submitted == [] and await all_logs(h) == []
+
+
+async def test_message_deleted_while_its_reply_is_written_gets_no_reply_and_no_log(h: Harness) -> None:
+    await h.store.set_channel_persona(h.chat.id, "marisa")
+    gate = asyncio.Event()  # never set: generation is still running when the message goes
+    h.fake_chat.scripts.append(Script("消えた質問への返事", gate=gate))
+    chat = h.bot.get_cog("Chat")
+    inflight = asyncio.create_task(h.say("やっぱり今のは無し"))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if chat._answering:
+            break
+    [message_id] = list(chat._answering)
+    await chat.on_raw_message_delete(
+        discord.RawMessageDeleteEvent(
+            {"id": str(message_id), "channel_id": str(h.chat.id), "guild_id": str(h.guild.id)}
+        )
+    )
+    await asyncio.wait_for(inflight, 5)
+    assert h.fake_chat.pending[0].cancelled
+    assert h.sent() == [] and await all_logs(h) == []
+    assert not chat._answering and not chat._withdrawn
+    # a deletion of a message nobody is answering changes nothing
+    await chat.on_raw_message_delete(
+        discord.RawMessageDeleteEvent({"id": "1", "channel_id": str(h.chat.id), "guild_id": str(h.guild.id)})
+    )
+    await h.say("もう一回")
+    assert [m.content for m in h.sent()] == ["**霧雨魔理沙**: おう、元気だぜ！"]
 
 
 async def test_generation_failure_is_explained(h: Harness) -> None:

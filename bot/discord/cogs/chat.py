@@ -22,13 +22,16 @@ from bot.generation import GenerationError, QueueFullError, RequestCancelledErro
 from bot.ratelimit import describe_wait
 from bot.replyflow import Incoming, Stopwatch
 from personas.card import UnknownPersonaError
-from personas.render import InputError
+from personas.render import InputError, clean_text
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
 
 log = logging.getLogger(__name__)
 SHUTDOWN_NOTICE = "The bot is restarting, so this message was not answered. Please send it again in a minute."
+ONLY_TEXT = (
+    "Only text can be answered: attachments and stickers are not read. Please write what you want to say."
+)
 TYPING_EVERY_S = 8.0  # Discord shows typing for ~10 s per trigger
 
 
@@ -99,6 +102,9 @@ class Chat(commands.Cog):
         # Replies being generated, for a graceful shutdown; keyed by id() (PendingReply is unhashable).
         self._pending: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The same replies by the id of the message they answer, and the messages deleted meanwhile.
+        self._answering: dict[int, Any] = {}
+        self._withdrawn: set[int] = set()
 
     # -- which messages are answered -----------------------------------------------------------
 
@@ -191,6 +197,10 @@ class Chat(commands.Cog):
 
         try:
             conversation = await self._conversation(message, card, channel_has_persona)
+            if (message.attachments or message.stickers) and not clean_text(
+                conversation.turns[-1].text
+            ).strip():
+                raise InputError(ONLY_TEXT)  # "empty" would be wrong: the user did post something
             pending = runtime.chat.submit(persona_id, conversation.turns)
         except InputError as exc:
             await notify(channel, str(exc), message)
@@ -204,11 +214,15 @@ class Chat(commands.Cog):
 
         notice = QueueNotice(channel, message, bot.settings.chat.queue_notice_position)
         self._pending[id(pending)] = pending
+        self._answering[message.id] = pending
         try:
             async with TypingIndicator(channel):
                 text = await flow.wait(pending, notice.update, self.position_poll_s)
         except (RequestCancelledError, WorkerStoppedError) as exc:
             await notice.remove()
+            if message.id in self._withdrawn:
+                log.info("message %s was deleted while its reply was written; nothing posted", message.id)
+                return
             await notify(channel, SHUTDOWN_NOTICE if not bot.accepting else f"Sorry: {exc}", message)
             return
         except GenerationError as exc:
@@ -222,6 +236,8 @@ class Chat(commands.Cog):
             return
         finally:
             self._pending.pop(id(pending), None)
+            self._answering.pop(message.id, None)
+            self._withdrawn.discard(message.id)
         await notice.remove()
 
         filtered = flow.filter(text)
@@ -256,6 +272,28 @@ class Chat(commands.Cog):
         review = bot.get_cog("Review")
         if log_id is not None and review is not None:
             await review.post_new(log_id)  # type: ignore[attr-defined]
+
+    # -- a question withdrawn while it is answered -------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        self._withdraw(payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            self._withdraw(message_id)
+
+    def _withdraw(self, message_id: int) -> None:
+        """The message being answered was deleted: stop generating, post and log nothing.
+
+        A reply posted afterwards would answer nothing anyone can see, and the words its author
+        took back would still go to the review queue and into training data.
+        """
+        pending = self._answering.get(message_id)
+        if pending is not None:
+            self._withdrawn.add(message_id)
+            pending.cancel()
 
     async def _conversation(
         self, message: discord.Message, card: Any, channel_has_persona: bool
