@@ -41,6 +41,7 @@ NOTICES: tuple[tuple[str, str | None], ...] = (
     ("Sorry: ", "error"),
     ("That message is too long", "refused"),
     ("That message is empty", "refused"),
+    ("Only text can be answered", "refused"),
     ("had nothing to say to that", "refused"),
     ("reply was held back for a moderator", "refused"),
     ("The bot is still starting up", "refused"),

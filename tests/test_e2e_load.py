@@ -1,0 +1,55 @@
+"""The load run (tests/e2e/load.py) in a short configuration, as CI runs it: 10 simulated users in
+2 channels send 40 messages, one burst included. Every message must end in an answer the user
+sees (reply, busy, rate-limit or error notice); nothing is lost, nothing answered twice, every
+notice is recognised, every reply logged, no traceback, no token in the log. ``make e2e`` runs
+the full configuration (50 users, 5 channels, 500 messages).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.load import LoadConfig, run_load, schedule
+
+
+def test_schedule_is_deterministic_fair_and_bursty() -> None:
+    cfg = LoadConfig(users=10, channels=2, messages=40, duration_s=10, bursts=2)
+    users, channels = [f"user{i:02d}" for i in range(1, 11)], ["load-1", "load-2"]
+    plan = schedule(cfg, users, channels)
+    assert plan == schedule(cfg, users, channels)
+    assert len(plan) == 40 and [p[0] for p in plan] == sorted(p[0] for p in plan)
+    assert all(0 <= at <= cfg.duration_s + 0.2 for at, *_ in plan)
+    per_user = {u: sum(1 for _, _, user, _ in plan if user == u) for u in users}
+    assert set(per_user.values()) == {4}
+    assert all(channel == channels[users.index(user) % 2] for _, channel, user, _ in plan)
+    assert len({text for *_, text in plan}) == 40
+    # a burst: every user within 0.2 s around a third of the run
+    burst = [at for at, *_ in plan if abs(at - 10 / 3) <= 0.25]
+    assert len(burst) >= 10
+
+
+async def test_short_load_run_loses_nothing(tiny_neox: Path, tmp_path: Path) -> None:
+    # RSS over a 10 s run is mostly warm-up: the growth bound is for the full run (make e2e).
+    cfg = LoadConfig(
+        users=10,
+        channels=2,
+        messages=40,
+        duration_s=10,
+        bursts=1,
+        queue_size=4,
+        timeout_s=120,
+        max_rss_growth_pct=50,
+    )
+    result = await run_load(cfg, tiny_neox, tmp_path)
+    summary = result.table()
+    assert result.sent == 40, summary
+    assert result.lost == 0, summary
+    assert result.unclassified == 0 and result.duplicates == 0, summary
+    assert result.replies + result.busy + result.rate_limited + result.errors + result.refused == 40, summary
+    assert result.replies >= 10, summary  # most were answered, not refused
+    assert result.errors == 0 and result.shutdown == 0, summary
+    assert result.unlogged_replies == 0 and result.logged_rows >= result.replies, summary
+    assert result.tracebacks == 0 and not result.token_leaked, summary
+    assert result.bot_exit_code == 0, summary
+    assert result.loop_lag_p99_ms is not None and result.peak_rss_mb > 0, summary
+    assert result.failures == [], summary
