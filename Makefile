@@ -21,6 +21,11 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
+# The full end-to-end load run: python -m bot on a tiny model against the Discord emulator
+# (50 users, 5 channels, 500 messages); prints the figures and writes them to e2e-results.json.
+e2e: $(VENV)/.installed
+	$(PY) -m tests.e2e.load --users 50 --channels 5 --messages 500 --out e2e-results.json
+
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.hotswap --out results.json
 
