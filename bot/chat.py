@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from bot.generation import BASE_ADAPTER, GenerationRequest, GenerationResult
 from bot.worker import GenerationWorker, Ticket
 from personas.card import CardSet, PersonaCard
-from personas.render import PromptRenderer, TokenizerFacts, Turn, validate_user_message
+from personas.render import InputError, PromptRenderer, TokenizerFacts, Turn, validate_user_message
 
 
 @dataclass
@@ -60,12 +60,12 @@ class ChatService:
         renderer = self.renderer(persona_id)
         card = renderer.card
         if not history:
-            validate_user_message("")
+            raise InputError("There is no message to answer.")
         newest = history[-1]
         checked = Turn(newest.speaker, validate_user_message(newest.text), newest.is_persona)
         if not renderer.sanitize(checked.text):
             # Only template markers (</s>, <NL>, ### 応答:): the prompt would hold an empty turn.
-            validate_user_message("")
+            raise InputError("That message holds nothing but formatting markers: there is nothing to answer.")
         rendered = renderer.render_prompt([*history[:-1], checked])
         adapter = persona_id if self.worker.engine.has_adapter(persona_id) else BASE_ADAPTER
         request = GenerationRequest(
