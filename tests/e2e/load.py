@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.looplag import percentile
-from tests.e2e.answers import KINDS
+from tests.e2e.answers import KINDS, AnswerBook
 from tests.e2e.stack import Stack, running_stack
 from tests.e2e.world import run_command
 
@@ -85,6 +85,7 @@ class LoadResult:
     reply_latency_p50_s: float = 0.0
     reply_latency_p99_s: float = 0.0
     answer_latency_p99_s: float = 0.0
+    slowest_replies: list[dict[str, Any]] = field(default_factory=list)  # to look into outliers
     loop_lag_p50_ms: float | None = None
     loop_lag_p99_ms: float | None = None
     loop_lag_max_ms: float | None = None
@@ -92,6 +93,7 @@ class LoadResult:
     rss_first_half_mb: float = 0.0
     rss_second_half_mb: float = 0.0
     rss_growth_pct: float = 0.0
+    rss_trajectory_mb: list[float] = field(default_factory=list)  # about every 5 s
     send_s: float = 0.0
     wall_s: float = 0.0
     tracebacks: int = 0
@@ -196,6 +198,10 @@ class RssSampler:
                 self.samples.append(rss)
             await asyncio.sleep(self.every_s)
 
+    def trajectory_mb(self, every_s: float) -> list[float]:
+        step = max(1, round(every_s / self.every_s))
+        return [round(kb / 1024, 1) for kb in self.samples[::step]]
+
     def halves_mb(self) -> tuple[float, float]:
         n = len(self.samples)
         if n < 2:
@@ -263,10 +269,32 @@ def summarize(stack: Stack, cfg: LoadConfig, send_s: float, sampler: RssSampler,
         rss_first_half_mb=first,
         rss_second_half_mb=second,
         rss_growth_pct=(second - first) / first * 100 if first else 0.0,
+        rss_trajectory_mb=sampler.trajectory_mb(every_s=5.0),
+        slowest_replies=slowest(book, 5),
         send_s=send_s,
     )
     assert set(counts) <= {*KINDS, "lost"}
     return result
+
+
+def slowest(book: AnswerBook, n: int) -> list[dict[str, Any]]:
+    """The ``n`` slowest replies: latency, when they were sent (seconds into the run), where."""
+    if not book.sent:
+        return []
+    start = min(s.at for s in book.sent.values())
+    rows = []
+    for mid, sent in book.sent.items():
+        answer = book.final(mid)
+        if answer is not None and answer.kind == "reply":
+            rows.append(
+                {
+                    "latency_s": round(answer.at - sent.at, 3),
+                    "sent_at_s": round(sent.at - start, 1),
+                    "channel_id": sent.channel_id,
+                    "message_id": mid,
+                }
+            )
+    return sorted(rows, key=lambda r: -r["latency_s"])[:n]
 
 
 def count_logged(db: Path) -> int:
