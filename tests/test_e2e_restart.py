@@ -21,7 +21,9 @@ def review_cards(emu) -> list:
 
 
 async def test_restart_keeps_persona_and_pending_review_card(tiny_neox: Path, tmp_path: Path) -> None:
-    async with running_stack(tmp_path, tiny_neox, fault_injection=True, shutdown_grace_s=1.0, slow_s=4.0) as stack:
+    async with running_stack(
+        tmp_path, tiny_neox, fault_injection=True, shutdown_grace_s=1.0, slow_s=4.0
+    ) as stack:
         emu, bot = stack.emu, stack.bot
         general, review = stack.world.channel_id("general"), stack.world.channel_id("review")
 
@@ -58,7 +60,9 @@ async def test_restart_keeps_persona_and_pending_review_card(tiny_neox: Path, tm
         buttons = [b for row in emu.message(card.id).payload["components"] for b in row["components"]]
         assert all(b["disabled"] for b in buttons)
         with closing(sqlite3.connect(bot.db_path)) as db:
-            decision = db.execute("SELECT decision, decided_by FROM logs WHERE id = ?", (int(log_id),)).fetchone()
+            decision = db.execute(
+                "SELECT decision, decided_by FROM logs WHERE id = ?", (int(log_id),)
+            ).fetchone()
             rows = db.execute("SELECT COUNT(*) FROM logs").fetchone()[0]
         assert decision == ("approved", int(emu.user_id("moderator")))
 
