@@ -62,7 +62,9 @@ class LoadConfig:
     rate_limit_burst: int = 3
     max_new_tokens: int = 32
     rss_every_s: float = 0.5
-    max_rss_growth_pct: float = 15.0
+    # Second-half RSS over first-half: 8-14 % in 60 s runs, all of it glibc keeping freed tensor
+    # memory (dynamic mmap threshold; +1.5 % with MALLOC_MMAP_THRESHOLD_=131072). See README.
+    max_rss_growth_pct: float = 20.0
 
 
 @dataclass
