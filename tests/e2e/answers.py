@@ -41,6 +41,8 @@ NOTICES: tuple[tuple[str, str | None], ...] = (
     ("Sorry: ", "error"),
     ("That message is too long", "refused"),
     ("That message is empty", "refused"),
+    ("holds nothing but formatting markers", "refused"),
+    ("There is no message to answer", "refused"),
     ("Only text can be answered", "refused"),
     ("had nothing to say to that", "refused"),
     ("reply was held back for a moderator", "refused"),
@@ -84,6 +86,7 @@ class AnswerBook:
     sent: dict[str, Sent] = field(default_factory=dict)
     answers: dict[str, list[Answer]] = field(default_factory=dict)
     unclassified: list[str] = field(default_factory=list)
+    unrecognised: dict[str, str] = field(default_factory=dict)  # user message id → the unknown notice
     progress_notices: int = 0
     _calls_seen: int = 0
     _webhook_replies: dict[str, Call] = field(default_factory=dict)  # reply id → its call
@@ -139,6 +142,7 @@ class AnswerBook:
             self.progress_notices += 1
         elif kind is False:
             self.unclassified.append(text)
+            self.unrecognised[str(ref)] = text
         else:
             self._add(str(ref), Answer(str(kind), call.at, str(response["id"]), text))
 

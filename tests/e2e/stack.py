@@ -39,6 +39,11 @@ class Stack:
 
         def ready() -> Answer | None:
             self.book.refresh()
+            if sent.message_id in self.book.unrecognised:  # fail now, not at the timeout
+                raise AssertionError(
+                    f"the bot answered with a notice tests/e2e/answers.py does not know: "
+                    f"{self.book.unrecognised[sent.message_id]!r}"
+                )
             return self.book.final(sent.message_id)
 
         try:
