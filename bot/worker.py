@@ -381,8 +381,11 @@ class GenerationWorker:
             )
             return
         except Exception as exc:
+            # The details go to the operator's log; users get a message that exposes no internals.
             log.exception("generation failed for a batch of %d", len(batch))
-            self._fail(batch, GenerationError(f"Generation failed: {type(exc).__name__}: {exc}"))
+            error = GenerationError("The model failed while writing this reply. Please try again.")
+            error.__cause__ = exc
+            self._fail(batch, error)
             return
         tokens = sum(r.new_tokens for r in results)
         with self._cond:

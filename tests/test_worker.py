@@ -143,13 +143,18 @@ async def test_timeout_gives_up_and_an_expired_request_is_skipped():
     await worker.stop()
 
 
-async def test_a_failing_batch_fails_only_its_requests_and_the_worker_goes_on():
-    engine = FakeEngine(fail_when=lambda batch: RuntimeError("boom") if "bad" in batch else None)
+async def test_a_failing_batch_fails_only_its_requests_and_the_worker_goes_on(caplog):
+    engine = FakeEngine(
+        fail_when=lambda batch: RuntimeError("boom /internal/path") if "bad" in batch else None
+    )
     worker = await started(engine, max_batch_size=4, batch_window_ms=20)
     bad = [worker.submit(req("bad")), worker.submit(req("neighbour"))]
     for ticket in bad:
-        with pytest.raises(GenerationError, match="boom"):
+        with pytest.raises(GenerationError, match="failed while writing") as info:
             await ticket.result()
+        assert "boom" not in str(info.value)  # users never see internals...
+        assert isinstance(info.value.__cause__, RuntimeError)
+    assert "boom /internal/path" in caplog.text  # ...the operator's log has them
     assert (await worker.submit(req("good")).result()).text == "re:good"
     assert worker.stats().requests_failed == 2
     await worker.stop()
