@@ -192,3 +192,14 @@ async def test_forget_deletes_logs_and_review_cards(h: Harness) -> None:
     from discord.ext.test import backend as dpy_backend
 
     assert all(m["id"] != card.id for m in dpy_backend._cur_config.messages.get(h.review.id, []))
+
+
+async def test_a_busy_database_on_forget_is_told_to_the_user(h: Harness, monkeypatch) -> None:
+    import sqlite3
+
+    async def locked(*_args):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(h.store, "forget_user_detailed", locked)
+    await h.command("forget")
+    assert "could not be saved" in h.http.calls[-1].content

@@ -7,7 +7,8 @@ server can change: the callbacks check again.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -21,9 +22,11 @@ from personas.card import UnknownPersonaError
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
+    from bot.store import Store
 
 log = logging.getLogger(__name__)
 NOT_MODERATOR = "Only moderators can use this command."
+T = TypeVar("T")
 
 
 class Admin(commands.Cog):
@@ -98,20 +101,10 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="forget", description="Delete everything the bot logged from you")
     async def forget(self, interaction: discord.Interaction[Any]) -> None:
-        store = self.bot.store
-        if store is None:
-            await interaction.response.send_message(
-                "The database is not available; try again later.", ephemeral=True
-            )
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            result = await store.forget_user_detailed(interaction.user.id)
-        except Exception:
-            log.exception("forget failed")
-            await interaction.followup.send(
-                "That did not work (database busy); please try again.", ephemeral=True
-            )
+        done, result = await self._user_write(
+            interaction, lambda store: store.forget_user_detailed(interaction.user.id)
+        )
+        if not done:
             return
         review = self.bot.get_cog("Review")
         if review is not None and result.review_cards:
@@ -131,20 +124,10 @@ class Admin(commands.Cog):
         await self._set_opt_out(interaction, False)
 
     async def _set_opt_out(self, interaction: discord.Interaction[Any], opted_out: bool) -> None:
-        store = self.bot.store
-        if store is None:
-            await interaction.response.send_message(
-                "The database is not available; try again later.", ephemeral=True
-            )
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await store.set_opt_out(interaction.user.id, opted_out)
-        except Exception:
-            log.exception("opt-out could not be saved")
-            await interaction.followup.send(
-                "That could not be saved (database busy); please try again.", ephemeral=True
-            )
+        done, _ = await self._user_write(
+            interaction, lambda store: store.set_opt_out(interaction.user.id, opted_out)
+        )
+        if not done:
             return
         if opted_out:
             text = (
@@ -154,6 +137,27 @@ class Admin(commands.Cog):
         else:
             text = "You are opted in: replies to your messages are logged and may be reviewed for training."
         await interaction.followup.send(text, ephemeral=True)
+
+    async def _user_write(
+        self, interaction: discord.Interaction[Any], write: Callable[[Store], Awaitable[T]]
+    ) -> tuple[bool, T | None]:
+        """Run a user's privacy request against the store: acknowledged at once (a busy database
+        must not miss Discord's 3-second window), every failure told to the user privately."""
+        store = self.bot.store
+        if store is None:
+            await interaction.response.send_message(
+                "The database is not available; try again later.", ephemeral=True
+            )
+            return False, None
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            return True, await write(store)
+        except Exception:
+            log.exception("a privacy request of user %s could not be saved", interaction.user.id)
+            await interaction.followup.send(
+                "That could not be saved (database busy); please try again.", ephemeral=True
+            )
+            return False, None
 
 
 async def setup(bot: OshaberiBot) -> None:
