@@ -100,6 +100,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "find a row by the message it answered (a user deleting their message withdraws it)",
+        ("CREATE INDEX logs_message ON logs (message_id)",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -686,20 +686,13 @@ class Store:
         """
 
         async def body() -> ForgetResult:
-            async with self._conn.execute(
+            result = await self._delete_rows(
                 """
                 SELECT id, review_channel_id, review_message_id FROM logs
                 WHERE user_id = ? OR id IN (SELECT log_id FROM log_participants WHERE user_id = ?)
                 """,
                 (user_id, user_id),
-            ) as cur:
-                rows = list(await cur.fetchall())
-            ids = [r[0] for r in rows]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                await self._conn.execute(f"DELETE FROM log_participants WHERE log_id IN ({marks})", chunk)
-                await self._conn.execute(f"DELETE FROM logs WHERE id IN ({marks})", chunk)
+            )
             await self._conn.execute(
                 """
                 INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)
@@ -707,10 +700,42 @@ class Store:
                 """,
                 (user_id, utc_now()),
             )
-            cards = tuple((int(r[1]), int(r[2])) for r in rows if r[1] is not None and r[2] is not None)
-            return ForgetResult(len(ids), cards)
+            return result
 
         return await self._write(body)
+
+    async def forget_message(self, message_id: int) -> ForgetResult:
+        """Delete the rows that answered ``message_id``: its author deleted it on Discord.
+
+        Words taken back must not stay in the review queue or reach training data, whether or not
+        the reply was already approved.
+        """
+
+        # Discord reports every deleted message, the bot's own notices included: most match no
+        # row, and a read answers that without taking the write lock.
+        if await self._fetchone("SELECT 1 FROM logs WHERE message_id = ? LIMIT 1", (message_id,)) is None:
+            return ForgetResult(0, ())
+
+        async def body() -> ForgetResult:
+            return await self._delete_rows(
+                "SELECT id, review_channel_id, review_message_id FROM logs WHERE message_id = ?",
+                (message_id,),
+            )
+
+        return await self._write(body)
+
+    async def _delete_rows(self, select_sql: str, params: tuple[Any, ...]) -> ForgetResult:
+        """Delete the rows ``select_sql`` finds (id, review channel, review message), inside a write."""
+        async with self._conn.execute(select_sql, params) as cur:
+            rows = list(await cur.fetchall())
+        ids = [r[0] for r in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            await self._conn.execute(f"DELETE FROM log_participants WHERE log_id IN ({marks})", chunk)
+            await self._conn.execute(f"DELETE FROM logs WHERE id IN ({marks})", chunk)
+        cards = tuple((int(r[1]), int(r[2])) for r in rows if r[1] is not None and r[2] is not None)
+        return ForgetResult(len(ids), cards)
 
     async def stats(self) -> dict[str, int]:
         """Counts for /status: logged, awaiting decision, decided."""

@@ -3,6 +3,7 @@ routed by discord.py's command tree, answered through a recorded interaction end
 
 from __future__ import annotations
 
+import discord
 import pytest
 
 from bot.generation import AdapterError
@@ -203,3 +204,27 @@ async def test_a_busy_database_on_forget_is_told_to_the_user(h: Harness, monkeyp
     monkeypatch.setattr(h.store, "forget_user_detailed", locked)
     await h.command("forget")
     assert "could not be saved" in h.http.calls[-1].content
+
+
+async def test_deleting_an_answered_message_withdraws_its_log_and_card(h: Harness) -> None:
+    await h.store.set_channel_persona(h.chat.id, "marisa")
+    question = await h.say("やっぱり消す質問")
+    await h.say("残す質問")
+    cards = h.sent(h.review)
+    assert len(cards) == 2
+    first = await h.store.get_review(1)
+    assert first is not None and first.review_message_id == cards[0].id
+    await h.store.decide(1, h.mod.id, "approved")  # even an approved reply goes
+    chat = h.bot.get_cog("Chat")
+    await chat.on_raw_message_delete(
+        discord.RawMessageDeleteEvent(
+            {"id": str(question.id), "channel_id": str(h.chat.id), "guild_id": str(h.guild.id)}
+        )
+    )
+    assert await h.store.get_review(1) is None
+    assert await h.store.get_review(2) is not None
+    assert [r.user_text for r in await h.store.approved_for_export()] == []
+    from discord.ext.test import backend as dpy_backend
+
+    remaining = {m["id"] for m in dpy_backend._cur_config.messages.get(h.review.id, [])}
+    assert cards[0].id not in remaining and cards[1].id in remaining

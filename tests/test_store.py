@@ -238,6 +238,18 @@ async def test_forget_deletes_rows_cards_and_context_rows(store: Store) -> None:
     assert await store.forget_user(10) == 0
 
 
+async def test_a_deleted_message_takes_its_rows_with_it(store: Store) -> None:
+    withdrawn = await store.log_reply(entry(message_id=555))
+    kept = await store.log_reply(entry(message_id=556))
+    await store.mark_posted(withdrawn, 700, 702)
+    await store.decide(withdrawn, 1, "approved")
+    await store.decide(kept, 1, "approved")
+    result = await store.forget_message(555)
+    assert result.deleted == 1 and result.review_cards == ((700, 702),)
+    assert [r.log_id for r in await store.approved_for_export()] == [kept]
+    assert (await store.forget_message(999)).deleted == 0  # a message nobody logged
+
+
 async def test_forget_wins_over_a_reply_logged_late(store: Store) -> None:
     """A reply still generating when the user ran /forget must not be kept afterwards."""
     asked = datetime.now(UTC).isoformat()

@@ -277,23 +277,36 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        self._withdraw(payload.message_id)
+        await self._withdraw(payload.message_id)
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         for message_id in payload.message_ids:
-            self._withdraw(message_id)
+            await self._withdraw(message_id)
 
-    def _withdraw(self, message_id: int) -> None:
-        """The message being answered was deleted: stop generating, post and log nothing.
+    async def _withdraw(self, message_id: int) -> None:
+        """A message was deleted: if it is being answered, stop, and post and log nothing; if it
+        was answered already, delete its log row and review card.
 
-        A reply posted afterwards would answer nothing anyone can see, and the words its author
-        took back would still go to the review queue and into training data.
+        Either way the words its author took back never reach the review queue or training data,
+        and a reply posted afterwards would answer nothing anyone can see.
         """
         pending = self._answering.get(message_id)
         if pending is not None:
             self._withdrawn.add(message_id)
             pending.cancel()
+            return
+        store = self.bot.store
+        if store is None:
+            return
+        try:
+            result = await store.forget_message(message_id)
+        except Exception:
+            log.exception("could not remove the log of deleted message %s", message_id)
+            return
+        review = self.bot.get_cog("Review")
+        if review is not None and result.review_cards:
+            await review.delete_cards(result.review_cards)  # type: ignore[attr-defined]
 
     async def _conversation(
         self, message: discord.Message, card: Any, channel_has_persona: bool
