@@ -44,10 +44,6 @@ class GenerationParams:
     # Forces a minimum length; the benchmark uses it to generate a fixed number of tokens.
     min_new_tokens: int = 0
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
-
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

@@ -24,7 +24,6 @@ from personas.card import PersonaCard
 MAX_INPUT_CHARS = 4000  # Discord's own ceiling for a message (with Nitro)
 NL_MARK = "<NL>"
 ALPACA_PREAMBLE = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
-ALPACA_HEADERS = ("### 指示:", "### 入力:", "### 応答:")
 # Labels users might type to impersonate a speaker, beside the card's own two.
 COMMON_LABELS = ("ユーザー", "システム", "User", "Assistant", "USER", "ASSISTANT", "user", "assistant")
 # Markers of other prompt formats; none of them may reach the model from user text.

@@ -32,7 +32,6 @@ from bot.store import Store
 from bot.wordfilter import WordFilter
 
 log = logging.getLogger(__name__)
-DEFAULT_API_BASE = "https://discord.com/api/v10"
 COGS = (
     "bot.discord.cogs.persona",
     "bot.discord.cogs.chat",
