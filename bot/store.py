@@ -338,17 +338,7 @@ class Store:
     # -- channel state -------------------------------------------------------------------------
 
     async def set_channel_persona(self, channel_id: int, persona_id: str | None) -> None:
-        async def body() -> None:
-            await self._conn.execute(
-                """
-                INSERT INTO channel_state (channel_id, persona_id, updated_at) VALUES (?, ?, ?)
-                ON CONFLICT (channel_id) DO UPDATE SET persona_id = excluded.persona_id,
-                                                       updated_at = excluded.updated_at
-                """,
-                (channel_id, persona_id, utc_now()),
-            )
-
-        await self._write(body)
+        await self._set_channel_field(channel_id, "persona_id", persona_id)
 
     async def channel_persona(self, channel_id: int) -> str | None:
         row = await self._fetchone("SELECT persona_id FROM channel_state WHERE channel_id = ?", (channel_id,))
@@ -359,15 +349,19 @@ class Store:
 
         A snowflake (an interaction's id works) marks the moment; None clears the marker.
         """
+        await self._set_channel_field(channel_id, "reset_after", before_message_id)
+
+    async def _set_channel_field(self, channel_id: int, column: str, value: Any) -> None:
+        assert column in ("persona_id", "reset_after")  # a column name, never user input
 
         async def body() -> None:
             await self._conn.execute(
-                """
-                INSERT INTO channel_state (channel_id, reset_after, updated_at) VALUES (?, ?, ?)
-                ON CONFLICT (channel_id) DO UPDATE SET reset_after = excluded.reset_after,
+                f"""
+                INSERT INTO channel_state (channel_id, {column}, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT (channel_id) DO UPDATE SET {column} = excluded.{column},
                                                        updated_at = excluded.updated_at
                 """,
-                (channel_id, before_message_id, utc_now()),
+                (channel_id, value, utc_now()),
             )
 
         await self._write(body)

@@ -36,17 +36,22 @@ class Admin(commands.Cog):
     def _moderator(self, interaction: discord.Interaction[Any]) -> bool:
         return is_moderator(self.bot.settings.discord, interaction.user, interaction.permissions)
 
+    async def _moderator_runtime(self, interaction: discord.Interaction[Any]) -> Any:
+        """The runtime for a moderator command, or None after telling the user why not."""
+        if not self._moderator(interaction):
+            await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
+            return None
+        if self.bot.runtime is None:
+            await interaction.response.send_message("The model is not loaded yet.", ephemeral=True)
+        return self.bot.runtime
+
     @app_commands.command(
         name="status", description="Queue, batches, speed, adapters and memory (moderators)"
     )
     @app_commands.default_permissions(manage_messages=True)
     async def status(self, interaction: discord.Interaction[Any]) -> None:
-        if not self._moderator(interaction):
-            await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
-            return
-        runtime = self.bot.runtime
+        runtime = await self._moderator_runtime(interaction)
         if runtime is None:
-            await interaction.response.send_message("The model is not loaded yet.", ephemeral=True)
             return
         stats = runtime.worker.stats()
         store_stats = await self.bot.store.stats() if self.bot.store is not None else None
@@ -60,12 +65,8 @@ class Admin(commands.Cog):
     @app_commands.describe(persona="Only this persona (default: all)")
     @app_commands.default_permissions(manage_messages=True)
     async def reload(self, interaction: discord.Interaction[Any], persona: str | None = None) -> None:
-        if not self._moderator(interaction):
-            await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
-            return
-        runtime = self.bot.runtime
+        runtime = await self._moderator_runtime(interaction)
         if runtime is None:
-            await interaction.response.send_message("The model is not loaded yet.", ephemeral=True)
             return
         persona_id = persona.strip().lower() if persona else None
         if persona_id is not None and persona_id not in runtime.cards.cards:
