@@ -6,7 +6,8 @@ text, render the persona's prompt, queue it on the worker, clean what comes back
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.generation import BASE_ADAPTER, GenerationRequest, GenerationResult
@@ -37,6 +38,27 @@ class PendingReply:
         """The cleaned reply; raises GenerationError subclasses with user-safe messages."""
         self.result = await self.ticket.result()
         return self.renderer.clean_reply(self.result.text)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The raw text pieces as they are generated (their concatenation is the raw reply).
+
+        Ends when generation ends, for any reason: then :meth:`text` gives the final reply or
+        raises. The request's deadline is kept while iterating. Leaving the loop early cancels
+        the request (nobody is left to read it).
+        """
+        finished = asyncio.ensure_future(self.ticket.result())  # keeps the deadline
+        # Its outcome is read by text(); this only marks it seen, so asyncio does not warn.
+        finished.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            async for piece in self.ticket:
+                yield piece
+        finally:
+            if not finished.done():
+                finished.cancel()  # Ticket.result cancels the request when its waiter goes
+
+    def draft(self, raw: str) -> str:
+        """The cleaned text of a reply still being written (see PromptRenderer.draft_reply)."""
+        return self.renderer.draft_reply(raw)
 
     def cancel(self) -> None:
         self.ticket.cancel()

@@ -72,6 +72,8 @@ class ChatSettings:
     rate_limit_burst: int = 3
     blocked_words_file: str = ""  # empty: the list shipped in bot/blocked_words.txt
     queue_notice_position: int = 4  # tell users their queue position from this place on; 0: never
+    stream_replies: bool = True  # show a reply while it is written; false: post it whole at the end
+    stream_edit_interval_s: float = 1.5  # at most one edit of a streamed Discord reply this often
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"model.dtype: {m.dtype!r} is not one of auto, float32, bfloat16, float16")
     if not (m.device in ("auto", "cpu", "cuda") or m.device.startswith("cuda:")):
         raise ConfigError(f"model.device: {m.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not settings.chat.stream_edit_interval_s > 0:
+        raise ConfigError(
+            f"chat.stream_edit_interval_s: {settings.chat.stream_edit_interval_s} must be above 0 "
+            "(Discord allows about 5 edits per 5 s in a channel; 1.5 is a good value)"
+        )
     if w.max_batch_size < 1 or w.queue_size < 1 or w.request_timeout_s <= 0 or w.batch_window_ms < 0:
         raise ConfigError("worker: max_batch_size and queue_size must be >= 1, request_timeout_s > 0")
 

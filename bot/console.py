@@ -62,13 +62,24 @@ class ConsoleChat:
         return True
 
     async def message(self, text: str) -> str | None:
+        """Answer one line; interactive, the reply is printed (as it is written when streaming)."""
         chat = self.runtime.chat
         turn = chat.user_turn(self.persona_id, text)
+        line = _StreamedLine(self.out, f"{self.runtime.cards.get(self.persona_id).display_name}: ")
         try:
-            reply = await chat.reply(self.persona_id, [*self.history, turn])
+            pending = chat.submit(self.persona_id, [*self.history, turn])
+            if self.interactive and self.runtime.settings.chat.stream_replies:
+                raw = ""
+                async for piece in pending.pieces():
+                    raw += piece
+                    line.show(pending.draft(raw))
+            reply = await pending.text()
         except (InputError, GenerationError) as exc:
+            line.cut()  # a reply cut off half-way ends its line before the error is told
             print(f"error: {exc}", file=self.err, flush=True)
             return None
+        if self.interactive:
+            line.finish(reply)
         self.history += [turn, chat.persona_turn(self.persona_id, reply)]
         return reply
 
@@ -90,12 +101,46 @@ class ConsoleChat:
                     return 0
                 continue
             reply = await self.message(line)
-            if self.interactive:
-                if reply is not None:
-                    name = self.runtime.cards.get(self.persona_id).display_name
-                    print(f"{name}: {reply}", file=self.out, flush=True)
-            else:
+            if not self.interactive:
+                # Not streamed: a script reading lines sees nothing before the newline anyway.
                 print(" ".join((reply or "").splitlines()), file=self.out, flush=True)
+
+
+class _StreamedLine:
+    """A reply printed while it is written: each draft adds what is new at the end of the line."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self.out = out
+        self.label = label
+        self.printed: str | None = None  # the reply text on screen; None before the label
+
+    def show(self, draft: str) -> None:
+        """Print what ``draft`` adds; drafts are prefixes of the reply (PromptRenderer.draft_reply)."""
+        if not draft:
+            return
+        if self.printed is None:
+            self._write(self.label)
+            self.printed = ""
+        if len(draft) > len(self.printed) and draft.startswith(self.printed):
+            self._write(draft[len(self.printed) :])
+            self.printed = draft
+
+    def finish(self, reply: str) -> None:
+        if self.printed is None:
+            self._write(f"{self.label}{reply}\n")
+        elif reply.startswith(self.printed):
+            self._write(f"{reply[len(self.printed) :]}\n")
+        else:
+            # Cleaning the whole reply changed what was shown (rare): show the reply as it is.
+            self._write(f"\n{self.label}{reply}\n")
+
+    def cut(self) -> None:
+        if self.printed is not None:
+            self._write(" …\n")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 async def run_console(

@@ -57,6 +57,8 @@ class WordFilter:
                 if compact:
                     entries[compact] = _Entry(word, None, compact)
         self._entries = list(entries.values())
+        # Every entry in its compact form (ASCII ones with separators dropped), for partial_tail.
+        self._starts = [e.compact or _compact(e.original) for e in self._entries]
         # Longest first, so an allowed phrase is removed whole before a shorter one inside it.
         self._allowed = sorted({_compact(a) for a in allowed if _compact(a)}, key=len, reverse=True)
 
@@ -81,6 +83,25 @@ class WordFilter:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def partial_tail(self, text: str) -> int:
+        """How many characters at the end of ``text`` could be the start of a blocked entry.
+
+        A reply shown while it is written holds these back, so not even the first half of a
+        blocked word appears before the rest of it arrives. Compared in the matching form
+        (normalized, separators dropped); 0 when the end starts nothing on the list.
+        """
+        starts = self._starts
+        if not starts or not text:
+            return 0
+        # Separators between letters are dropped before comparing, so a tail may be longer
+        # than the word; a generous window is still only a few dozen characters.
+        window = min(len(text), 3 * max(len(s) for s in starts) + 8)
+        for size in range(window, 0, -1):
+            tail = _compact(text[-size:])
+            if tail and any(len(s) > len(tail) and s.startswith(tail) for s in starts):
+                return size
+        return 0
 
     def check(self, text: str) -> list[str]:
         """The blocked entries found in ``text`` (as written in the list); empty means clean."""

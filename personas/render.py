@@ -45,6 +45,17 @@ _BIDI_AND_ZERO_WIDTH = dict.fromkeys(
 )
 
 
+def _partial_tail(text: str, literals: Iterable[str]) -> int:
+    """Length of the longest end of ``text`` that is a proper start of one of ``literals``."""
+    best = 0
+    for literal in literals:
+        for size in range(min(len(literal) - 1, len(text)), best, -1):
+            if literal.startswith(text[-size:]):
+                best = size
+                break
+    return best
+
+
 class InputError(ValueError):
     """User text that cannot be answered; the message is safe to show the user."""
 
@@ -249,6 +260,27 @@ class PromptRenderer:
         for word in self.card.banned_words:
             text = text.replace(word, "")
         return clean_text(text).strip()
+
+    def draft_reply(self, text: str) -> str:
+        """What of a reply still being generated may be shown now, cleaned as :meth:`clean_reply`.
+
+        ``text`` is the raw generated text so far. A tail that could still grow into a stop
+        string, a template marker or a banned word is held back, and nothing is shown while the
+        start could still become the persona's own ``name:`` label, so each draft is a prefix
+        of the final ``clean_reply`` (bar whitespace where the draft ends): nobody sees a piece
+        of ``</s>`` or ``ユーザー:`` appear and vanish again.
+        """
+        text = text[: len(text) - _partial_tail(text, self._held_literals)]
+        start = text.lstrip()
+        name = self.card.speaker
+        if name.startswith(start) or (start.startswith(name) and not start[len(name) :].strip()):
+            return ""  # still possibly "name:", which clean_reply removes
+        return self.clean_reply(text)
+
+    @property
+    def _held_literals(self) -> tuple[str, ...]:
+        markers = {*FORMAT_MARKERS, *self.facts.special_texts, self.facts.eos_text}
+        return (*self.stop_strings, *markers, *self.card.banned_words)
 
     # -- training ----------------------------------------------------------
 

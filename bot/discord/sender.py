@@ -96,14 +96,10 @@ class ReplySender:
         if webhook is not None:
             try:
                 for chunk in chunks:
-                    sent.append(await self._send_webhook(webhook, channel, card, chunk))
+                    sent.append(await self.send_webhook(webhook, channel, card, chunk))
                 return sent
-            except discord.NotFound:
-                # Someone deleted the webhook: forget it, and let the next reply create a new one.
-                self._webhooks.pop(self._webhook_home(channel).id, None)
-                log.warning("webhook for channel %s is gone; replying as the bot", channel.id)
             except discord.HTTPException as exc:
-                log.warning("webhook send failed in channel %s (%s); replying as the bot", channel.id, exc)
+                self.webhook_failed(channel, exc)
         for chunk in chunks[len(sent) :]:
             kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
             if not sent and reply_to is not None:
@@ -112,9 +108,18 @@ class ReplySender:
             sent.append(await channel.send(prefix + chunk, **kwargs))
         return sent
 
-    async def _send_webhook(
+    def webhook_failed(self, channel: Any, exc: discord.HTTPException) -> None:
+        """Log a failed webhook send; a deleted webhook is forgotten (the next reply makes one)."""
+        if isinstance(exc, discord.NotFound):
+            self._webhooks.pop(self._webhook_home(channel).id, None)
+            log.warning("webhook for channel %s is gone; replying as the bot", channel.id)
+        else:
+            log.warning("webhook send failed in channel %s (%s); replying as the bot", channel.id, exc)
+
+    async def send_webhook(
         self, webhook: discord.Webhook, channel: Any, card: PersonaCard, chunk: str
     ) -> discord.Message:
+        """Post one chunk (at most 2,000 characters, defused) through ``webhook`` as ``card``."""
         kwargs: dict[str, Any] = {
             "username": card.display_name[:80],
             "allowed_mentions": NO_PINGS,

@@ -18,9 +18,11 @@ from bot.conversation import ChatMessage, Conversation, build_conversation, queu
 from bot.discord.checks import channel_allowed, member_allowed
 from bot.discord.history import channel_history, classify, is_reply_to_bot, reply_chain
 from bot.discord.sender import NO_PINGS, notify
+from bot.discord.streaming import DiscordSink, Posted
 from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.ratelimit import describe_wait
 from bot.replyflow import Incoming, Stopwatch
+from bot.streaming import StreamedReply
 from personas.card import UnknownPersonaError
 from personas.render import InputError, clean_text
 
@@ -55,10 +57,15 @@ class TypingIndicator:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop showing 'typing…' (a streamed reply's first words are up)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
 
 
 class QueueNotice:
@@ -213,46 +220,42 @@ class Chat(commands.Cog):
             return
 
         notice = QueueNotice(channel, message, bot.settings.chat.queue_notice_position)
+        stream = None
+        if bot.settings.chat.stream_replies:
+            stream = self._streamed_reply(channel, card, message, pending)
         self._pending[id(pending)] = pending
         self._answering[message.id] = pending
         try:
-            async with TypingIndicator(channel):
-                text = await flow.wait(pending, notice.update, self.position_poll_s)
-        except (RequestCancelledError, WorkerStoppedError) as exc:
-            await notice.remove()
-            if message.id in self._withdrawn:
-                log.info("message %s was deleted while its reply was written; nothing posted", message.id)
-                return
-            await notify(channel, SHUTDOWN_NOTICE if not bot.accepting else f"Sorry: {exc}", message)
-            return
-        except GenerationError as exc:
-            await notice.remove()
-            await notify(channel, f"Sorry, no reply this time: {exc}", message)
-            return
-        except Exception:
-            log.exception("generation failed for message %s", message.id)
-            await notice.remove()
-            await notify(channel, "Sorry, something went wrong while writing the reply.", message)
-            return
+            text = await self._await_text(message, pending, notice, stream)
         finally:
             self._pending.pop(id(pending), None)
             self._answering.pop(message.id, None)
             self._withdrawn.discard(message.id)
         await notice.remove()
+        if text is None:
+            return
 
         filtered = flow.filter(text)
+        sent: list[Any] = []
         if not filtered.text.strip():
+            if stream is not None:
+                await stream.withdraw()
             await notify(
                 channel,
                 f"{card.display_name} had nothing to say to that. Try saying it another way.",
                 message,
             )
             return
-        sent: list[discord.Message] = []
         if filtered.is_blocked:
+            if stream is not None:
+                await stream.withdraw()  # nothing blocked was shown, but the partial must go too
             await notify(
                 channel, f"{card.display_name}'s reply was held back for a moderator to check.", message
             )
+        elif stream is not None:
+            sent = await stream.finish(filtered.text)
+            if not sent:
+                log.warning("could not post the streamed reply to message %s", message.id)
         else:
             try:
                 sent = await bot.sender.send(channel, card, filtered.text, message)
@@ -272,6 +275,67 @@ class Chat(commands.Cog):
         review = bot.get_cog("Review")
         if log_id is not None and review is not None:
             await review.post_new(log_id)  # type: ignore[attr-defined]
+
+    async def _await_text(
+        self,
+        message: discord.Message,
+        pending: Any,
+        notice: QueueNotice,
+        stream: StreamedReply[Posted] | None,
+    ) -> str | None:
+        """The reply's cleaned text, shown as it grows when ``stream`` is given; None when the
+        user was told why there is none (or the question was withdrawn), partial messages gone."""
+        bot, flow = self.bot, self.bot.flow
+        assert flow is not None
+        channel = message.channel
+        feeder: asyncio.Task[None] | None = None
+        try:
+            async with TypingIndicator(channel) as typing:
+                if stream is None:
+                    return await flow.wait(pending, notice.update, self.position_poll_s)
+
+                async def shown() -> None:  # the reply is visible: no more typing or queue notice
+                    await typing.stop()
+                    await notice.remove()
+
+                stream.on_first_post = shown
+                stream.start()
+                feeder = asyncio.create_task(_feed(pending, stream))
+                return await flow.wait(pending, notice.update, self.position_poll_s)
+        except (RequestCancelledError, WorkerStoppedError) as exc:
+            await _withdraw_stream(stream, notice)
+            if message.id in self._withdrawn:
+                log.info("message %s was deleted while its reply was written; nothing posted", message.id)
+                return None
+            await notify(channel, SHUTDOWN_NOTICE if not bot.accepting else f"Sorry: {exc}", message)
+        except GenerationError as exc:
+            await _withdraw_stream(stream, notice)
+            await notify(channel, f"Sorry, no reply this time: {exc}", message)
+        except Exception:
+            log.exception("generation failed for message %s", message.id)
+            await _withdraw_stream(stream, notice)
+            await notify(channel, "Sorry, something went wrong while writing the reply.", message)
+        except BaseException:
+            if stream is not None:
+                stream.cancel()  # this task is going away (shutdown): so does its editor
+            raise
+        finally:
+            if feeder is not None:
+                # Generation has ended one way or another, so the pieces run out at once.
+                await asyncio.wait({feeder}, timeout=5)
+                feeder.cancel()
+        return None
+
+    def _streamed_reply(
+        self, channel: Any, card: Any, message: discord.Message, pending: Any
+    ) -> StreamedReply[Posted]:
+        assert self.bot.flow is not None
+        return StreamedReply(
+            DiscordSink(self.bot.sender, channel, card, message),
+            self.bot.flow.words,
+            pending.draft,
+            self.bot.settings.chat.stream_edit_interval_s,
+        )
 
     # -- a question withdrawn while it is answered -------------------------------------------------
 
@@ -346,6 +410,19 @@ class Chat(commands.Cog):
                 for pending in list(self._pending.values()):
                     pending.cancel()
                 await asyncio.wait(still, timeout=10)
+
+
+async def _feed(pending: Any, stream: StreamedReply[Posted]) -> None:
+    raw = ""
+    async for piece in pending.pieces():
+        raw += piece
+        stream.feed(raw)
+
+
+async def _withdraw_stream(stream: StreamedReply[Posted] | None, notice: QueueNotice) -> None:
+    await notice.remove()
+    if stream is not None:
+        await stream.withdraw()
 
 
 async def setup(bot: OshaberiBot) -> None:

@@ -1,0 +1,119 @@
+"""The Discord side of a streamed reply: post, edit and delete its messages (bot/streaming.py
+decides what and when).
+
+Like :meth:`ReplySender.send`, a chunk goes through the channel's webhook as the persona, and
+falls back to the bot with a ``**name**:`` prefix when the webhook fails; every send and edit
+passes ``AllowedMentions.none()``. Discord's answers become :class:`SendError`: a 429 that
+discord.py did not wait out itself carries its Retry-After, so the pacer waits it out too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from bot.conversation import persona_prefix
+from bot.discord.sender import NO_PINGS, ReplySender
+from bot.splitter import DISCORD_LIMIT
+from bot.streaming import SendError
+from personas.card import PersonaCard
+
+log = logging.getLogger(__name__)
+DEFAULT_RETRY_AFTER_S = 1.0
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A message of a streamed reply, and the name prefix its text is shown after."""
+
+    message: discord.Message
+    prefix: str
+
+    @property
+    def id(self) -> int:
+        return self.message.id
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds Discord asked us to wait, for a rate-limit error; None for any other error."""
+    if isinstance(exc, discord.RateLimited):
+        return float(exc.retry_after)
+    if not isinstance(exc, discord.HTTPException) or exc.status != 429:
+        return None
+    headers = getattr(exc.response, "headers", None) or {}
+    # The body's retry_after has fractions; the header is rounded up to whole seconds.
+    for value in (_body_retry_after(exc.text), headers.get("Retry-After")):
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except (TypeError, ValueError):
+            continue
+    return DEFAULT_RETRY_AFTER_S
+
+
+def _body_retry_after(text: str) -> Any:
+    try:
+        return json.loads(text).get("retry_after")
+    except (ValueError, AttributeError):
+        return None
+
+
+def send_error(exc: BaseException, doing: str) -> SendError:
+    return SendError(
+        f"{doing}: {exc}", retry_after=retry_after_s(exc), gone=isinstance(exc, discord.NotFound)
+    )
+
+
+class DiscordSink:
+    """Where one streamed reply is shown: ``channel``, as ``card``, answering ``reply_to``."""
+
+    def __init__(
+        self, sender: ReplySender, channel: Any, card: PersonaCard, reply_to: discord.Message | None
+    ) -> None:
+        self.sender = sender
+        self.channel = channel
+        self.card = card
+        self.reply_to = reply_to
+        self.prefix = persona_prefix(card)
+        # Sized for the prefixed form too, so a fallback half-way needs no re-split.
+        self.limit = DISCORD_LIMIT - len(self.prefix)
+        self._webhook_failed = False  # once it failed, the rest of this reply goes as the bot
+        self._posts = 0
+
+    async def post(self, text: str) -> Posted:
+        webhook = None if self._webhook_failed else await self.sender.webhook_for(self.channel)
+        if webhook is not None:
+            try:
+                message = await self.sender.send_webhook(webhook, self.channel, self.card, text)
+                self._posts += 1
+                return Posted(message, "")
+            except discord.HTTPException as exc:
+                self.sender.webhook_failed(self.channel, exc)
+                self._webhook_failed = True
+        kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
+        if self._posts == 0 and self.reply_to is not None:
+            kwargs["reference"] = self.reply_to.to_reference(fail_if_not_exists=False)
+            kwargs["mention_author"] = False
+        try:
+            message = await self.channel.send(self.prefix + text, **kwargs)
+        except (discord.HTTPException, discord.RateLimited) as exc:
+            raise send_error(exc, "posting a reply") from exc
+        self._posts += 1
+        return Posted(message, self.prefix)
+
+    async def edit(self, posted: Posted, text: str) -> None:
+        try:
+            await posted.message.edit(content=posted.prefix + text, allowed_mentions=NO_PINGS)
+        except (discord.HTTPException, discord.RateLimited) as exc:
+            raise send_error(exc, "editing a reply") from exc
+
+    async def delete(self, posted: Posted) -> None:
+        try:
+            await posted.message.delete()
+        except (discord.HTTPException, discord.RateLimited) as exc:
+            raise send_error(exc, "deleting a reply") from exc

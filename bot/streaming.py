@@ -1,0 +1,315 @@
+"""Showing a reply while it is written: what may be visible, when to edit, where to split.
+
+Discord-free. A front end hands :class:`StreamedReply` the raw text as it grows; the reply
+posts its first message as soon as there are words to show, then edits it at most once per
+interval (pieces that arrive in between are coalesced into one edit), continues in a new
+message past the length limit, and ends with one edit to the final text. The chat platform is
+behind :class:`MessageSink`, so the rules here are tested without a client
+(``bot/discord/streaming.py`` is the Discord sink).
+
+Every state shown passes the output word filter and has its mentions defused: a tail that
+could still become a blocked word or a mention is held back until the next piece decides it,
+and a state that fails the filter is not shown at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from bot.mentions import defuse_mentions
+from bot.splitter import split_message
+from bot.wordfilter import WordFilter
+
+log = logging.getLogger(__name__)
+M = TypeVar("M")
+# The end of a text that may still become a mention: "@", "@ever", "<", "<@", "<@!12".
+_MENTION_START = re.compile(
+    r"(?:@(?:e(?:v(?:e(?:r(?:y(?:o(?:n)?)?)?)?)?)?|h(?:e(?:r)?)?)?|<(?:@[!&]?\d*)?)$", re.IGNORECASE
+)
+# A final edit refused with 429 more often than this is given up (discord.py already retried).
+FINAL_ATTEMPTS = 5
+
+
+# -- what is visible -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Visible:
+    """One screened state: ``text`` may be shown (mentions defused) unless ``blocked`` is set."""
+
+    text: str
+    blocked: tuple[str, ...] = ()
+
+
+def mention_tail(text: str) -> int:
+    """How many characters at the end of ``text`` could still grow into a mention (0 if none)."""
+    match = _MENTION_START.search(text)
+    return len(match.group(0)) if match else 0
+
+
+def screen(draft: str, words: WordFilter) -> Visible:
+    """What of ``draft`` (cleaned reply text so far) may be shown now.
+
+    Holds back a tail that could be the start of a blocked word or a mention; the rest is
+    checked against the word filter (``blocked`` lists what it found: show nothing new) and
+    has its mentions defused.
+    """
+    held = max(mention_tail(draft), words.partial_tail(draft))
+    shown = draft[: len(draft) - held].rstrip()
+    blocked = tuple(words.check(shown))
+    return Visible("" if blocked else defuse_mentions(shown), blocked)
+
+
+def layout(text: str, limit: int) -> list[str]:
+    """The messages ``text`` is shown in: chunks of at most ``limit`` characters (none if blank)."""
+    return split_message(text, limit) if text.strip() else []
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change to the posted messages: ``post`` a new one, ``edit`` or ``delete`` message ``index``."""
+
+    action: str  # "post" | "edit" | "delete"
+    index: int
+    text: str = ""
+
+
+def plan(posted: Sequence[str], target: Sequence[str]) -> list[Step]:
+    """The steps that turn messages showing ``posted`` into ones showing ``target``.
+
+    Only messages whose text changes are edited; new chunks are posted in order; surplus
+    messages are deleted from the last one back.
+    """
+    steps = [Step("edit", i, text) for i, text in enumerate(target[: len(posted)]) if posted[i] != text]
+    steps += [Step("post", i, text) for i, text in enumerate(target) if i >= len(posted)]
+    steps += [Step("delete", i) for i in range(len(posted) - 1, len(target) - 1, -1)]
+    return steps
+
+
+# -- when to edit ----------------------------------------------------------------------------------
+
+
+class EditPacer:
+    """At most one round of changes per ``interval_s``, and none before a Retry-After has passed.
+
+    Times are seconds on ``clock`` (monotonic). The interval runs from the end of the last
+    round, so a round that discord.py held back for a 429 pushes the next one back as well.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.interval_s = interval_s
+        self.clock = clock
+        self._not_before = float("-inf")
+
+    def delay(self) -> float:
+        """Seconds to wait before the next round may start (0 when it may start now)."""
+        return max(0.0, self._not_before - self.clock())
+
+    def done(self) -> None:
+        """A round has just finished."""
+        self._not_before = max(self._not_before, self.clock() + self.interval_s)
+
+    def rate_limited(self, retry_after_s: float) -> None:
+        """The platform answered 429 with ``Retry-After: retry_after_s``."""
+        self._not_before = max(self._not_before, self.clock() + max(retry_after_s, 0.0))
+
+
+# -- the platform ----------------------------------------------------------------------------------
+
+
+class SendError(Exception):
+    """A post, edit or delete failed. ``retry_after`` (seconds) for a rate limit; ``gone`` when
+    the message no longer exists (someone deleted it)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, gone: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.gone = gone
+
+
+class MessageSink(Protocol[M]):
+    """Where a streamed reply is shown. Each method raises :class:`SendError` on failure."""
+
+    @property
+    def limit(self) -> int:
+        """Characters one message may hold (the platform's limit less any name prefix)."""
+        ...
+
+    async def post(self, text: str) -> M: ...
+
+    async def edit(self, message: M, text: str) -> None: ...
+
+    async def delete(self, message: M) -> None: ...
+
+
+# -- the reply -------------------------------------------------------------------------------------
+
+
+class StreamedReply(Generic[M]):
+    """Keeps a row of messages showing the newest visible state of a reply being written.
+
+    Feed it with :meth:`feed` (the raw text so far; cheap, called per piece); one task does all
+    posting and editing, so the order of changes is never in doubt. End it with
+    :meth:`finish` (the final, filtered text) or :meth:`withdraw` (delete what was posted).
+    """
+
+    def __init__(
+        self,
+        sink: MessageSink[M],
+        words: WordFilter,
+        draft: Callable[[str], str],
+        interval_s: float,
+        *,
+        on_first_post: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sink = sink
+        self.words = words
+        self.draft = draft  # raw text so far -> cleaned text that may be shown (renderer rules)
+        self.pacer = EditPacer(interval_s, clock)
+        self.on_first_post = on_first_post
+        self.posted: list[tuple[M, str]] = []
+        self.rounds = 0  # rounds of changes made, the first post included
+        self._raw = ""
+        self._shown = ""  # the visible text of the last round
+        self._final: str | None = None
+        self._withdraw = False
+        self._gone = False  # a message of ours was deleted by someone: stop touching the reply
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()  # cuts a pacing wait short (withdrawal)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def messages(self) -> list[M]:
+        return [m for m, _ in self.posted]
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="streamed-reply")
+
+    def feed(self, raw: str) -> None:
+        """The raw generated text so far (not cleaned; it is screened when next shown)."""
+        self._raw = raw
+        self._wake.set()
+
+    async def finish(self, text: str) -> list[M]:
+        """Show ``text`` (final, filtered, mentions defused) once the pacer allows; returns the
+        messages that show it, in order (empty if none could be posted)."""
+        self._final = text
+        self._wake.set()
+        await self._join()
+        return self.messages
+
+    async def withdraw(self) -> None:
+        """Delete every message posted so far and stop (the reply is not to be seen)."""
+        self._withdraw = True
+        self._stop.set()
+        self._wake.set()
+        await self._join()
+        if self.posted:  # never started, or it ended before the withdrawal
+            await self._delete_all()
+
+    def cancel(self) -> None:
+        """Stop updating at once, leaving what is posted (the owner is going away)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _join(self) -> None:
+        self.start()
+        assert self._task is not None
+        await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        attempts = 0
+        while True:
+            await self._wake.wait()
+            if self._withdraw:
+                await self._delete_all()
+                return
+            delay = self.pacer.delay()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                continue  # look again: withdrawn, finished, or simply due now
+            self._wake.clear()
+            final = self._final
+            shown_now: str | None = None
+            if self._gone:
+                if final is not None:
+                    return
+                continue
+            if final is not None:
+                target = layout(final, self.sink.limit)
+            else:
+                visible = screen(self.draft(self._raw), self.words)
+                if visible.blocked or self._shown.startswith(visible.text):
+                    # Nothing new that may be shown; a tail held back now that was shown before
+                    # (it looked harmless then) is left as it is rather than flickering away.
+                    continue
+                target = layout(visible.text, self.sink.limit)
+                shown_now = visible.text
+            try:
+                await self._apply(target)
+            except SendError as exc:
+                if exc.gone:
+                    log.info("a streamed reply's message was deleted; it is no longer updated")
+                    self._gone = True
+                elif exc.retry_after is not None:
+                    self.pacer.rate_limited(exc.retry_after)
+                else:
+                    log.warning("could not update a streamed reply: %s", exc)
+                    self.pacer.done()
+                if final is not None:
+                    attempts += 1
+                    if attempts >= FINAL_ATTEMPTS or self._gone:
+                        log.warning("gave up the final edit of a streamed reply after %d tries", attempts)
+                        return
+                self._wake.set()  # try again once the pacer allows
+                continue
+            if shown_now is None:
+                return  # the final text is shown
+            self._shown = shown_now
+
+    async def _apply(self, target: list[str]) -> None:
+        """One round: make the messages show ``target``; raises SendError (done steps are kept)."""
+        steps = plan([text for _, text in self.posted], target)
+        if not steps:
+            return
+        first = not self.posted
+        try:
+            for step in steps:
+                if step.action == "post":
+                    self.posted.append((await self.sink.post(step.text), step.text))
+                elif step.action == "edit":
+                    message = self.posted[step.index][0]
+                    await self.sink.edit(message, step.text)
+                    self.posted[step.index] = (message, step.text)
+                else:
+                    await self.sink.delete(self.posted[step.index][0])
+                    del self.posted[step.index]
+        finally:
+            if first and self.posted and self.on_first_post is not None:
+                try:
+                    await self.on_first_post()
+                except Exception:  # stopping a typing indicator must not lose the reply
+                    log.exception("first-post callback failed")
+        self.rounds += 1
+        self.pacer.done()
+
+    async def _delete_all(self) -> None:
+        while self.posted:
+            message, _ = self.posted.pop()
+            try:
+                await self.sink.delete(message)
+            except SendError as exc:
+                if not exc.gone:
+                    log.warning("could not delete a withdrawn reply's message: %s", exc)
