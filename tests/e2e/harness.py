@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ FAULT_PATH = Path(__file__).resolve().parent / "faultinject"
 TOKEN = "e2e.MTIzNDU2Nzg5MDEyMzQ1Njc4.never-log-this-token"
 FAULT_MARKER = "E2E-MODEL-FAULT"
 SLOW_MARKER = "E2E-SLOW-MODEL"
+SCRIPT_MARKER = "E2E-SCRIPTED-REPLY"
 TRACEBACK = "Traceback (most recent call last)"
 LAG_RE = re.compile(r"loop lag p50=([\d.]+) p99=([\d.]+) max=([\d.]+) ms \((\d+) samples")
 
@@ -51,6 +53,8 @@ class BotConfig:
     request_timeout_s: float = 120.0
     default_persona: str = "marisa"
     max_new_tokens: int = 16  # in the test copies of the persona cards
+    stream_replies: bool = True
+    stream_edit_interval_s: float = 1.5
 
     def toml(self, personas_dir: Path) -> str:
         channels = ", ".join(str(c) for c in self.allowed_channels)
@@ -74,6 +78,8 @@ class BotConfig:
                 f"rate_limit_per_minute = {float(self.rate_limit_per_minute)}",
                 f"rate_limit_burst = {self.rate_limit_burst}",
                 f"queue_notice_position = {self.queue_notice_position}",
+                f"stream_replies = {'true' if self.stream_replies else 'false'}",
+                f"stream_edit_interval_s = {float(self.stream_edit_interval_s)}",
                 "",
                 "[discord]",
                 f"allowed_channels = [{channels}]",
@@ -169,12 +175,18 @@ class BotProcess:
         self.slow_s = slow_s
         self.db_path = workdir / "oshaberi.sqlite3"
         self.log_path = workdir / "bot.log"
+        self.script_path = workdir / "e2e-script.json"  # replies for E2E-SCRIPTED-REPLY prompts
         self.config_path = workdir / "oshaberi.toml"
         self.personas_dir = write_test_personas(workdir / "personas", max_new_tokens=config.max_new_tokens)
         self.config_path.write_text(config.toml(self.personas_dir), encoding="utf-8")
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
         self._log: IO[bytes] | None = None
+
+    def script_reply(self, pieces: list[str], gap_s: float = 0.05, fail_after: int | None = None) -> None:
+        """What the next ``E2E-SCRIPTED-REPLY`` prompt is answered with (needs fault_injection)."""
+        script = {"pieces": pieces, "gap_s": gap_s, "fail_after": fail_after}
+        self.script_path.write_text(json.dumps(script, ensure_ascii=False), encoding="utf-8")
 
     # -- environment -----------------------------------------------------------------------------
 
@@ -198,6 +210,7 @@ class BotProcess:
                 "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
                 "E2E_SLOW_S": str(self.slow_s),
+                "E2E_SCRIPT_FILE": str(self.script_path),
             }
         )
         return env

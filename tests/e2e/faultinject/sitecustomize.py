@@ -7,13 +7,19 @@ module is imported, so the production code has no test hooks:
 * a prompt containing ``E2E-MODEL-FAULT`` makes the whole batch raise RuntimeError, as a CUDA
   error or a bad adapter would;
 * a prompt containing ``E2E-SLOW-MODEL`` makes the batch take ``E2E_SLOW_S`` seconds longer
-  (default 3), to edit, delete or restart while a reply is being generated.
+  (default 3), to edit, delete or restart while a reply is being generated;
+* a prompt containing ``E2E-SCRIPTED-REPLY`` is answered from the JSON file named by
+  ``E2E_SCRIPT_FILE`` instead of the model: ``{"pieces": [...], "gap_s": 0.05, "fail_after":
+  null}`` streams those pieces with that gap (raising RuntimeError after ``fail_after`` pieces
+  when set), so streaming tests choose exactly what arrives when: a blocked word split across
+  pieces, a reply past 2,000 characters, a failure half-way.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import json
 import os
 import sys
 import time
@@ -21,6 +27,7 @@ from typing import Any
 
 FAULT_MARKER = "E2E-MODEL-FAULT"
 SLOW_MARKER = "E2E-SLOW-MODEL"
+SCRIPT_MARKER = "E2E-SCRIPTED-REPLY"
 TARGET = "bot.engine"
 
 
@@ -35,10 +42,57 @@ def _wrap(module: Any) -> None:
             raise RuntimeError(f"injected model failure ({FAULT_MARKER})")
         if any(SLOW_MARKER in p for p in prompts):
             time.sleep(slow_s)
+        if any(SCRIPT_MARKER in p for p in prompts):
+            return _scripted(self, original, requests, *args, **kwargs)
         return original(self, requests, *args, **kwargs)
 
     engine.generate = generate
     print(f"e2e fault injection armed on {TARGET}.Engine.generate", file=sys.stderr, flush=True)
+
+
+def _scripted(engine: Any, original: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
+    """Scripted rows stream the script; the other rows of the batch run on the model."""
+    from bot.generation import GenerationResult
+
+    on_piece = kwargs.get("on_piece") or (lambda i, text: None)
+    is_cancelled = kwargs.get("is_cancelled") or (lambda i: False)
+    with open(os.environ["E2E_SCRIPT_FILE"], encoding="utf-8") as f:
+        script = json.load(f)
+    results: list[Any] = [None] * len(requests)
+    others = [i for i, r in enumerate(requests) if SCRIPT_MARKER not in r.prompt]
+    if others:
+        done = original(
+            engine,
+            [requests[i] for i in others],
+            *args,
+            on_piece=lambda j, text: on_piece(others[j], text),
+            is_cancelled=lambda j: is_cancelled(others[j]),
+        )
+        for i, result in zip(others, done, strict=True):
+            results[i] = result
+    for i, request in enumerate(requests):
+        if i in others:
+            continue
+        started, text, reason = time.monotonic(), "", "stop"
+        for n, piece in enumerate(script["pieces"]):
+            if script.get("fail_after") is not None and n >= script["fail_after"]:
+                raise RuntimeError(f"injected model failure ({FAULT_MARKER}) after {n} pieces")
+            if is_cancelled(i):
+                reason = "cancelled"
+                break
+            time.sleep(float(script.get("gap_s", 0.05)))
+            text += piece
+            on_piece(i, piece)
+        results[i] = GenerationResult(
+            text=text,
+            new_tokens=len(text),
+            finish_reason=reason,
+            adapter=request.adapter,
+            adapter_version=None,
+            seconds=time.monotonic() - started,
+            batch_size=len(requests),
+        )
+    return results
 
 
 class _Loader(importlib.abc.Loader):
