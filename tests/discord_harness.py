@@ -20,7 +20,7 @@ from discord.ext.test import backend as dpy_backend
 from discord.ext.test import factories as dpy_factories
 from discord.webhook.async_ import AsyncWebhookAdapter
 
-from bot.config import DiscordSettings, PathSettings, Settings
+from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
 from bot.discord.app import OshaberiBot
 from bot.discord.app import intents as OshaberiBot_intents
 from bot.generation import (
@@ -542,6 +542,9 @@ async def make_harness(tmp_path: Path, monkeypatch, **discord_settings: Any) -> 
         discord=DiscordSettings(
             use_webhooks=True, review_poll_s=3600, shutdown_grace_s=1.0, **discord_settings
         ),
+        # These tests pin the whole-reply behaviour, which stream_replies = false keeps exactly;
+        # streaming is tested through the emulator (tests/test_e2e_streaming.py).
+        chat=ChatSettings(stream_replies=False),
     )
     runtime = FakeRuntime(settings)
 

@@ -1,7 +1,9 @@
 """The chat service and console on a real tiny model: bad input never stops the service."""
 
 import asyncio
+import io
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings, Settings, WorkerSettings
+from bot.console import ConsoleChat
 from bot.generation import QueueFullError
 from bot.runtime import Runtime
 from personas.card import UnknownPersonaError
@@ -151,3 +154,60 @@ def test_console_without_a_model_says_what_failed_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "OSHABERI_MODEL" in error_lines[0]
+
+
+class RecordingOut(io.StringIO):
+    """A terminal that notes, for every write, whether the reply was still being generated."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, bool]] = []
+        self.submitted: list = []
+        submit = runtime.chat.submit
+
+        def noting_submit(*args):  # the real submit; only its ticket is kept to look at
+            self.submitted.append(submit(*args))
+            return self.submitted[-1]
+
+        runtime.chat.submit = noting_submit
+
+    def write(self, text: str) -> int:
+        generating = bool(self.submitted) and self.submitted[-1].ticket.state != "done"
+        self.writes.append((text, generating))
+        return super().write(text)
+
+
+def long_reply_cards(dest: Path) -> Path:
+    """The shipped marisa card, greedy and forced to 48 new tokens, so the reply has many pieces."""
+    text = (ROOT / "personas" / "marisa" / "persona.toml").read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^temperature = .*$", "temperature = 0.0", text)
+    text = re.sub(r"(?m)^max_new_tokens = .*$", "max_new_tokens = 48\nmin_new_tokens = 48", text)
+    text = re.sub(r"(?m)^stop = .*$", "stop = []", text)
+    (dest / "marisa").mkdir(parents=True)
+    (dest / "marisa" / "persona.toml").write_text(text, encoding="utf-8")
+    return dest
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_interactive_console_prints_the_reply_as_it_is_written(tiny_neox, tmp_path, stream):
+    settings = settings_for(tiny_neox, tmp_path / "adapters")
+    settings = replace(
+        settings,
+        paths=replace(settings.paths, personas_dir=str(long_reply_cards(tmp_path / "personas"))),
+        chat=replace(settings.chat, stream_replies=stream),
+    )
+    rt = await Runtime.start(settings)
+    try:
+        out = RecordingOut(rt)
+        chat = ConsoleChat(rt, "marisa", out, io.StringIO(), interactive=True)
+        reply = await chat.message("こんにちは")
+        name = rt.cards.get("marisa").display_name
+    finally:
+        await rt.close(drain_timeout=1)
+    assert reply and out.getvalue() == f"{name}: {reply}\n"  # the same line either way
+    if stream:
+        pieces = [text for text, _ in out.writes[1:]]
+        assert len(pieces) >= 3, out.writes  # label, then the reply in several pieces
+        assert any(generating for _, generating in out.writes[1:-1]), "nothing printed before the end"
+    else:
+        assert out.writes == [(f"{name}: {reply}\n", False)]  # whole, once generation has ended
