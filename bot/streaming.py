@@ -178,7 +178,6 @@ class StreamedReply(Generic[M]):
         self.pacer = EditPacer(interval_s, clock)
         self.on_first_post = on_first_post
         self.posted: list[tuple[M, str]] = []
-        self.rounds = 0  # rounds of changes made, the first post included
         self._raw = ""
         self._shown = ""  # the visible text of the last round
         self._final: str | None = None
@@ -259,7 +258,10 @@ class StreamedReply(Generic[M]):
                 shown_now = visible.text
             try:
                 await self._apply(target)
-            except SendError as exc:
+            except Exception as exc:
+                if not isinstance(exc, SendError):  # a bug or an unforeseen client error
+                    log.exception("updating a streamed reply failed")
+                    exc = SendError(str(exc))
                 if exc.gone:
                     log.info("a streamed reply's message was deleted; it is no longer updated")
                     self._gone = True
@@ -302,7 +304,6 @@ class StreamedReply(Generic[M]):
                     await self.on_first_post()
                 except Exception:  # stopping a typing indicator must not lose the reply
                     log.exception("first-post callback failed")
-        self.rounds += 1
         self.pacer.done()
 
     async def _delete_all(self) -> None:
