@@ -20,7 +20,7 @@ from typing import Any
 import discord
 import pytest
 
-from bot.config import DiscordSettings, PathSettings, Settings
+from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
 from bot.discord.app import OshaberiBot, point_discord_at
 from bot.discord.cogs.review import TEXT_INPUT_ID
 from tests.discord_emulator import Call, DiscordEmulator
@@ -81,6 +81,8 @@ async def test_bot_against_the_emulator(emu: DiscordEmulator, tmp_path: Path) ->
     settings = Settings(
         paths=PathSettings(database=str(tmp_path / "e2e.sqlite3")),
         discord=DiscordSettings(review_channel=int(emu.channel_id("review")), review_poll_s=3600),
+        # The fake runtime answers whole replies; streaming is tested in tests/test_e2e_streaming.py.
+        chat=ChatSettings(stream_replies=False),
     )
     runtime = FakeRuntime(settings)
 
