@@ -343,3 +343,17 @@ async def test_a_failed_final_edit_is_retried() -> None:
     sink.failures += [SendError("502"), SendError("429", retry_after=0.05)]
     messages = await reply.finish("途中と最後")
     assert sink.contents[messages[0]] == "途中と最後"
+
+
+async def test_withdraw_while_the_final_edit_waits_for_the_pacer() -> None:
+    """The question is deleted after generation ended, while the final edit waits out the
+    interval: the reply is withdrawn all the same, and finish reports no messages."""
+    sink = RecordingSink()
+    reply = streamed(sink, interval_s=1.0)
+    await feed(reply, ["途中まで"], gap_s=0.05)
+    finishing = asyncio.ensure_future(reply.finish("途中までと最後"))
+    await asyncio.sleep(0.1)
+    assert not finishing.done()  # waiting for the interval
+    await reply.withdraw()
+    assert await finishing == [] and sink.contents == {}
+    assert [op.action for op in sink.ops] == ["post", "delete"]

@@ -112,6 +112,8 @@ class Chat(commands.Cog):
         # The same replies by the id of the message they answer, and the messages deleted meanwhile.
         self._answering: dict[int, Any] = {}
         self._withdrawn: set[int] = set()
+        # Streamed replies whose final edit is on its way, by the id of the message they answer.
+        self._finishing: dict[int, StreamedReply[Posted]] = {}
 
     # -- which messages are answered -----------------------------------------------------------
 
@@ -253,7 +255,16 @@ class Chat(commands.Cog):
                 channel, f"{card.display_name}'s reply was held back for a moderator to check.", message
             )
         elif stream is not None:
-            sent = await stream.finish(filtered.text)
+            # The final edit may wait out the edit interval; a deletion meanwhile still withdraws.
+            self._finishing[message.id] = stream
+            try:
+                sent = await stream.finish(filtered.text)
+            finally:
+                self._finishing.pop(message.id, None)
+            if message.id in self._withdrawn:
+                self._withdrawn.discard(message.id)
+                log.info("message %s was deleted while its reply was shown; nothing logged", message.id)
+                return
             if not sent:
                 log.warning("could not post the streamed reply to message %s", message.id)
         else:
@@ -359,6 +370,11 @@ class Chat(commands.Cog):
         if pending is not None:
             self._withdrawn.add(message_id)
             pending.cancel()
+            return
+        stream = self._finishing.get(message_id)
+        if stream is not None:
+            self._withdrawn.add(message_id)
+            await stream.withdraw()
             return
         store = self.bot.store
         if store is None:
