@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.conversation import ChatMessage, Conversation, build_conversation, queue_notice
 from bot.discord.checks import channel_allowed, member_allowed
-from bot.discord.history import channel_history, classify, is_reply_to_bot, reply_chain
+from bot.discord.history import channel_history, classify, is_conversation, is_reply_to_bot, reply_chain
 from bot.discord.sender import NO_PINGS, notify
 from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.ratelimit import describe_wait
@@ -94,6 +94,15 @@ class QueueNotice:
             self.message = None
 
 
+def mentions_bot(message: discord.Message, bot_user_id: int) -> bool:
+    """Whether ``message`` mentions the bot: ``<@id>`` or ``<@!id>`` (Discord lists both in
+    ``mentions``), or the bot's managed role ``<@&role>``, which the mention picker offers beside
+    the user under the same name (a role whose tags name the bot)."""
+    if any(u.id == bot_user_id for u in message.mentions):
+        return True
+    return any(role.tags is not None and role.tags.bot_id == bot_user_id for role in message.role_mentions)
+
+
 class Chat(commands.Cog):
     position_poll_s = 2.0  # how often a waiting request's queue position is looked at
 
@@ -114,6 +123,8 @@ class Chat(commands.Cog):
             return  # other bots, webhooks, and the bot itself (its persona webhook included)
         if self.bot.user is not None and message.author.id == self.bot.user.id:
             return
+        if not is_conversation(message):
+            return  # a thread created, a pin, a join …: made by Discord, not said by the member
         if message.guild is None or self.bot.flow is None or self.bot.store is None:
             return  # direct messages are not a place the server's moderators can review
         settings = self.bot.settings.discord
@@ -146,9 +157,10 @@ class Chat(commands.Cog):
                 self._tasks.discard(task)
 
     async def _addressed(self, message: discord.Message) -> bool:
-        """Mentioned, or a reply to one of the bot's messages (its persona webhook's included)."""
+        """Mentioned (as the user, in either form, or as the role Discord made for the bot), or a
+        reply to one of the bot's messages (its persona webhook's included)."""
         me = self.bot.user
-        if me is not None and any(u.id == me.id for u in message.mentions):
+        if me is not None and mentions_bot(message, me.id):
             return True
         ref = message.reference
         resolved = ref.resolved if ref is not None else None
