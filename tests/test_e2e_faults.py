@@ -22,7 +22,7 @@ from bot.discord.cogs.review import TEXT_INPUT_ID
 from tests.discord_emulator import Call, DiscordEmulator, InteractionRecord
 from tests.e2e.harness import FAULT_MARKER, SLOW_MARKER
 from tests.e2e.stack import Stack, running_stack
-from tests.e2e.world import interaction_text, run_command, wait_until
+from tests.e2e.world import click, interaction_text, run_command, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -292,6 +292,52 @@ async def test_every_interaction_is_acknowledged_while_another_process_holds_the
         prefs = dict(conn.execute("SELECT user_id, opted_out FROM user_prefs").fetchall())
     assert prefs[int(emu.user_id("user04"))] == 1 and prefs[int(emu.user_id("user03"))] == 0
     assert "10062" not in stack.bot.log_text()
+
+
+async def test_reads_that_do_not_come_back_get_busy_try_again_in_time(stack: Stack) -> None:
+    """Reads stall (tests/e2e/faultinject: a stalled disk, a WAL recovery): what must read before
+    its first response (/status, /personas, the Edit button) answers within 3 s with what it can
+    and a clear "busy, try again"; a message sent meanwhile is answered once reads come back."""
+    emu = stack.emu
+    cards = await wait_until(lambda: carded_undecided(stack.bot.db_path), 60, what="an undecided card")
+    log_id, card_id = cards
+    stall = stack.bot.stall_reads_file
+    stall.touch()
+    try:
+        mark = emu.mark()
+        status = await emu.slash_command("load-1", "moderator", "status")
+        personas = await emu.slash_command("load-1", "user06", "personas")
+        edit = await emu.click_button("review", "moderator", str(card_id), f"oshaberi:review:edit:{log_id}")
+        meanwhile = await stack.say("load-1", "user06", "読めないあいだの質問")
+        for record in (status, personas, edit):
+            ack = await emu.wait_for_call(
+                lambda c, r=record: c.path.startswith(f"/interactions/{r.id}/"), 10, since=mark
+            )
+            assert ack.status < 300 and ack.json["type"] == 4, ack.response  # answered, in time
+        status_text = answer_text(emu, status) or ""
+        assert "**Queue**" in status_text and "database is busy" in status_text and "try again" in status_text
+        footer = personas.responses[0]["data"]["embeds"][0]["footer"]["text"]
+        assert "database is busy" in footer and "try again" in footer
+        assert "marisa" in str(personas.responses[0]["data"]["embeds"][0]["fields"])  # the list still shown
+        edit_text = answer_text(emu, edit) or ""
+        assert "database is busy" in edit_text and "try again" in edit_text
+        assert stack.book.final(meanwhile.message_id) is None
+    finally:
+        stall.unlink(missing_ok=True)
+    assert (await stack.answer(meanwhile, timeout=60)).kind == "reply"
+    _, text = await run_command(emu, "load-1", "moderator", "status")
+    assert "awaiting a decision" in text and "busy" not in text
+    record, _ = await click(emu, "review", "moderator", str(card_id), f"oshaberi:review:edit:{log_id}")
+    assert record.responses[0]["type"] == 9  # the form opens once the database answers again
+
+
+def carded_undecided(db: Path) -> tuple[int, int] | None:
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        row = conn.execute(
+            "SELECT id, review_message_id FROM logs WHERE decision IS NULL AND review_message_id IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
 
 
 async def test_model_failure_fails_only_its_batch(stack: Stack) -> None:
