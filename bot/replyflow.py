@@ -100,6 +100,15 @@ class LogSpool:
             self._spool(entry)
             return None
 
+    def withdraw(self, message_id: int) -> int:
+        """Drop the spooled entries that answered ``message_id`` (its author deleted it); returns
+        how many. Without this a deletion meets no row (the entry is not written yet) and the
+        words taken back would still be written, reviewed and trained on later."""
+        kept = collections.deque(e for e in self._pending if e.message_id != message_id)
+        dropped = len(self._pending) - len(kept)
+        self._pending = kept
+        return dropped
+
     def _spool(self, entry: LogEntry) -> None:
         if len(self._pending) >= self._max:
             dropped = self._pending.popleft()

@@ -311,6 +311,8 @@ class Chat(commands.Cog):
         store = self.bot.store
         if store is None:
             return
+        if self.bot.flow is not None:
+            self.bot.flow.spool.withdraw(message_id)  # logged only in memory so far: never written
         try:
             result = await store.forget_message(message_id)
         except Exception:
