@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -21,6 +22,7 @@ from bot.discord.sender import NO_PINGS, notify
 from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.ratelimit import describe_wait
 from bot.replyflow import Incoming, Stopwatch
+from bot.store import StoreError
 from personas.card import UnknownPersonaError
 from personas.render import InputError, clean_text
 
@@ -315,6 +317,12 @@ class Chat(commands.Cog):
             self.bot.flow.spool.withdraw(message_id)  # logged only in memory so far: never written
         try:
             result = await store.forget_message(message_id)
+        except (sqlite3.OperationalError, StoreError) as exc:
+            # Kept like a log entry: the rows go once the database takes writes again.
+            log.warning("database unavailable (%s); deleting the log of message %s later", exc, message_id)
+            if self.bot.flow is not None:
+                self.bot.flow.spool.forget_later(message_id)
+            return
         except Exception:
             log.exception("could not remove the log of deleted message %s", message_id)
             return

@@ -296,6 +296,7 @@ class Review(commands.Cog):
         try:
             if flow is not None and len(flow.spool):
                 await flow.spool.flush()
+                await self.delete_cards(flow.spool.take_cards())  # rows deleted late
             for log_id, (channel_id, message_id) in list(self._unmarked.items()):
                 await store.mark_posted(log_id, channel_id, message_id)
                 del self._unmarked[log_id]
