@@ -80,11 +80,16 @@ class LogSpool:
     def __init__(self, store: Store, max_entries: int = 10_000) -> None:
         self.store = store
         self._pending: collections.deque[LogEntry] = collections.deque()
+        # Deleted messages whose rows the database could not delete yet, and the review cards of
+        # rows deleted late (for the Discord side to remove: this module does not touch Discord).
+        self._forgets: collections.deque[int] = collections.deque()
+        self._cards: list[tuple[int, int]] = []
         self._max = max_entries
         self._flush_lock = asyncio.Lock()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        """Changes waiting for the database: log entries and deletions."""
+        return len(self._pending) + len(self._forgets)
 
     async def write(self, entry: LogEntry) -> int | None:
         """Log now if possible; None when refused for privacy or spooled for later."""
@@ -100,6 +105,25 @@ class LogSpool:
             self._spool(entry)
             return None
 
+    def withdraw(self, message_id: int) -> int:
+        """Drop the spooled entries that answered ``message_id`` (its author deleted it); returns
+        how many. Without this a deletion meets no row (the entry is not written yet) and the
+        words taken back would still be written, reviewed and trained on later."""
+        kept = collections.deque(e for e in self._pending if e.message_id != message_id)
+        dropped = len(self._pending) - len(kept)
+        self._pending = kept
+        return dropped
+
+    def forget_later(self, message_id: int) -> None:
+        """Keep the deletion of ``message_id``'s rows for the next flush (the database refused it)."""
+        if message_id not in self._forgets:
+            self._forgets.append(message_id)
+
+    def take_cards(self) -> list[tuple[int, int]]:
+        """(channel id, message id) of review cards whose rows a flush deleted; cleared on return."""
+        cards, self._cards = self._cards, []
+        return cards
+
     def _spool(self, entry: LogEntry) -> None:
         if len(self._pending) >= self._max:
             dropped = self._pending.popleft()
@@ -107,18 +131,27 @@ class LogSpool:
         self._pending.append(entry)
 
     async def flush(self) -> list[int]:
-        """Write what is spooled, oldest first; stops at the first failure. Returns the new ids."""
+        """Write what is spooled, oldest first, then the kept deletions; stops at the first
+        failure. Returns the new log ids (cards of deleted rows: :meth:`take_cards`)."""
         written: list[int] = []
         async with self._flush_lock:
             while self._pending:
                 try:
                     log_id = await self.store.log_reply(self._pending[0])
                 except (sqlite3.OperationalError, StoreError) as exc:
-                    log.warning("log spool flush stopped (%d left): %s", len(self._pending), exc)
-                    break
+                    log.warning("log spool flush stopped (%d left): %s", len(self), exc)
+                    return written
                 self._pending.popleft()
                 if log_id is not None:
                     written.append(log_id)
+            while self._forgets:
+                try:
+                    result = await self.store.forget_message(self._forgets[0])
+                except (sqlite3.OperationalError, StoreError) as exc:
+                    log.warning("log spool flush stopped (%d deletions left): %s", len(self._forgets), exc)
+                    break
+                self._forgets.popleft()
+                self._cards.extend(result.review_cards)
         return written
 
 

@@ -7,8 +7,12 @@ Why it is built this way:
 
 * WAL mode and ``busy_timeout`` let the bot and the trainer use one file at once; a write that
   still meets ``database is locked`` is retried with backoff, so a busy moment loses nothing.
-* One connection per ``Store`` and one asyncio lock around every operation: statements of two
+* One write connection per ``Store`` and one asyncio lock around every write: statements of two
   coroutines never interleave inside one transaction.
+* Reads have a connection (and lock) of their own: in WAL mode a reader never waits for a writer,
+  so a write that is itself waiting for another process's lock (the trainer, a backup) does not
+  hold up a read. Interactive code bounds its reads with :func:`within` and says "busy" rather
+  than miss Discord's 3-second deadline.
 * Decisions are a single ``UPDATE … WHERE decision IS NULL``: SQLite runs it atomically, so of two
   moderators clicking at once exactly one wins and the other learns who did.
 * Privacy is enforced where data leaves: :meth:`Store.approved_for_export` never returns a row in
@@ -42,11 +46,31 @@ STATUSES: tuple[str, ...] = ("pending", "blocked")
 ORIGINS: tuple[str, ...] = ("live", "generated")
 # A claim older than this belongs to a poster that died mid-post; the item may be claimed again.
 CLAIM_STALE_S = 300.0
+# How long a read may take before an interaction has been answered: Discord allows 3 s from the
+# click to the first response, and delivery and the response itself need some of that.
+INTERACTIVE_READ_S = 1.5
 MAX_EDITED_CHARS = 4000
 
 
 class StoreError(RuntimeError):
     """The database cannot be used as it is (for example: written by a newer version)."""
+
+
+class StoreBusyError(StoreError):
+    """The database did not answer in the time the caller can wait (see :func:`within`)."""
+
+
+async def within(operation: Awaitable[T], seconds: float = INTERACTIVE_READ_S) -> T:
+    """Await a store operation for at most ``seconds``.
+
+    Raises :class:`StoreBusyError` when it takes longer (the operation is abandoned; a read has no
+    effect to lose). Meant for reads made before an interaction is acknowledged; never wrap a
+    write in it, since an abandoned write may still happen after the caller said it did not.
+    """
+    try:
+        return await asyncio.wait_for(operation, seconds)
+    except TimeoutError:
+        raise StoreBusyError(f"the database did not answer within {seconds:.1f} s") from None
 
 
 class ReviewNotFoundError(LookupError):
@@ -195,6 +219,10 @@ class Store:
         self._conn = conn
         self.path = path
         self._lock = asyncio.Lock()
+        # Until open() adds a read connection (never for ":memory:", which is private to one
+        # connection), reads share the write connection and its lock.
+        self._reader = conn
+        self._read_lock = self._lock
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s
         self._closed = False
@@ -223,16 +251,34 @@ class Store:
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
             await store._retry(store._migrate)
+            if str(path) != ":memory:":
+                await store._open_reader(busy_timeout_ms)
         except BaseException:
+            if store._reader is not conn:
+                await store._reader.close()
             await conn.close()
             raise
         return store
+
+    async def _open_reader(self, busy_timeout_ms: int) -> None:
+        reader = await aiosqlite.connect(str(self.path), isolation_level=None)
+        try:
+            await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await reader.execute("PRAGMA query_only = ON")  # a read path can never write by mistake
+        except BaseException:
+            await reader.close()
+            raise
+        self._reader = reader
+        self._read_lock = asyncio.Lock()
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file and close; safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        if self._reader is not self._conn:
+            async with self._read_lock:  # closed first: an open reader would hold up the checkpoint
+                await self._reader.close()
         async with self._lock:
             try:
                 await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -326,7 +372,7 @@ class Store:
         async def op() -> list[Any]:
             if self._closed:
                 raise StoreError("the store is closed")
-            async with self._lock, self._conn.execute(sql, tuple(params)) as cur:
+            async with self._read_lock, self._reader.execute(sql, tuple(params)) as cur:
                 return list(await cur.fetchall())
 
         return await self._retry(op)

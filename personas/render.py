@@ -107,12 +107,24 @@ class Segment:
     trainable: bool
 
 
+# Removed wherever text is shown or used: controls (Cc) but line breaks and tabs, every format
+# character (Cf: bidi embeddings, overrides and isolates, zero-width spaces and joiners, the BOM,
+# soft hyphens, tag characters, …), surrogates (Cs) and private-use characters (Co).
+_UNSHOWN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co"})
+
+
 def clean_text(text: str) -> str:
-    """Strip what no renderer should ever see: lone surrogates, control and invisible characters."""
+    """Strip what no renderer, moderator or training file should ever see.
+
+    The one cleaning rule for user and model text: lone surrogates go, CR, CRLF and the line and
+    paragraph separators U+2028/U+2029 become a line break, and every invisible or
+    direction-changing character (categories Cc except line break and tab, Cf, Cs, Co) is
+    removed, so what remains reads the same as it displays. Visible text is never changed.
+    """
     text = text.encode("utf-8", "ignore").decode("utf-8")  # drops lone surrogates
     text = text.translate(_BIDI_AND_ZERO_WIDTH)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs", "Co"))
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in _UNSHOWN_CATEGORIES)
 
 
 def validate_user_message(text: str) -> str:

@@ -358,6 +358,8 @@ class Harness:
                 "guild_id": str(self.guild.id),
             }
             data["referenced_message"] = dpy_factories.dict_from_message(reply_to)
+            # dpytest copies the MessageType enum itself; Discord sends its number.
+            data["referenced_message"]["type"] = reply_to.type.value
             data["type"] = 19
         state = dpy_backend.get_state()
         state.parse_message_create(data)

@@ -1,4 +1,5 @@
-"""Reading conversations back: reply chains (through webhook replies too) and line classification."""
+"""Reading conversations back: reply chains (through webhook replies too), line classification,
+and system messages (decided by type) kept out of all of it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from types import SimpleNamespace
 
 import discord
 
-from bot.discord.history import classify, reply_chain
+from bot.discord.history import CONVERSATION_TYPES, classify, is_conversation, is_reply_to_bot, reply_chain
 from personas.card import load_cards
 
 MARISA = load_cards().get("marisa")
@@ -33,7 +34,8 @@ def msg(channel: Channel, mid: int, replies_to: int | None = None, **extra) -> S
             cached_message=None,
             type=discord.MessageReferenceType.reply,
         )
-    m = SimpleNamespace(id=mid, channel=channel, reference=ref, **extra)
+    kind = discord.MessageType.reply if replies_to is not None else discord.MessageType.default
+    m = SimpleNamespace(id=mid, channel=channel, reference=ref, **{"type": kind, **extra})
     channel.messages[mid] = m
     return m
 
@@ -69,7 +71,9 @@ def test_classify() -> None:
     user = SimpleNamespace(id=5, bot=False, name="alice")
 
     def m(author, content, webhook_id=None):
-        return SimpleNamespace(id=1, author=author, content=content, webhook_id=webhook_id)
+        return SimpleNamespace(
+            id=1, author=author, content=content, webhook_id=webhook_id, type=discord.MessageType.default
+        )
 
     assert classify(m(user, "やあ"), bot_user_id=bot_id, card=MARISA, webhook_ids=set()).author_id == 5
     me = SimpleNamespace(id=bot_id, bot=True, name="oshaberi")
@@ -87,3 +91,55 @@ def test_classify() -> None:
     )
     other_bot = SimpleNamespace(id=79, bot=True, name="otherbot")
     assert classify(m(other_bot, "hi"), bot_user_id=bot_id, card=MARISA, webhook_ids=set()) is None
+
+
+SYSTEM_TYPES = [t for t in discord.MessageType if t not in CONVERSATION_TYPES]
+
+
+def test_only_default_and_reply_messages_are_conversation() -> None:
+    """Decided from the type: every type Discord makes (thread created 18, pins 6, joins 7, boosts
+    8-11, thread starter 21, poll result 46 …) and the app command messages (20, 23) are out."""
+    assert {t.value for t in CONVERSATION_TYPES} == {0, 19}
+    for value in (6, 7, 8, 18, 20, 21, 23, 24, 46):
+        assert discord.MessageType(value) in SYSTEM_TYPES
+    for kind in discord.MessageType:
+        assert is_conversation(SimpleNamespace(type=kind)) == (kind in CONVERSATION_TYPES)
+
+
+def test_classify_leaves_out_every_system_message() -> None:
+    member = SimpleNamespace(id=5, bot=False, name="alice")
+    me = SimpleNamespace(id=999, bot=True, name="oshaberi")
+    for kind in SYSTEM_TYPES:
+        for author in (member, me):
+            line = SimpleNamespace(
+                id=1, author=author, content="**霧雨魔理沙**: 週末の予定について", webhook_id=None, type=kind
+            )
+            assert classify(line, bot_user_id=999, card=MARISA, webhook_ids=set()) is None, kind
+
+
+async def test_reply_chain_ends_at_a_system_message() -> None:
+    """A wave at a join, or a reply to a pin notice: the system message is not a line, and the
+    message its own reference names (the pinned one) was not replied to."""
+    ch = Channel()
+    msg(ch, 40)  # a member's message, later pinned
+    msg(ch, 41, replies_to=40, type=discord.MessageType.pins_add)  # "X pinned a message"
+    newest = msg(ch, 42, replies_to=41)
+    assert await reply_chain(newest, after=None, limit=10) == []
+    msg(ch, 50)
+    msg(ch, 51, replies_to=50)
+    msg(ch, 52, type=discord.MessageType.thread_created)
+    mixed = msg(ch, 53, replies_to=51)
+    assert [m.id for m in await reply_chain(mixed, after=None, limit=10)] == [50, 51]
+
+
+def test_a_reply_to_the_bots_system_message_is_not_a_reply_to_the_bot() -> None:
+    ch = Channel()
+    me = SimpleNamespace(id=999, bot=True, name="oshaberi")
+    joined = msg(ch, 60, type=discord.MessageType.new_member, author=me, webhook_id=None)
+    wave = msg(ch, 61, replies_to=60)
+    wave.reference.cached_message = joined
+    assert not is_reply_to_bot(wave, bot_user_id=999, webhook_ids=())
+    said = msg(ch, 62, author=me, webhook_id=None)
+    answer = msg(ch, 63, replies_to=62)
+    answer.reference.cached_message = said
+    assert is_reply_to_bot(answer, bot_user_id=999, webhook_ids=())

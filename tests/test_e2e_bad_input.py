@@ -1,14 +1,19 @@
 """End to end with hostile or odd input, one bot process for the module: 4,000-character
 messages, @everyone and role mentions, template markers, zero-width and right-to-left
-characters, attachment-only messages, and messages edited or deleted while their reply is
-being generated. The bot must answer sensibly, never ping anyone, keep user text inert in the
+characters (also on review cards and in export-reviews), attachment-only messages, messages
+edited or deleted while their reply is being generated, Discord's system messages (a thread
+created, a pin, a join …), and the bot's own role mentioned instead of its user. The bot must answer sensibly, never ping anyone, keep user text inert in the
 prompt, and stay up (no traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -19,7 +24,9 @@ import pytest_asyncio
 from bot.discord.cogs.chat import ONLY_TEXT
 from tests.e2e.harness import SLOW_MARKER
 from tests.e2e.stack import Stack, running_stack
-from tests.e2e.world import run_command
+from tests.e2e.world import click, run_command, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
@@ -161,3 +168,135 @@ async def test_message_deleted_during_generation_gets_no_reply_and_no_log(stack:
     assert posted == [] and log_row(stack, sent.message_id) is None
     later = await stack.say("load-2", "member2", "じゃあ別の質問")
     assert (await stack.answer(later)).kind == "reply"
+
+
+def card_embed(stack: Stack, message_id: str) -> tuple[int, str, dict[str, object]] | None:
+    """(log id, review card message id, card embed) of a logged message once its card is posted."""
+    with closing(sqlite3.connect(stack.bot.db_path, timeout=10)) as db:
+        row = db.execute(
+            "SELECT id, review_message_id FROM logs WHERE message_id = ?", (int(message_id),)
+        ).fetchone()
+    if row is None or row[1] is None:
+        return None
+    return int(row[0]), str(row[1]), stack.emu.message(str(row[1])).payload["embeds"][0]
+
+
+# Discord's system messages, sent on a member's behalf: (type, content). Their content is not
+# something the member said (a thread's name, nothing at all), so none may be answered or used.
+SYSTEM_MESSAGES = (
+    (18, "週末の予定について"),  # thread created: the content is the thread's name
+    (7, ""),  # joined the server
+    (8, ""),  # boosted the server
+    (46, "投票の結果"),  # poll result
+    (24, "自動モデレーションの記録"),  # AutoMod action
+)
+
+
+async def test_system_messages_are_never_answered_logged_or_history(stack: Stack) -> None:
+    emu = stack.emu
+    channel = stack.world.channel_id("chat")
+    mark = emu.mark()
+    system = [
+        await stack.say("chat", "member", content, message_type=kind) for kind, content in SYSTEM_MESSAGES
+    ]
+    after = await stack.say("chat", "member", "スレッド作ったよ")
+    assert (await stack.answer(after)).kind == "reply"
+    await stack.settle(1.5)
+    for sent in system:
+        assert stack.book.final(sent.message_id) is None and log_row(stack, sent.message_id) is None
+    posted = [
+        c
+        for c in emu.calls.items[mark:]
+        if c.method == "POST"
+        and (c.path.startswith("/webhooks/") or c.path == f"/channels/{channel}/messages")
+    ]
+    assert len(posted) == 1  # the one reply, to the member's own words
+    _, prompt = log_row(stack, after.message_id) or ("", "")
+    for _, content in SYSTEM_MESSAGES:
+        assert not content or content not in prompt  # not history either
+
+
+async def test_a_pin_of_the_bots_reply_is_not_a_reply_to_the_bot(stack: Stack) -> None:
+    """A pin notice references the pinned message: pinning a persona's reply, in a channel where
+    only messages addressed to the bot are answered, must not look like replying to it."""
+    emu = stack.emu
+    asked = await stack.say("general", "member", f"<@{emu.application_id}> これ覚えておいて")
+    answer = await stack.answer(asked)
+    assert answer.kind == "reply"
+    mark = emu.mark()
+    pin = await stack.say("general", "member2", "", message_type=6, message_reference=answer.answer_id)
+    wave = await stack.say("general", "member2", "", message_type=7)
+    await stack.settle(2.0)
+    assert stack.book.final(pin.message_id) is None and stack.book.final(wave.message_id) is None
+    assert log_row(stack, pin.message_id) is None
+    general = stack.world.channel_id("general")
+    assert not emu.calls.find(lambda c: c.path == f"/channels/{general}/typing", since=mark)
+
+
+async def test_the_bots_role_mention_addresses_it_like_its_user_mention(stack: Stack) -> None:
+    """In a channel without a persona: <@&bot role>, <@!bot> and <@bot> are all answered, the
+    mention never reaches the prompt, and a role mention in a reply brings the chain along."""
+    emu = stack.emu
+    role = emu.role_id("bot")
+    assert emu.state.roles[role]["tags"] == {"bot_id": emu.application_id}  # Discord's managed role
+    for mention in (f"<@&{role}>", f"<@!{emu.application_id}>", f"<@{emu.application_id}>"):
+        sent = await stack.say("general", "member", f"{mention} やあ、元気？")
+        assert (await stack.answer(sent)).kind == "reply", mention
+        _, prompt = log_row(stack, sent.message_id) or ("", "")
+        assert last_user_line(prompt) == "やあ、元気？"
+        assert role not in prompt and emu.application_id not in prompt
+    earlier = await stack.say("general", "member2", "昨日の魔法の話の続きなんだけど")
+    await stack.settle(1.0)
+    assert stack.book.final(earlier.message_id) is None  # not addressed: not answered
+    reply = await stack.say(
+        "general", "member", f"<@&{role}> どう思う？", message_reference=earlier.message_id
+    )
+    assert (await stack.answer(reply)).kind == "reply"
+    _, prompt = log_row(stack, reply.message_id) or ("", "")
+    assert "昨日の魔法の話の続きなんだけど" in prompt and last_user_line(prompt) == "どう思う？"
+
+
+async def test_moderators_and_export_never_see_reordering_or_invisible_characters(
+    stack: Stack, tmp_path: Path
+) -> None:
+    emu = stack.emu
+    written = "こんにちは\u202eおはよう\u2066だぜ\u2069\u200b！"
+    sent = await stack.say("chat", "member2", written)
+    assert (await stack.answer(sent)).kind == "reply"
+    user_text, _ = log_row(stack, sent.message_id) or ("", "")
+    assert user_text == written  # the row keeps the raw text, for audit
+    found = await wait_until(lambda: card_embed(stack, sent.message_id), 30, what="the review card")
+    log_id, card_id, embed = found
+    fields = {f["name"]: f["value"] for f in embed["fields"]}  # type: ignore[index,union-attr]
+    assert fields["Message"] == "こんにちはおはようだぜ！"
+    shown = [str(embed.get("title", "")), str(embed.get("description", "")), *map(str, fields.values())]
+    assert not set("".join(shown).replace("@\u200b", "@")) & set(INVISIBLE)
+    _, calls = await click(emu, "review", "moderator", card_id, f"oshaberi:review:approve:{log_id}")
+    assert all(c.status < 300 for c in calls)
+    out = tmp_path / "reviewed.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--config",
+            str(stack.bot.config_path),
+            "export-reviews",
+            "--persona",
+            "marisa",
+            "--database",
+            str(stack.bot.db_path),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    exported = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    ours = next(line for line in exported if line["id"] == f"review:{log_id}")
+    assert ours["turns"][0]["text"] == "こんにちはおはようだぜ！"
+    assert not set(out.read_text("utf-8")) & set(INVISIBLE)

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.discord_emulator import DiscordEmulator
+from bot.discord.cogs.review import TEXT_INPUT_ID
+from tests.discord_emulator import Call, DiscordEmulator, InteractionRecord
 from tests.e2e.harness import FAULT_MARKER, SLOW_MARKER
 from tests.e2e.stack import Stack, running_stack
-from tests.e2e.world import run_command, wait_until
+from tests.e2e.world import click, interaction_text, run_command, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tiny_neox: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     async with running_stack(
-        tmp_path_factory.mktemp("e2e-faults"), tiny_neox, members=8, channels=2, fault_injection=True
+        tmp_path_factory.mktemp("e2e-faults"), tiny_neox, members=10, channels=2, fault_injection=True
     ) as s:
         for channel in s.world.channels:
             _, text = await run_command(s.emu, channel, "moderator", "persona", {"persona": "marisa"})
@@ -160,6 +161,184 @@ async def test_locked_database_loses_nothing(stack: Stack) -> None:
 
     rows = await wait_until(all_logged_and_carded, 60, what="every reply logged and carded")
     assert {str(reply) for reply, _ in rows.values()} == {a.answer_id for a in answers}
+
+
+def carded(db: Path, message_ids: list[str]) -> dict[str, tuple[int, int]] | None:
+    """message id → (log id, review card id), once every one of ``message_ids`` has its card."""
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        rows = conn.execute("SELECT message_id, id, review_message_id FROM logs").fetchall()
+    found = {str(m): (i, c) for m, i, c in rows if str(m) in set(message_ids) and c}
+    return found if len(found) == len(message_ids) else None
+
+
+def acknowledgement(emu: DiscordEmulator, record: InteractionRecord) -> Call | None:
+    calls = emu.calls.find(lambda c: c.path.startswith(f"/interactions/{record.id}/"))
+    return calls[0] if calls else None
+
+
+def answer_text(emu: DiscordEmulator, record: InteractionRecord) -> str | None:
+    """What the member was finally shown: the immediate reply, or the follow-up after a deferral."""
+    hook = f"/webhooks/{emu.application_id}/{record.token}"
+    ack = acknowledgement(emu, record)
+    if ack is not None and isinstance(ack.json, dict) and ack.json.get("type") in (4, 9):
+        return interaction_text(ack) or str(ack.json.get("data"))
+    later = emu.calls.find(lambda c: c.method in ("POST", "PATCH") and c.path.startswith(hook))
+    return (interaction_text(later[0]) or str(later[0].json)) if later else None
+
+
+async def test_every_interaction_is_acknowledged_while_another_process_holds_the_write_lock(
+    stack: Stack,
+) -> None:
+    """The issue's case and its siblings: another process holds SQLite's write lock for ~9 s, a
+    reply's log write is waiting for it, and then members use every command, the review buttons
+    and the edit form. (The privacy commands are run by members who have not spoken in that
+    channel: an opt-out of someone in the waiting reply's history would rightly refuse its log.) Each is acknowledged within Discord's 3 s (the emulator answers a late
+    one 10062, as Discord does); reads are answered meanwhile; every write is done once the lock
+    goes, and its member is told the outcome."""
+    emu, db = stack.emu, stack.bot.db_path
+    questions = [await stack.say("load-2", f"user0{i}", f"カードにする質問 {i}") for i in (1, 2, 3)]
+    for q in questions:
+        assert (await stack.answer(q, timeout=60)).kind == "reply"
+    cards = await wait_until(
+        lambda: carded(db, [q.message_id for q in questions]), 60, what="three review cards"
+    )
+    (approve_id, approve_card), (reject_id, reject_card), (edit_id, edit_card) = (
+        cards[q.message_id] for q in questions
+    )
+    held = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        held.execute("BEGIN IMMEDIATE")
+        locked_at = time.monotonic()
+        mark = emu.mark()
+        hook = f"/webhooks/{webhook_id(emu, 'load-1')}/"
+        waiting = await stack.say("load-1", "user05", "ロック中に答えてもらう質問")
+        # Its reply is posted (replies do not wait for the database); its log write now waits.
+        await emu.wait_for_call(lambda c: c.method == "POST" and c.path.startswith(hook), 30, since=mark)
+        await asyncio.sleep(0.5)
+        mark = emu.mark()
+        records = {
+            "status": await emu.slash_command("load-1", "moderator", "status"),
+            "personas": await emu.slash_command("load-1", "user06", "personas"),
+            "persona": await emu.slash_command("load-2", "moderator", "persona", {"persona": "marisa"}),
+            "reset": await emu.slash_command("load-2", "user06", "reset"),
+            "optout": await emu.slash_command("load-1", "user09", "optout"),
+            "optin": await emu.slash_command("load-1", "user10", "optin"),
+            "forget": await emu.slash_command("load-1", "user10", "forget"),
+            "reload": await emu.slash_command("load-1", "moderator", "reload"),
+            "approve": await emu.click_button(
+                "review", "moderator", str(approve_card), f"oshaberi:review:approve:{approve_id}"
+            ),
+            "reject": await emu.click_button(
+                "review", "moderator", str(reject_card), f"oshaberi:review:reject:{reject_id}"
+            ),
+            "edit": await emu.click_button(
+                "review", "moderator", str(edit_card), f"oshaberi:review:edit:{edit_id}"
+            ),
+        }
+        for name, record in records.items():
+            ack = await emu.wait_for_call(
+                lambda c, r=record: c.path.startswith(f"/interactions/{r.id}/"), 10, since=mark
+            )
+            assert ack.status < 300, f"{name} was not acknowledged in time: {ack.status} {ack.response}"
+        assert records["edit"].responses[0]["type"] == 9  # the edit form opened
+        records["edit-submit"] = await emu.submit_modal(
+            "moderator", f"oshaberi:review:edit-submit:{edit_id}", {TEXT_INPUT_ID: "ロック中に直したぜ"}
+        )
+        ack = await emu.wait_for_call(
+            lambda c: c.path.startswith(f"/interactions/{records['edit-submit'].id}/"), 10, since=mark
+        )
+        assert ack.status < 300, f"the edit form's submit was not acknowledged in time: {ack.response}"
+        # Reads did not queue behind the waiting write: their answers are already there.
+        assert "**Queue**" in (answer_text(emu, records["status"]) or "")
+        assert answer_text(emu, records["personas"]) is not None
+        assert logged(db, [waiting.message_id]) == {}  # the lock really is still held
+        assert time.monotonic() - locked_at < 9.0
+        await asyncio.sleep(max(0.0, 9.0 - (time.monotonic() - locked_at)))
+    finally:
+        if held.in_transaction:
+            held.execute("COMMIT")
+        held.close()
+
+    def told(name: str) -> str | None:
+        return answer_text(emu, records[name])
+
+    for name, expected in {
+        "persona": "now answers every message",
+        "reset": "is forgotten",
+        "optout": "You are opted out",
+        "optin": "You are opted in",
+        "forget": "Deleted",
+        "reload": "Reloaded",
+    }.items():
+        text = await wait_until(lambda n=name: told(n), 60, what=f"the answer to /{name}")
+        assert expected in text, f"/{name} answered {text!r}"
+    # The waiting log write was kept and done, and every decision recorded once.
+    await wait_until(lambda: logged(db, [waiting.message_id]), 60, what="the waiting reply's log row")
+
+    def decisions() -> dict[int, tuple[str, str | None]] | None:
+        with closing(sqlite3.connect(db, timeout=10)) as conn:
+            rows = conn.execute(
+                "SELECT id, decision, edited_text FROM logs WHERE id IN (?, ?, ?)",
+                (approve_id, reject_id, edit_id),
+            ).fetchall()
+        found = {i: (d, e) for i, d, e in rows if d}
+        return found if len(found) == 3 else None
+
+    assert await wait_until(decisions, 60, what="the three decisions") == {
+        approve_id: ("approved", None),
+        reject_id: ("rejected", None),
+        edit_id: ("edited", "ロック中に直したぜ"),
+    }
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        prefs = dict(conn.execute("SELECT user_id, opted_out FROM user_prefs").fetchall())
+    assert prefs[int(emu.user_id("user09"))] == 1 and prefs[int(emu.user_id("user10"))] == 0
+    assert "10062" not in stack.bot.log_text()
+
+
+async def test_reads_that_do_not_come_back_get_busy_try_again_in_time(stack: Stack) -> None:
+    """Reads stall (tests/e2e/faultinject: a stalled disk, a WAL recovery): what must read before
+    its first response (/status, /personas, the Edit button) answers within 3 s with what it can
+    and a clear "busy, try again"; a message sent meanwhile is answered once reads come back."""
+    emu = stack.emu
+    cards = await wait_until(lambda: carded_undecided(stack.bot.db_path), 60, what="an undecided card")
+    log_id, card_id = cards
+    stall = stack.bot.stall_reads_file
+    stall.touch()
+    try:
+        mark = emu.mark()
+        status = await emu.slash_command("load-1", "moderator", "status")
+        personas = await emu.slash_command("load-1", "user06", "personas")
+        edit = await emu.click_button("review", "moderator", str(card_id), f"oshaberi:review:edit:{log_id}")
+        meanwhile = await stack.say("load-1", "user06", "読めないあいだの質問")
+        for record in (status, personas, edit):
+            ack = await emu.wait_for_call(
+                lambda c, r=record: c.path.startswith(f"/interactions/{r.id}/"), 10, since=mark
+            )
+            assert ack.status < 300 and ack.json["type"] == 4, ack.response  # answered, in time
+        status_text = answer_text(emu, status) or ""
+        assert "**Queue**" in status_text and "database is busy" in status_text and "try again" in status_text
+        footer = personas.responses[0]["data"]["embeds"][0]["footer"]["text"]
+        assert "database is busy" in footer and "try again" in footer
+        assert "marisa" in str(personas.responses[0]["data"]["embeds"][0]["fields"])  # the list still shown
+        edit_text = answer_text(emu, edit) or ""
+        assert "database is busy" in edit_text and "try again" in edit_text
+        assert stack.book.final(meanwhile.message_id) is None
+    finally:
+        stall.unlink(missing_ok=True)
+    assert (await stack.answer(meanwhile, timeout=60)).kind == "reply"
+    _, text = await run_command(emu, "load-1", "moderator", "status")
+    assert "awaiting a decision" in text and "busy" not in text
+    record, _ = await click(emu, "review", "moderator", str(card_id), f"oshaberi:review:edit:{log_id}")
+    assert record.responses[0]["type"] == 9  # the form opens once the database answers again
+
+
+def carded_undecided(db: Path) -> tuple[int, int] | None:
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        row = conn.execute(
+            "SELECT id, review_message_id FROM logs WHERE decision IS NULL AND review_message_id IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
 
 
 async def test_model_failure_fails_only_its_batch(stack: Stack) -> None:

@@ -119,3 +119,58 @@ async def test_spool_is_bounded(store: Store, monkeypatch) -> None:
     for n in range(5):
         await spool.write(LogEntry(1, 2, n, 10, "marisa", None, "p", "q", "r"))
     assert len(spool) == 3
+
+
+async def test_a_deleted_message_is_withdrawn_from_the_spool(tmp_path: Path) -> None:
+    """Another process holds the lock, so two logs wait in the spool; one question is deleted
+    meanwhile. Once the database is free only the other is written: a deletion that found no
+    row (its entry was not written yet) must not be undone by the late write."""
+    path = tmp_path / "withdraw.sqlite3"
+    store = await Store.open(path, busy_timeout_ms=10, base_delay_s=0.01, max_attempts=2)
+    held = sqlite3.connect(path, isolation_level=None)
+    try:
+        spool = LogSpool(store)
+        held.execute("BEGIN IMMEDIATE")
+        for message_id in (41, 42, 41):
+            assert await spool.write(LogEntry(1, 2, message_id, 10, "marisa", None, "p", "q", "r")) is None
+        assert len(spool) == 3
+        assert spool.withdraw(41) == 2 and spool.withdraw(99) == 0
+        held.execute("COMMIT")
+        written = await spool.flush()
+        assert len(written) == 1 and len(spool) == 0
+        assert (await store.get_review(written[0])).message_id == 42
+        assert (await store.forget_message(41)).deleted == 0  # nothing of 41 was ever written
+    finally:
+        if held.in_transaction:
+            held.execute("ROLLBACK")
+        held.close()
+        await store.close()
+
+
+async def test_a_deletion_the_database_refuses_is_kept_and_done_later(tmp_path: Path) -> None:
+    """A member deletes an answered message while another process holds the lock: the deletion
+    is kept (like a log entry) and done by the next flush, which names the card to take down."""
+    path = tmp_path / "forget-later.sqlite3"
+    store = await Store.open(path, busy_timeout_ms=10, base_delay_s=0.01, max_attempts=2)
+    held = sqlite3.connect(path, isolation_level=None)
+    try:
+        spool = LogSpool(store)
+        kept = await spool.write(LogEntry(1, 2, 50, 10, "marisa", None, "p", "残る質問", "r"))
+        gone = await spool.write(LogEntry(1, 2, 51, 11, "marisa", None, "p", "消される質問", "r"))
+        await store.mark_posted(gone, 900, 901)
+        held.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError):
+            await store.forget_message(51)
+        spool.forget_later(51)
+        spool.forget_later(51)  # Discord may report a deletion twice
+        assert len(spool) == 1
+        assert await spool.flush() == [] and len(spool) == 1  # still locked: still kept
+        held.execute("COMMIT")
+        assert await spool.flush() == [] and len(spool) == 0
+        assert await store.get_review(gone) is None and await store.get_review(kept) is not None
+        assert spool.take_cards() == [(900, 901)] and spool.take_cards() == []
+    finally:
+        if held.in_transaction:
+            held.execute("ROLLBACK")
+        held.close()
+        await store.close()

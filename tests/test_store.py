@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from bot.migrations import LATEST_VERSION, MIGRATIONS
-from bot.store import LogEntry, ReviewNotFoundError, Store, StoreError, normalize_iso
+from bot.store import (
+    LogEntry,
+    ReviewNotFoundError,
+    Store,
+    StoreBusyError,
+    StoreError,
+    normalize_iso,
+    within,
+)
 
 
 def entry(user_id: int | None = 10, **overrides) -> LogEntry:
@@ -359,6 +367,59 @@ async def test_gives_up_on_a_lock_that_never_ends(tmp_path: Path) -> None:
     s = await Store.open(path)
     try:
         assert await s.unposted_reviews() == []  # the failed write left nothing half-done
+    finally:
+        await s.close()
+
+
+async def test_reads_are_answered_while_a_write_waits_for_another_process(tmp_path: Path) -> None:
+    """Another process holds the write lock and our log write waits for it: reads (what /status,
+    /personas and a message's persona lookup need) are answered meanwhile, not queued behind it.
+
+    The lock is released only after the reads return, so reads that queued would never finish:
+    the wait_for turns that into a failure instead of a hang.
+    """
+    path = tmp_path / "held.sqlite3"
+    s = await Store.open(path, busy_timeout_ms=60_000)
+    held = sqlite3.connect(path, isolation_level=None)
+    try:
+        await s.set_channel_persona(7, "marisa")
+        held.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(s.log_reply(entry(reply="ロック待ちの返事")))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # waiting for the other process's lock
+        reads = asyncio.gather(s.channel_persona(7), s.stats(), s.channel_reset_marker(7), s.is_opted_out(10))
+        persona, stats, marker, opted_out = await asyncio.wait_for(reads, 20)
+        assert (persona, stats["logged"], marker, opted_out) == ("marisa", 0, None, False)
+        assert not write.done()
+        held.execute("COMMIT")
+        log_id = await asyncio.wait_for(write, 20)  # kept, and done once the lock is free
+        assert (await s.get_review(log_id)).reply == "ロック待ちの返事"  # the reader sees the commit
+        assert (await s.stats())["logged"] == 1
+    finally:
+        if held.in_transaction:
+            held.execute("ROLLBACK")
+        held.close()
+        await s.close()
+
+
+async def test_within_gives_up_on_a_slow_read_and_the_store_goes_on(store: Store) -> None:
+    await store.set_channel_persona(3, "zundamon")
+    with pytest.raises(StoreBusyError, match="did not answer within 0.0 s"):
+        await within(store.stats(), 0)
+    with pytest.raises(StoreBusyError):
+        await within(asyncio.sleep(5), 0.05)
+    assert await within(store.channel_persona(3)) == "zundamon"  # the abandoned read broke nothing
+    assert issubclass(StoreBusyError, StoreError)
+
+
+async def test_in_memory_store_reads_its_own_writes() -> None:
+    """':memory:' is private to one connection, so there reads share the write connection."""
+    s = await Store.open(":memory:")
+    try:
+        await s.set_channel_persona(1, "marisa")
+        log_id = await s.log_reply(entry())
+        assert await s.channel_persona(1) == "marisa"
+        assert (await s.get_review(log_id)).reply == entry().reply
     finally:
         await s.close()
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.store import ExportRow, Store, utc_now
+from personas.render import clean_text
 from trainer.convert.common import PERSONA_SPEAKER, USER_SPEAKER
 
 SOURCE = "reviews"
@@ -32,14 +33,19 @@ class ExportResult:
 
 
 def dialogue_line(row: ExportRow) -> dict:
-    """One decided reply as a two-turn dialogue; the extra fields are for people auditing the file."""
+    """One decided reply as a two-turn dialogue; the extra fields are for people auditing the file.
+
+    The texts are cleaned by the renderer's one rule (:func:`personas.render.clean_text`): the
+    database keeps what was really written, for audit, but nothing invisible or
+    direction-changing reaches the file people read and the adapter learns from.
+    """
     return {
         "source": SOURCE,
         "id": f"review:{row.log_id}",
         "persona": PERSONA_SPEAKER,
         "turns": [
-            {"speaker": USER_SPEAKER, "text": row.question},
-            {"speaker": PERSONA_SPEAKER, "text": row.reply},
+            {"speaker": USER_SPEAKER, "text": clean_text(row.question)},
+            {"speaker": PERSONA_SPEAKER, "text": clean_text(row.reply)},
         ],
         "decision": row.decision,
         "origin": row.origin,
@@ -73,10 +79,11 @@ async def export_reviews(database: str | Path, persona_id: str, out: str | Path)
         await store.close()
     lines, skipped = [], 0
     for row in rows:
-        if not row.question.strip() or not row.reply.strip():
+        line = dialogue_line(row)
+        if not all(turn["text"].strip() for turn in line["turns"]):  # e.g. only invisible characters
             skipped += 1
             continue
-        lines.append(json.dumps(dialogue_line(row), ensure_ascii=False))
+        lines.append(json.dumps(line, ensure_ascii=False))
     _write_atomic(out, "".join(line + "\n" for line in lines))
     meta = {"exported_at": exported_at, "persona": persona_id, "rows": len(lines), "database": str(database)}
     _write_atomic(Path(f"{out}.meta.json"), json.dumps(meta, ensure_ascii=False, indent=1) + "\n")

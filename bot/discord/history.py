@@ -17,6 +17,21 @@ from personas.card import PersonaCard
 
 log = logging.getLogger(__name__)
 
+# What people write: a message and a reply. Every other type is made by Discord (thread created,
+# pins, joins, boosts, the thread starter, poll results, calls …) or by an app answering a command,
+# so its content is not something anyone said. A whitelist on purpose: types Discord adds later
+# are left out until someone decides they are conversation.
+CONVERSATION_TYPES = frozenset({discord.MessageType.default, discord.MessageType.reply})
+
+
+def is_conversation(message: discord.Message) -> bool:
+    """Whether ``message`` is something a person (or a persona) said, judged by its type alone.
+
+    False for every system message: those are never input, history, log rows or training data,
+    and Discord refuses replies to them.
+    """
+    return message.type in CONVERSATION_TYPES
+
 
 def classify(
     message: discord.Message,
@@ -28,8 +43,11 @@ def classify(
     """A message as a conversation line for ``card``; None for lines that are not part of it.
 
     Persona lines are the bot's webhook posts under the card's name and its own prefixed posts.
-    Other bots, other webhooks, other personas' lines and the bot's notices are left out.
+    Other bots, other webhooks, other personas' lines, the bot's notices and system messages
+    (a thread's name, "pinned a message" …) are left out.
     """
+    if not is_conversation(message):
+        return None
     if message.webhook_id is not None:
         ours = not webhook_ids or message.webhook_id in webhook_ids
         if ours and message.author.name == card.display_name[:80]:
@@ -71,7 +89,10 @@ async def reply_chain(
     """The messages ``message`` replies to, transitively, oldest first.
 
     A webhook reply carries no reply reference; ``answered_by`` (the store's log) names the user
-    message it answered, so a chain through a persona's webhook line continues.
+    message it answered, so a chain through a persona's webhook line continues. The chain ends at
+    a system message (a member can answer a join with a wave): it is not part of the
+    conversation, and the message its own reference names (the pinned one, a thread's starter)
+    was not replied to.
     """
     chain: list[discord.Message] = []
     current = message
@@ -82,7 +103,7 @@ async def reply_chain(
         if target is None or (after is not None and target <= after):
             break
         earlier = await _resolve(current, target)
-        if earlier is None or any(m.id == earlier.id for m in chain):
+        if earlier is None or not is_conversation(earlier) or any(m.id == earlier.id for m in chain):
             break
         chain.append(earlier)
         current = earlier
@@ -120,8 +141,8 @@ def is_reply_to_bot(message: discord.Message, *, bot_user_id: int | None, webhoo
     if ref is None:
         return False
     resolved: Any = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
-    if resolved is None:
-        return False
+    if resolved is None or not is_conversation(resolved):
+        return False  # e.g. a wave at the bot's own "joined the server" message
     if resolved.webhook_id is not None:
         return resolved.webhook_id in set(webhook_ids)
     return bot_user_id is not None and resolved.author.id == bot_user_id

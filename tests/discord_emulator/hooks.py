@@ -49,8 +49,13 @@ class HookBuilder:
         attachments: list[dict[str, Any]] | None,
         message_reference: Any,
         embeds: list[dict[str, Any]] | None,
+        message_type: int | None = None,
     ) -> StoredMessage:
-        """A message typed by a person: content mentions are parsed, explicit ones added."""
+        """A message typed by a person: content mentions are parsed, explicit ones added.
+
+        ``message_type`` makes it a system message Discord creates on the member's behalf (18 a
+        thread created, its content the thread's name; 6 a pin, referencing the pinned message …).
+        """
         parsed_users, parsed_roles, parsed_everyone = self.factory.mentions_for_bot_message(
             content, None, None
         )
@@ -64,8 +69,10 @@ class HookBuilder:
                 mid = message_reference
             ref_spec = {"message_id": str(mid), "channel_id": channel_id}
         reference, referenced = self.factory.reference(channel_id, ref_spec)
-        if referenced is not None:
-            users.append(str(referenced.payload["author"]["id"]))
+        replied = str(referenced.payload["author"]["id"]) if referenced is not None else None
+        # A reply mentions a user it replies to (a webhook is no user); a pin notice mentions nobody.
+        if replied is not None and message_type is None and replied in self.state.users:
+            users.append(replied)
         payload = self.factory.build(
             channel_id=channel_id,
             author=self.state.user_payload(author_id),
@@ -77,6 +84,7 @@ class HookBuilder:
             mention_everyone=parsed_everyone if mention_everyone is None else mention_everyone,
             reference=reference,
             referenced=referenced,
+            msg_type=message_type,
         )
         msg = StoredMessage(payload=payload, source="user")
         self.state.messages[msg.id] = msg

@@ -225,8 +225,12 @@ class DiscordEmulator:
         attachments: list[dict[str, Any]] | None = None,
         message_reference: Any = None,
         embeds: list[dict[str, Any]] | None = None,
+        message_type: int | None = None,
     ) -> dict[str, Any]:
         """A user posts a message; dispatches MESSAGE_CREATE and returns the message payload.
+
+        ``message_type`` sends a system message on the user's behalf instead (18: thread
+        created, 6: pinned, 7: joined …); by default 0, or 19 with a reference.
 
         ``author``/``mentions`` take seed keys ("moderator") or ids; ``<@id>``
         mentions in ``content`` are parsed like Discord does. ``attachments``
@@ -245,6 +249,7 @@ class DiscordEmulator:
             attachments=attachments,
             message_reference=message_reference,
             embeds=embeds,
+            message_type=message_type,
         )
         self.gateway.dispatch("MESSAGE_CREATE", self.factory.gateway_payload(msg), channel_id=cid)
         self.state.save()

@@ -177,6 +177,8 @@ class BotProcess:
         self.log_path = workdir / "bot.log"
         self.script_path = workdir / "e2e-script.json"  # replies for E2E-SCRIPTED-REPLY prompts
         self.config_path = workdir / "oshaberi.toml"
+        # With fault injection, the bot's database reads wait while this file exists.
+        self.stall_reads_file = workdir / "stall-db-reads"
         self.personas_dir = write_test_personas(workdir / "personas", max_new_tokens=config.max_new_tokens)
         self.config_path.write_text(config.toml(self.personas_dir), encoding="utf-8")
         self.proc: asyncio.subprocess.Process | None = None
@@ -196,6 +198,7 @@ class BotProcess:
         paths = [str(REPO)]
         if self.fault_injection:
             paths.insert(0, str(FAULT_PATH))
+            env["E2E_DB_STALL_FILE"] = str(self.stall_reads_file)
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join(paths),

@@ -18,6 +18,7 @@ from bot.discord.admin_text import status_lines
 from bot.discord.checks import is_moderator
 from bot.discord.cogs.persona import persona_choices
 from bot.generation import AdapterError
+from bot.store import StoreBusyError, within
 from personas.card import UnknownPersonaError
 
 if TYPE_CHECKING:
@@ -54,12 +55,17 @@ class Admin(commands.Cog):
         if runtime is None:
             return
         stats = runtime.worker.stats()
-        store_stats = await self.bot.store.stats() if self.bot.store is not None else None
+        store_stats, busy = None, False
+        if self.bot.store is not None:
+            try:  # read before the first response, so bounded; the rest of the status still helps
+                store_stats = await within(self.bot.store.stats())
+            except StoreBusyError:
+                busy = True
         spooled = len(self.bot.flow.spool) if self.bot.flow is not None else 0
-        await interaction.response.send_message(
-            "\n".join(status_lines(stats, store_stats, spooled, self.bot.loop_lag.summary()))[:2000],
-            ephemeral=True,
-        )
+        lines = status_lines(stats, store_stats, spooled, self.bot.loop_lag.summary())
+        if busy:
+            lines.append("⚠️ **Reviews**: the database is busy, so no counts now; try again shortly.")
+        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
 
     @app_commands.command(name="reload", description="Reload persona adapters from disk (moderators)")
     @app_commands.describe(persona="Only this persona (default: all)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -16,12 +17,13 @@ from discord.ext import commands
 
 from bot.conversation import ChatMessage, Conversation, build_conversation, queue_notice
 from bot.discord.checks import channel_allowed, member_allowed
-from bot.discord.history import channel_history, classify, is_reply_to_bot, reply_chain
+from bot.discord.history import channel_history, classify, is_conversation, is_reply_to_bot, reply_chain
 from bot.discord.sender import NO_PINGS, notify
 from bot.discord.streaming import DiscordSink, Posted
 from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.ratelimit import describe_wait
 from bot.replyflow import Incoming, Stopwatch
+from bot.store import StoreError
 from bot.streaming import StreamedReply
 from personas.card import UnknownPersonaError
 from personas.render import InputError, clean_text
@@ -101,6 +103,15 @@ class QueueNotice:
             self.message = None
 
 
+def mentions_bot(message: discord.Message, bot_user_id: int) -> bool:
+    """Whether ``message`` mentions the bot: ``<@id>`` or ``<@!id>`` (Discord lists both in
+    ``mentions``), or the bot's managed role ``<@&role>``, which the mention picker offers beside
+    the user under the same name (a role whose tags name the bot)."""
+    if any(u.id == bot_user_id for u in message.mentions):
+        return True
+    return any(role.tags is not None and role.tags.bot_id == bot_user_id for role in message.role_mentions)
+
+
 class Chat(commands.Cog):
     position_poll_s = 2.0  # how often a waiting request's queue position is looked at
 
@@ -123,6 +134,8 @@ class Chat(commands.Cog):
             return  # other bots, webhooks, and the bot itself (its persona webhook included)
         if self.bot.user is not None and message.author.id == self.bot.user.id:
             return
+        if not is_conversation(message):
+            return  # a thread created, a pin, a join …: made by Discord, not said by the member
         if message.guild is None or self.bot.flow is None or self.bot.store is None:
             return  # direct messages are not a place the server's moderators can review
         settings = self.bot.settings.discord
@@ -155,9 +168,10 @@ class Chat(commands.Cog):
                 self._tasks.discard(task)
 
     async def _addressed(self, message: discord.Message) -> bool:
-        """Mentioned, or a reply to one of the bot's messages (its persona webhook's included)."""
+        """Mentioned (as the user, in either form, or as the role Discord made for the bot), or a
+        reply to one of the bot's messages (its persona webhook's included)."""
         me = self.bot.user
-        if me is not None and any(u.id == me.id for u in message.mentions):
+        if me is not None and mentions_bot(message, me.id):
             return True
         ref = message.reference
         resolved = ref.resolved if ref is not None else None
@@ -379,8 +393,16 @@ class Chat(commands.Cog):
         store = self.bot.store
         if store is None:
             return
+        if self.bot.flow is not None:
+            self.bot.flow.spool.withdraw(message_id)  # logged only in memory so far: never written
         try:
             result = await store.forget_message(message_id)
+        except (sqlite3.OperationalError, StoreError) as exc:
+            # Kept like a log entry: the rows go once the database takes writes again.
+            log.warning("database unavailable (%s); deleting the log of message %s later", exc, message_id)
+            if self.bot.flow is not None:
+                self.bot.flow.spool.forget_later(message_id)
+            return
         except Exception:
             log.exception("could not remove the log of deleted message %s", message_id)
             return

@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.discord.checks import channel_allowed, member_allowed
 from bot.discord.sender import NO_PINGS
+from bot.store import StoreBusyError, within
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
@@ -106,9 +107,13 @@ class Persona(commands.Cog):
     @app_commands.command(name="personas", description="List the personas and show which one is active here")
     async def personas(self, interaction: discord.Interaction[Any]) -> None:
         cards = self._cards()
-        active = None
+        active, busy = None, False
         if self.bot.store is not None and interaction.channel_id is not None:
-            active = await self.bot.store.channel_persona(interaction.channel_id)
+            # Read before the first response, so bounded: the list is worth showing without it.
+            try:
+                active = await within(self.bot.store.channel_persona(interaction.channel_id))
+            except StoreBusyError:
+                busy = True
         default = self.bot.settings.chat.default_persona
         embed = discord.Embed(title="Personas", colour=discord.Colour.blurple())
         for pid, card in sorted(cards.items())[:25]:
@@ -121,7 +126,9 @@ class Persona(commands.Cog):
             embed.add_field(
                 name=f"{card.display_name} — `{pid}`{note}"[:256], value=card.description[:1024], inline=False
             )
-        if active is None:
+        if busy:
+            embed.set_footer(text="The database is busy, so the persona active here is not shown; try again.")
+        elif active is None:
             embed.set_footer(
                 text=f"No persona is active here; mentions are answered by {default}. Use /persona."
             )

@@ -29,7 +29,15 @@ from discord.ext import commands, tasks
 from bot.discord.checks import is_moderator
 from bot.discord.sender import NO_PINGS
 from bot.mentions import defuse_mentions
-from bot.store import MAX_EDITED_CHARS, DecisionOutcome, ReviewItem, ReviewNotFoundError
+from bot.store import (
+    MAX_EDITED_CHARS,
+    DecisionOutcome,
+    ReviewItem,
+    ReviewNotFoundError,
+    StoreBusyError,
+    within,
+)
+from personas.render import clean_text
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
@@ -52,6 +60,7 @@ COLOURS = {
     "edited": discord.Colour.blue(),
 }
 NOT_MODERATOR = "Only moderators can decide on review items."
+BUSY = "The database is busy right now, so the edit form cannot be opened. Please try again in a moment."
 RECONCILE_SCAN = 200  # recent review-channel messages searched for cards posted before a restart
 
 
@@ -64,6 +73,12 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def shown(text: str) -> str:
+    """Logged text as a moderator sees it: no invisible or direction-changing characters (a
+    U+202E would show the words reordered), and no live mentions. The row keeps the raw text."""
+    return defuse_mentions(clean_text(text or ""))
+
+
 def review_embed(item: ReviewItem, persona_name: str | None = None) -> discord.Embed:
     """The card: what was asked, what the persona said, how it was made, and any decision.
 
@@ -74,11 +89,11 @@ def review_embed(item: ReviewItem, persona_name: str | None = None) -> discord.E
     title = f"{'⛔ ' if blocked else ''}{persona_name or item.persona_id} · #{item.log_id}"
     embed = discord.Embed(
         title=_clip(title, 256),
-        description=_clip(defuse_mentions(item.reply), 2000),
+        description=_clip(shown(item.reply), 2000),
         colour=discord.Colour.orange() if blocked and item.decision is None else COLOURS.get(item.decision),
     )
-    embed.add_field(name="Message", value=_clip(defuse_mentions(item.user_text), 1000), inline=False)
-    context = item.prompt[-700:].replace("```", "'''")
+    embed.add_field(name="Message", value=_clip(shown(item.user_text), 1000), inline=False)
+    context = clean_text(item.prompt)[-700:].replace("```", "'''")
     embed.add_field(name="Context (end of the prompt)", value=f"```\n{context}\n```", inline=False)
     if item.origin == "live":
         where = f"<@{item.user_id}>" if item.user_id else "unknown user"
@@ -108,7 +123,7 @@ def review_embed(item: ReviewItem, persona_name: str | None = None) -> discord.E
         if item.edited_text:
             embed.add_field(
                 name="Approved text (edited)",
-                value=_clip(defuse_mentions(item.edited_text), 1000),
+                value=_clip(shown(item.edited_text), 1000),
                 inline=False,
             )
     embed.set_footer(text=f"oshaberi review #{item.log_id} · {item.origin}")
@@ -281,6 +296,7 @@ class Review(commands.Cog):
         try:
             if flow is not None and len(flow.spool):
                 await flow.spool.flush()
+                await self.delete_cards(flow.spool.take_cards())  # rows deleted late
             for log_id, (channel_id, message_id) in list(self._unmarked.items()):
                 await store.mark_posted(log_id, channel_id, message_id)
                 del self._unmarked[log_id]
@@ -347,9 +363,13 @@ class Review(commands.Cog):
             await interaction.response.send_message("The database is not available.", ephemeral=True)
             return
         if action == "edit":
-            # A modal must be the first response, so this path cannot defer; one read is quick
-            # (WAL readers never wait for writers).
-            item = await store.get_review(log_id)
+            # A modal must be the first response, so this path cannot defer: its one read is
+            # bounded, and a database too busy to answer it gets "try again", not a timeout.
+            try:
+                item = await within(store.get_review(log_id))
+            except StoreBusyError:
+                await interaction.response.send_message(BUSY, ephemeral=True)
+                return
             if item is None:
                 await interaction.response.send_message(_gone_text(log_id), ephemeral=True)
             elif item.decision is not None:
@@ -357,7 +377,7 @@ class Review(commands.Cog):
                     _already(item.decision, item.decided_by), ephemeral=True
                 )
             else:
-                modal = EditModal(log_id, item.reply)
+                modal = EditModal(log_id, clean_text(item.reply))
                 # Stopped before sending: discord.py then does not keep it, and the submit is handled
                 # by its custom id in on_interaction below, the same before and after a restart.
                 modal.stop()

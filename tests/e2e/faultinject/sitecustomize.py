@@ -13,10 +13,14 @@ module is imported, so the production code has no test hooks:
   null}`` streams those pieces with that gap (raising RuntimeError after ``fail_after`` pieces
   when set), so streaming tests choose exactly what arrives when: a blocked word split across
   pieces, a reply past 2,000 characters, a failure half-way.
+* while the file named by ``E2E_DB_STALL_FILE`` exists, every read of ``bot.store.Store`` waits
+  (a stalled disk, or a process recovering the WAL): what a read that does not come back does
+  to the bot's interactions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.abc
 import importlib.machinery
 import json
@@ -28,7 +32,7 @@ from typing import Any
 FAULT_MARKER = "E2E-MODEL-FAULT"
 SLOW_MARKER = "E2E-SLOW-MODEL"
 SCRIPT_MARKER = "E2E-SCRIPTED-REPLY"
-TARGET = "bot.engine"
+STALL_ENV = "E2E_DB_STALL_FILE"
 
 
 def _wrap(module: Any) -> None:
@@ -47,7 +51,26 @@ def _wrap(module: Any) -> None:
         return original(self, requests, *args, **kwargs)
 
     engine.generate = generate
-    print(f"e2e fault injection armed on {TARGET}.Engine.generate", file=sys.stderr, flush=True)
+    print("e2e fault injection armed on bot.engine.Engine.generate", file=sys.stderr, flush=True)
+
+
+def _wrap_store(module: Any) -> None:
+    stall = os.environ.get(STALL_ENV)
+    if not stall:
+        return
+    store = module.Store
+    original = store._fetchall
+
+    async def _fetchall(self: Any, sql: str, params: Any = ()) -> Any:
+        while os.path.exists(stall):
+            await asyncio.sleep(0.05)
+        return await original(self, sql, params)
+
+    store._fetchall = _fetchall
+    print("e2e fault injection armed on bot.store.Store reads", file=sys.stderr, flush=True)
+
+
+TARGETS = {"bot.engine": _wrap, "bot.store": _wrap_store}
 
 
 def _scripted(engine: Any, original: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
@@ -96,22 +119,23 @@ def _scripted(engine: Any, original: Any, requests: Any, *args: Any, **kwargs: A
 
 
 class _Loader(importlib.abc.Loader):
-    def __init__(self, inner: importlib.abc.Loader) -> None:
+    def __init__(self, inner: importlib.abc.Loader, wrap: Any) -> None:
         self.inner = inner
+        self.wrap = wrap
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
         return self.inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
         self.inner.exec_module(module)  # type: ignore[attr-defined]
-        _wrap(module)
+        self.wrap(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds ``bot.engine`` the normal way, then wraps it right after it has run."""
+    """Finds ``bot.engine`` and ``bot.store`` the normal way, then wraps each right after it has run."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if name != TARGET:
+        if name not in TARGETS:
             return None
         sys.meta_path.remove(self)  # once: the real finders do the finding
         try:
@@ -120,7 +144,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _Loader(spec.loader)
+        spec.loader = _Loader(spec.loader, TARGETS[name])
         return spec
 
 
