@@ -38,6 +38,7 @@ COGS = (
     "bot.discord.cogs.chat",
     "bot.discord.cogs.review",
     "bot.discord.cogs.admin",
+    "bot.discord.cogs.help",
 )
 RuntimeFactory = Callable[[Settings], Awaitable[Any]]
 # Lost gateway connections tolerated before the first READY (Discord may ask for one reconnect).

@@ -57,7 +57,11 @@ class Admin(commands.Cog):
         store_stats = await self.bot.store.stats() if self.bot.store is not None else None
         spooled = len(self.bot.flow.spool) if self.bot.flow is not None else 0
         await interaction.response.send_message(
-            "\n".join(status_lines(stats, store_stats, spooled, self.bot.loop_lag.summary()))[:2000],
+            "\n".join(
+                status_lines(
+                    stats, store_stats, spooled, self.bot.loop_lag.summary(), persona_ids=runtime.cards.cards
+                )
+            )[:2000],
             ephemeral=True,
         )
 
