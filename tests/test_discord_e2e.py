@@ -273,4 +273,4 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
     status = next(cmd for cmd in put.json if cmd["name"] == "status")
     assert int(status["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
     assert not (tmp_path / "unused.sqlite3").exists()  # sync touches no database
-    assert "synced 8 commands" in text
+    assert "synced 9 commands" in text
