@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bot.adapters import AdapterSource, current_version, list_versions, persona_dir
+from bot.adapters import AdapterSource, check_adapter_files, current_version, list_versions, persona_dir
 from bot.config import Settings
 from bot.engine import Engine
 from bot.generation import BASE_ADAPTER, GenerationRequest
 from bot.model_loading import LoadedModel, encode_prompt, load_base_model
-from personas.card import PersonaCard
+from personas.card import PersonaCard, check_adapter_base
 from personas.render import PromptRenderer, TokenizerFacts, Turn
 from trainer.config import TrainConfig
 from trainer.dataset import IGNORE_INDEX, DataError, Example, build_datasets, collate, continuation_ids
@@ -285,10 +285,17 @@ def evaluate(
     # 1. Likelihoods: every version as a named adapter of one PEFT model.
     adapters = [t for t in targets if t.path is not None]
     model = loaded.model
-    if adapters:
-        model = PeftModel.from_pretrained(loaded.model, str(adapters[0].path), adapter_name="t0")
-        for i, t in enumerate(adapters[1:], start=1):
-            model.load_adapter(str(t.path), adapter_name=f"t{i}")
+    for t in adapters:
+        check_target_adapter(card, t, loaded.base_model)
+    for i, t in enumerate(adapters):
+        try:
+            if i == 0:
+                model = PeftModel.from_pretrained(loaded.model, str(t.path), adapter_name="t0")
+            else:
+                model.load_adapter(str(t.path), adapter_name=f"t{i}")
+        except Exception as exc:  # corrupt weights, wrong shapes: say which version's folder
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"adapter {t.path} ({t.label}) failed to load: {reason}") from exc
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for target in targets:
@@ -334,6 +341,14 @@ def evaluate(
             for i, probe in enumerate(probes)
         ]
     return report
+
+
+def check_target_adapter(card: PersonaCard, target: Target, base_model: str) -> None:
+    """Refuse a version whose folder is incomplete or whose adapter_config.json is unreadable or
+    made for another base model; the error names the folder or file (FileNotFoundError, CardError)."""
+    assert target.path is not None
+    check_adapter_files(target.path)
+    check_adapter_base(card, target.path, base_model)
 
 
 def generate_answers(
