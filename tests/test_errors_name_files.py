@@ -92,3 +92,14 @@ def test_read_json_names_the_file(tmp_path, content: bytes, message: str) -> Non
     with pytest.raises(JsonFileError) as info:
         read_json(path)
     assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+@pytest.mark.parametrize("reader", ["read_lines", "read_ranking"])
+def test_question_probe_and_ranking_files_that_are_not_utf8_are_named(tmp_path, reader: str) -> None:
+    import trainer.evaluate as evaluate
+    from trainer.dataset import DataError
+
+    path = tmp_path / "questions.txt"
+    path.write_bytes("元気？\n".encode("cp932"))  # saved by a Japanese Windows editor
+    with pytest.raises(DataError, match=rf"^{path}: not UTF-8 text"):
+        getattr(evaluate, reader)(path)

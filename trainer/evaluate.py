@@ -22,6 +22,7 @@ which generates the probe answers exactly as the bot would (one mixed batch).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -130,7 +131,11 @@ def resolve_target(settings: Settings, persona_id: str, version: str | None) -> 
 
 def read_lines(path: Path) -> list[str]:
     """Non-blank lines that are not ``#`` comments: the format of questions.txt and probes.txt."""
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -163,14 +168,18 @@ def style_scores(replies: Sequence[str], markers: Sequence[str]) -> dict[str, fl
 def read_ranking(path: Path, limit: int | None = None) -> list[RankingContext]:
     """Groups of 10 rows (label, context posts..., candidate) sharing one context."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3 or parts[0] not in ("0", "1"):
-                if line.strip():
-                    raise DataError(f"{path}:{lineno}: expected 'label<TAB>context...<TAB>candidate'")
-                continue
-            rows.append((int(parts[0]), tuple(parts[1:-1]), parts[-1]))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    # Universal newlines and \n-only splitting, as iterating the open file did.
+    for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 3 or parts[0] not in ("0", "1"):
+            if line.strip():
+                raise DataError(f"{path}:{lineno}: expected 'label<TAB>context...<TAB>candidate'")
+            continue
+        rows.append((int(parts[0]), tuple(parts[1:-1]), parts[-1]))
     if len(rows) % RANKING_CANDIDATES:
         raise DataError(f"{path}: {len(rows)} rows is not a multiple of {RANKING_CANDIDATES}")
     contexts = []
