@@ -23,7 +23,9 @@ from bot.config import redact
 EXIT_FIX_SETTINGS = 2
 EXIT_TRY_AGAIN = 1
 
-# The exceptions connecting may raise that this module can put into one line.
+# The exceptions connecting may raise that this module can put into one line. Not OSError as a
+# whole: a PermissionError from the database folder (start-up runs inside login) is no network
+# failure. aiohttp wraps socket errors (DNS, refused, unreachable) in ClientConnectorError.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     discord.LoginFailure,
     discord.PrivilegedIntentsRequired,
@@ -31,7 +33,7 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     discord.GatewayNotFound,
     ConnectionClosed,
     aiohttp.ClientError,
-    OSError,
+    ConnectionError,
     asyncio.TimeoutError,
 )
 
