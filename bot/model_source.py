@@ -27,16 +27,25 @@ log = logging.getLogger(__name__)
 
 HUB_PROBE_TIMEOUT_S = 3.0
 DEFAULT_ENDPOINT = "https://huggingface.co"
-# At least one of each group must be in a local model folder (transformers' own file names).
+# At least one of each group must be in a local model folder (transformers' own file names,
+# as glob patterns). Lenient on purpose: a false "missing" would block a model that loads.
 REQUIRED_MODEL_FILES: dict[str, tuple[str, ...]] = {
     "config": ("config.json",),
     "weights": (
         "model.safetensors",
         "model.safetensors.index.json",
         "pytorch_model.bin",
-        "pytorch_model.bin.index.json",
+        "*.safetensors",
+        "*.bin",
     ),
-    "tokenizer": ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt"),
+    "tokenizer": (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "*.model",
+        "vocab.json",
+        "vocab.txt",
+        "*.tiktoken",
+    ),
 }
 TINY_MODEL_HINT = "python -m trainer tiny-model models/tiny makes a small one for trying the stack offline"
 OFFLINE_ADVICE = (
@@ -65,7 +74,7 @@ def missing_model_files(folder: Path) -> list[str]:
     """The groups (``config.json``, weights, tokenizer) of which ``folder`` has no file, described."""
     missing = []
     for what, names in REQUIRED_MODEL_FILES.items():
-        if not any((folder / name).is_file() for name in names):
+        if not any(path.is_file() for pattern in names for path in folder.glob(pattern)):
             missing.append(names[0] if len(names) == 1 else f"{what} ({' or '.join(names)})")
     return missing
 
