@@ -104,11 +104,18 @@ class OshaberiBot(commands.Bot):
         network, a firewall, a portal switch), so start-up stops with one line instead: at once
         for an error, after ``STARTUP_RECONNECTS`` tries for a lost connection. ``connect()``
         dispatches ``disconnect`` inside its ``except`` block, which is why the failure is
-        ``sys.exc_info()`` here. Once ready, discord.py's reconnect and resume work as before.
+        ``sys.exc_info()`` here. Once ready, discord.py's reconnect and resume work as before, and
+        a disconnect caused by our own ``close()`` (SIGTERM) is never a failure.
         """
-        if event_name == "ready":
+        # "connect" is dispatched on the READY payload itself; "ready" waits for the guilds.
+        if event_name in ("connect", "ready", "resumed"):
             self._was_ready = True
-        elif event_name == "disconnect" and not self._was_ready:
+        elif (
+            event_name == "disconnect"
+            and not self._was_ready
+            and self._closing is None
+            and not self.is_closed()
+        ):
             failure = sys.exc_info()[1]
             if failure is not None:
                 self._startup_disconnects += 1
