@@ -129,22 +129,33 @@ def test_not_a_folder_and_not_a_hub_id() -> None:
         resolve_model_source(ModelSettings(base_model="a b/c"))
 
 
-def test_the_entry_point_reports_a_mistyped_folder_in_one_line(tmp_path) -> None:
-    (tmp_path / "models" / "tiny").mkdir(parents=True)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OSHABERI_", "DISCORD_", "HF_HUB_OFFLINE"))
-    }
-    env.update(PYTHONPATH=str(ROOT), OSHABERI_MODEL="models/nonexistent", DISCORD_TOKEN="")
+def run_chat(cwd: Path, **env_vars: str) -> tuple[str, list[str]]:
+    """``python -m bot chat`` as an operator runs it, online settings; (stderr, its error lines)."""
+    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSHABERI_", "DISCORD_", *offline))}
+    env.update(PYTHONPATH=str(ROOT), DISCORD_TOKEN="", **env_vars)
     proc = subprocess.run(
         [sys.executable, "-m", "bot", "chat"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         input="",
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr, [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_the_entry_point_reports_a_mistyped_folder_in_one_line(tmp_path) -> None:
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    stderr, errors = run_chat(tmp_path, OSHABERI_MODEL="models/nonexistent")
     assert len(errors) == 1 and "model folder 'models/nonexistent' does not exist" in errors[0]
-    assert "huggingface.co" not in proc.stderr  # the hub was never asked
+    assert "huggingface.co" not in stderr and "checking that" not in stderr  # the hub was never asked
+
+
+def test_the_entry_point_reports_an_unreachable_hub_in_one_line(tmp_path) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    stderr, errors = run_chat(tmp_path, OSHABERI_MODEL="nosuch-org/nosuch-model", HF_ENDPOINT=endpoint)
+    assert f"checking that {endpoint} is reachable" in stderr  # the wait is announced
+    assert len(errors) == 1 and "cannot reach 127.0.0.1 to download 'nosuch-org/nosuch-model'" in errors[0]
