@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
+        # ...but say what a long wait is for: finding and loading the model (bot/model_source.py).
+        for name in ("bot.model_source", "bot.model_loading"):
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         settings = load_settings(getattr(args, "config", None))
         if getattr(args, "model", None):

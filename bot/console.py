@@ -12,6 +12,7 @@ import asyncio
 import sys
 from typing import TextIO
 
+from bot.adapter_labels import persona_adapter_labels
 from bot.generation import GenerationError
 from bot.runtime import Runtime
 from personas.card import UnknownPersonaError
@@ -31,6 +32,10 @@ class ConsoleChat:
         self.err = err
         self.interactive = interactive
 
+    def adapter_labels(self) -> dict[str, str]:
+        """persona id → adapter version or ``prompt-only`` (bot/adapter_labels.py)."""
+        return persona_adapter_labels(self.runtime.cards.cards, self.runtime.worker.stats().adapters)
+
     def _say(self, text: str) -> None:
         """Messages for the person at the terminal: stdout when interactive, stderr when piped."""
         print(text, file=self.out if self.interactive else self.err, flush=True)
@@ -42,9 +47,10 @@ class ConsoleChat:
         if name in ("/quit", "/exit"):
             return False
         if name == "/personas":
+            labels = self.adapter_labels()
             for card in cards.cards.values():
                 mark = "*" if card.id == self.persona_id else " "
-                self._say(f"{mark} {card.id:10} {card.display_name}: {card.description}")
+                self._say(f"{mark} {card.id:10} {card.display_name} [{labels[card.id]}]: {card.description}")
         elif name == "/persona":
             try:
                 cards.get(arg.strip())
@@ -85,7 +91,8 @@ class ConsoleChat:
 
     async def run(self, stdin: TextIO) -> int:
         if self.interactive:
-            self._say(f"talking with {self.runtime.cards.get(self.persona_id).display_name}. {HELP}")
+            name = self.runtime.cards.get(self.persona_id).display_name
+            self._say(f"talking with {name} (adapter: {self.adapter_labels()[self.persona_id]}). {HELP}")
         while True:
             if self.interactive:
                 print(f"{self.persona_id}> ", end="", file=self.out, flush=True)

@@ -9,12 +9,12 @@ available for trying the quantized path.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 
 from bot.config import ModelSettings
+from bot.model_source import OFFLINE_ADVICE, resolve_model_source
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +99,17 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
     """Load the configured base model once; raise ModelLoadError with a one-line remedy."""
     from transformers import AutoModelForCausalLM
 
-    name = settings.base_model
     device = resolve_device(settings.device)
     quant, dtype = resolve_precision(settings, device)
-    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise ModelLoadError(
-            f"model directory {name!r} does not exist; set OSHABERI_MODEL to a hub id or a local model folder "
-            "(python -m trainer tiny-model models/tiny makes a small one for trying the stack offline)"
-        )
-    name = str(Path(name).expanduser()) if looks_local else name
+    # Folder checks and the hub probe (bot/model_source.py): a typo or no network fails in seconds.
+    source = resolve_model_source(settings)
+    name = source.name
+    settings = replace(settings, local_files_only=source.local_files_only)
     try:
+        log.info("loading the tokenizer of %s", name)
         tokenizer = load_tokenizer(name, settings)
+        # The slow step (minutes for a large model, longer when it is downloaded first): say so.
+        log.info("loading the weights of %s on %s (quantization=%s, dtype=%s)", name, device, quant, dtype)
         model = AutoModelForCausalLM.from_pretrained(
             name,
             revision=settings.revision or None,
@@ -121,10 +120,7 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
         )
     except (OSError, ValueError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
-            f"could not load base model {name!r}: {reason}. Without internet, point OSHABERI_MODEL at a local "
-            "model folder (python -m trainer tiny-model models/tiny makes a small one)"
-        ) from exc
+        raise ModelLoadError(f"could not load base model {name!r}: {reason}. {OFFLINE_ADVICE}") from exc
     model.eval()
     log.info("loaded %s on %s (quantization=%s, dtype=%s)", name, device, quant, dtype)
     return LoadedModel(model, tokenizer, device, quant, dtype, name)

@@ -31,6 +31,14 @@ class CardError(ValueError):
         self.problem = problem
 
 
+class AdapterFileError(CardError):
+    """An adapter folder that cannot serve this card; the message names the adapter's file.
+
+    A CardError so callers that refuse a bad card's adapter also refuse this; but the fault is
+    in the adapter (which may come from ``adapters/<id>/CURRENT``), not in ``persona.toml``.
+    """
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling settings for one persona; temperature 0 means greedy decoding."""
@@ -218,17 +226,23 @@ def check_adapter_base(card: PersonaCard, adapter_dir: Path, base_model: str) ->
     """Refuse an adapter trained for another base model: its weights would load but talk nonsense.
 
     Names are compared by their last path part, so a hub id and a local copy of
-    the same model (``rinna/x`` and ``/models/x``) agree.
+    the same model (``rinna/x`` and ``/models/x``) agree. Raises AdapterFileError naming the
+    adapter's ``adapter_config.json`` when it is unreadable or made for another model.
     """
     config_path = adapter_dir / "adapter_config.json"
     try:
-        made_for = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError) as exc:
-        raise CardError(card.source or card.id, "adapter", f"cannot read {config_path}: {exc}") from None
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(
+            config_path, None, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdapterFileError(config_path, None, f"cannot be read: {exc}") from None
+    made_for = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if made_for and Path(str(made_for)).name != Path(base_model).name:
-        raise CardError(
-            card.source or card.id,
-            "adapter",
+        raise AdapterFileError(
+            config_path,
+            None,
             f"adapter {adapter_dir} was made for base model {made_for!r}, but the bot runs {base_model!r}",
         )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
+import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -125,3 +127,97 @@ def test_the_token_is_never_baked_into_the_image() -> None:
     assert not any("DISCORD_TOKEN" in rest for _, rest in instructions())
     compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     assert "DISCORD_TOKEN" not in compose["services"]["bot"].get("environment", {})
+
+
+# -- where the trainer's output lands in the image ---------------------------------------------------
+
+
+def image_layout() -> tuple[dict[str, str], PurePosixPath, list[PurePosixPath]]:
+    """The final stage's ENV values, WORKDIR and VOLUME paths."""
+    stage = final_stage()
+    env = dict(re.findall(r"([A-Z_]+)=(\S+)", " ".join(rest for word, rest in stage if word == "ENV")))
+    [workdir] = [rest for word, rest in stage if word == "WORKDIR"][-1:]
+    [volume] = [rest for word, rest in stage if word == "VOLUME"]
+    return env, PurePosixPath(workdir), [PurePosixPath(p) for p in re.findall(r'"([^"]+)"', volume)]
+
+
+def in_image(path: str | Path, workdir: PurePosixPath) -> PurePosixPath:
+    """Where a path the code uses ends up inside the container (relative: below WORKDIR)."""
+    return PurePosixPath(posixpath.normpath(str(workdir / PurePosixPath(str(path)))))
+
+
+def test_everything_the_trainer_writes_by_default_lands_on_a_volume() -> None:
+    from trainer.__main__ import build_parser
+    from trainer.commands.eval import DEFAULT_RANKING_GLOB
+    from trainer.config import load_train_config
+    from trainer.fetch import REGISTRY
+
+    env, workdir, volumes = image_layout()
+    settings = load_settings(path=None, environ={k: v for k, v in env.items() if k.startswith("OSHABERI_")})
+    cfg = load_train_config(None, "marisa")
+    parser = build_parser()
+    fetch_dest = parser.parse_args(["fetch", next(iter(REGISTRY))]).dest
+    data_dir = settings.paths.data_dir
+    run_dir = PurePosixPath(cfg.runs_dir) / "marisa" / "v20260101-000000"
+    written = {
+        "fetch's default destination": fetch_dest,
+        "train: checkpoints for --resume and TensorBoard logs": run_dir / "checkpoint",
+        "eval's default report": PurePosixPath(cfg.runs_dir) / "marisa" / "eval-v1-20260101-000000.json",
+        "the schedule log": run_dir / "schedule.log",
+        "export-reviews' default output": PurePosixPath(data_dir) / "marisa-reviewed.jsonl",
+        "prepare -o data/marisa.jsonl (the README's example)": "data/marisa.jsonl",
+        "tiny-model models/tiny (the README's example)": "models/tiny",
+        "the database": settings.paths.database,
+        "trained adapters": PurePosixPath(settings.paths.adapters_dir) / "marisa",
+        "the model cache": env["HF_HOME"],
+    }
+    for what, path in written.items():
+        where = in_image(path, workdir)
+        assert any(where.is_relative_to(v) for v in volumes), f"{what}: {where} is not on a volume {volumes}"
+    # ...and where they land is where the next step looks for them:
+    train_reads = cfg.data[0].format(data_dir=data_dir, persona="marisa")
+    assert in_image(train_reads, workdir) == in_image("data/marisa.jsonl", workdir)
+    assert in_image(cfg.reviewed.format(data_dir=data_dir, persona="marisa"), workdir) == in_image(
+        written["export-reviews' default output"], workdir
+    )
+    ranking = DEFAULT_RANKING_GLOB.format(data_dir=data_dir).split("/**")[0]
+    assert in_image(ranking, workdir).is_relative_to(in_image(fetch_dest, workdir))
+
+
+def test_compose_mounts_the_persona_cards_and_runs_the_trainer_on_the_same_volumes() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    bot, trainer = compose["services"]["bot"], compose["services"]["trainer"]
+    mounts = {v.split(":")[1]: v for v in bot["volumes"]}
+    personas_dir = bot["environment"]["OSHABERI_PATHS__PERSONAS_DIR"]
+    source, target, mode = mounts[personas_dir].split(":")
+    assert target == personas_dir and mode == "ro"
+    assert (COMPOSE.parent / source).resolve() == REPO / "personas"  # the checkout's cards
+    assert trainer["entrypoint"] == ["python", "-m", "trainer"]
+    assert trainer["volumes"] == bot["volumes"] and trainer["environment"] == bot["environment"]
+    assert "tools" in trainer["profiles"]  # `up` starts only the bot
+    assert trainer["deploy"] == bot["deploy"]
+
+
+def docker_commands() -> list[list[str]]:
+    """Every ``docker compose ... run --rm SERVICE ARGS`` line in the README and docs/docker.md."""
+    found = []
+    for doc in (REPO / "README.md", REPO / "docs" / "docker.md"):
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("docker compose") and " run --rm " in line:
+                found.append(shlex.split(line.split(" run --rm ", 1)[1]))
+    return found
+
+
+def test_the_documented_docker_commands_parse() -> None:
+    from bot.__main__ import build_parser as bot_parser
+    from trainer.__main__ import build_parser as trainer_parser
+
+    commands = docker_commands()
+    services = {argv[0] for argv in commands}
+    assert {"bot", "trainer"} <= services, services
+    for service, *args in commands:
+        if service == "trainer" and args:
+            trainer_parser().parse_args(args)  # SystemExit (a failure) on a wrong flag or command
+        elif service == "bot":
+            bot_parser().parse_args(args)

@@ -22,6 +22,7 @@ which generates the probe answers exactly as the bot would (one mixed batch).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -34,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bot.adapters import AdapterSource, current_version, list_versions, persona_dir
+from bot.adapters import AdapterSource, check_adapter_files, current_version, list_versions, persona_dir
 from bot.config import Settings
 from bot.engine import Engine
 from bot.generation import BASE_ADAPTER, GenerationRequest
 from bot.model_loading import LoadedModel, encode_prompt, load_base_model
-from personas.card import PersonaCard
+from personas.card import PersonaCard, check_adapter_base
 from personas.render import PromptRenderer, TokenizerFacts, Turn
 from trainer.config import TrainConfig
 from trainer.dataset import IGNORE_INDEX, DataError, Example, build_datasets, collate, continuation_ids
@@ -130,7 +131,11 @@ def resolve_target(settings: Settings, persona_id: str, version: str | None) -> 
 
 def read_lines(path: Path) -> list[str]:
     """Non-blank lines that are not ``#`` comments: the format of questions.txt and probes.txt."""
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -163,14 +168,18 @@ def style_scores(replies: Sequence[str], markers: Sequence[str]) -> dict[str, fl
 def read_ranking(path: Path, limit: int | None = None) -> list[RankingContext]:
     """Groups of 10 rows (label, context posts..., candidate) sharing one context."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3 or parts[0] not in ("0", "1"):
-                if line.strip():
-                    raise DataError(f"{path}:{lineno}: expected 'label<TAB>context...<TAB>candidate'")
-                continue
-            rows.append((int(parts[0]), tuple(parts[1:-1]), parts[-1]))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    # Universal newlines and \n-only splitting, as iterating the open file did.
+    for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 3 or parts[0] not in ("0", "1"):
+            if line.strip():
+                raise DataError(f"{path}:{lineno}: expected 'label<TAB>context...<TAB>candidate'")
+            continue
+        rows.append((int(parts[0]), tuple(parts[1:-1]), parts[-1]))
     if len(rows) % RANKING_CANDIDATES:
         raise DataError(f"{path}: {len(rows)} rows is not a multiple of {RANKING_CANDIDATES}")
     contexts = []
@@ -285,10 +294,17 @@ def evaluate(
     # 1. Likelihoods: every version as a named adapter of one PEFT model.
     adapters = [t for t in targets if t.path is not None]
     model = loaded.model
-    if adapters:
-        model = PeftModel.from_pretrained(loaded.model, str(adapters[0].path), adapter_name="t0")
-        for i, t in enumerate(adapters[1:], start=1):
-            model.load_adapter(str(t.path), adapter_name=f"t{i}")
+    for t in adapters:
+        check_target_adapter(card, t, loaded.base_model)
+    for i, t in enumerate(adapters):
+        try:
+            if i == 0:
+                model = PeftModel.from_pretrained(loaded.model, str(t.path), adapter_name="t0")
+            else:
+                model.load_adapter(str(t.path), adapter_name=f"t{i}")
+        except Exception as exc:  # corrupt weights, wrong shapes: say which version's folder
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"adapter {t.path} ({t.label}) failed to load: {reason}") from exc
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for target in targets:
@@ -334,6 +350,14 @@ def evaluate(
             for i, probe in enumerate(probes)
         ]
     return report
+
+
+def check_target_adapter(card: PersonaCard, target: Target, base_model: str) -> None:
+    """Refuse a version whose folder is incomplete or whose adapter_config.json is unreadable or
+    made for another base model; the error names the folder or file (FileNotFoundError, CardError)."""
+    assert target.path is not None
+    check_adapter_files(target.path)
+    check_adapter_base(card, target.path, base_model)
 
 
 def generate_answers(

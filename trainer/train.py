@@ -44,6 +44,7 @@ from personas.card import PersonaCard
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig, validate
 from trainer.dataset import DataBundle, DataError, batches, build_datasets, collate, expand_paths, sha256_file
+from trainer.jsonfile import JsonFileError, read_json
 from trainer.scoring import batch_nll, mean_nll, perplexity
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,10 @@ def find_resumable(cfg: TrainConfig, persona_id: str, resume: str) -> Path:
 
 def checkpoint_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config a checkpointed run was started with, plus explicit command-line overrides."""
-    saved = json.loads((run_dir / CHECKPOINT_DIR / "state.json").read_text(encoding="utf-8"))["config"]
+    state_path = run_dir / CHECKPOINT_DIR / "state.json"
+    saved = read_json(state_path).get("config")
+    if not isinstance(saved, dict):
+        raise JsonFileError(f"{state_path}: no 'config' object; the checkpoint is incomplete")
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     return validate(replace(cfg, **(overrides or {})))
 
@@ -241,7 +245,7 @@ def _load_checkpoint(run_dir: Path, model, optimizer, scheduler, files) -> _Stat
     from safetensors.torch import load_file
 
     ckpt = run_dir / CHECKPOINT_DIR
-    saved = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    saved = read_json(ckpt / "state.json")
     was = {f["path"]: f["sha256"] for f in saved.get("data_files", [])}
     now = {f.path: f.sha256 for f in files}
     if was != now:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from bot.adapter_labels import persona_adapter_labels
 from bot.looplag import LagSummary
 
 
 def status_lines(
-    stats: Any, store_stats: dict[str, int] | None, spooled: int, loop_lag: LagSummary | None = None
+    stats: Any,
+    store_stats: dict[str, int] | None,
+    spooled: int,
+    loop_lag: LagSummary | None = None,
+    persona_ids: Iterable[str] = (),
 ) -> list[str]:
-    """The /status text, from the worker's stats (Discord-free so it is easy to test)."""
+    """The /status text, from the worker's stats (Discord-free so it is easy to test).
+
+    With ``persona_ids``, one line per persona says which adapter it serves or ``prompt-only``.
+    """
     sizes = list(getattr(stats, "recent_batch_sizes", []) or [])
     avg = sum(sizes) / len(sizes) if sizes else 0.0
     lines = [
@@ -24,6 +33,9 @@ def status_lines(
         f"**Device**: {stats.device}" + (f", {memory:,.0f} MiB in use" if memory is not None else "")
     )
     adapters = getattr(stats, "adapters", []) or []
+    labels = persona_adapter_labels(persona_ids, adapters)
+    if labels:
+        lines.append("**Personas**: " + ", ".join(f"`{pid}` {label}" for pid, label in labels.items()))
     if adapters:
         lines.append("**Adapters**:")
         lines += [

@@ -24,6 +24,7 @@ import discord
 from discord.ext import commands
 
 from bot.config import Settings, redact
+from bot.discord.connect_errors import CONNECT_ERRORS, GatewayStartupError, describe_connect_error
 from bot.discord.sender import NO_PINGS, ReplySender
 from bot.looplag import LoopLagMonitor
 from bot.ratelimit import RateLimiter
@@ -37,8 +38,11 @@ COGS = (
     "bot.discord.cogs.chat",
     "bot.discord.cogs.review",
     "bot.discord.cogs.admin",
+    "bot.discord.cogs.help",
 )
 RuntimeFactory = Callable[[Settings], Awaitable[Any]]
+# Lost gateway connections tolerated before the first READY (Discord may ask for one reconnect).
+STARTUP_RECONNECTS = 3
 
 
 async def _start_runtime(settings: Settings) -> Any:
@@ -88,6 +92,39 @@ class OshaberiBot(commands.Bot):
         # Is the event loop really never blocked? Measured for the whole run: /status and shutdown log.
         self.loop_lag = LoopLagMonitor()
         self._closing: asyncio.Task[None] | None = None
+        self._was_ready = False
+        self._startup_disconnects = 0
+
+    def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
+        """discord.py's dispatch, plus: a gateway that keeps failing before the first READY ends the start.
+
+        Before the bot was ever ready, discord.py either raises the failure raw (a traceback) or
+        reconnects forever (a connection lost between HELLO and READY is "resumed", invalidated,
+        identified again, lost again...). The cause then is nearly always the operator's (no
+        network, a firewall, a portal switch), so start-up stops with one line instead: at once
+        for an error, after ``STARTUP_RECONNECTS`` tries for a lost connection. ``connect()``
+        dispatches ``disconnect`` inside its ``except`` block, which is why the failure is
+        ``sys.exc_info()`` here. Once ready, discord.py's reconnect and resume work as before, and
+        a disconnect caused by our own ``close()`` (SIGTERM) is never a failure.
+        """
+        # "connect" is dispatched on the READY payload itself; "ready" waits for the guilds.
+        if event_name in ("connect", "ready", "resumed"):
+            self._was_ready = True
+        elif (
+            event_name == "disconnect"
+            and not self._was_ready
+            and self._closing is None
+            and not self.is_closed()
+        ):
+            failure = sys.exc_info()[1]
+            if failure is not None:
+                self._startup_disconnects += 1
+                retry = isinstance(failure, discord.gateway.ReconnectWebSocket)
+                if not retry or self._startup_disconnects > STARTUP_RECONNECTS:
+                    raise GatewayStartupError(
+                        f"the gateway connection failed {self._startup_disconnects} times before READY"
+                    ) from failure
+        super().dispatch(event_name, *args, **kwargs)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -288,6 +325,22 @@ def apply_api_base_from_env(environ: dict[str, str] | None = None) -> str | None
 # -- entry points ----------------------------------------------------------------------------------
 
 
+def _api_host() -> str:
+    """Where the REST calls go (``discord.com`` or the DISCORD_API_BASE host), for error lines."""
+    import yarl
+
+    url = yarl.URL(discord.http.Route.BASE)
+    return f"{url.host}:{url.port}" if url.port not in (80, 443, None) else str(url.host)
+
+
+def _report_connect_error(exc: BaseException, token: str) -> int:
+    """Print the one ``error:`` line for a failed login/connect/sync; returns the exit code."""
+    failure = describe_connect_error(exc, api_host=_api_host(), token=token)
+    log.debug("connecting to Discord failed", exc_info=exc)  # the whole story, with -v only
+    print(f"error: {failure.line}", file=sys.stderr)
+    return failure.exit_code
+
+
 def run(settings: Settings, token: str) -> int:
     """Run the bot until SIGTERM/SIGINT; returns the process exit code."""
     install_token_redaction(token)
@@ -299,19 +352,8 @@ def run(settings: Settings, token: str) -> int:
         async with bot:
             try:
                 await bot.start(token)
-            except discord.LoginFailure:
-                print(
-                    "error: Discord refused the token (DISCORD_TOKEN); check it in the developer portal",
-                    file=sys.stderr,
-                )
-                return 2
-            except discord.PrivilegedIntentsRequired:
-                print(
-                    "error: enable the Message Content intent for this bot in the developer portal "
-                    "(Bot → Privileged Gateway Intents)",
-                    file=sys.stderr,
-                )
-                return 2
+            except (GatewayStartupError, *CONNECT_ERRORS) as exc:
+                return _report_connect_error(exc, token)
         return 0
 
     return asyncio.run(main())
@@ -331,17 +373,16 @@ def sync_commands(settings: Settings, token: str, guild_id: int | None = None) -
         async with bot:
             try:
                 await bot.login(token)
-            except discord.LoginFailure:
-                print("error: Discord refused the token (DISCORD_TOKEN)", file=sys.stderr)
-                return 2
-            if guild_id:
-                guild = discord.Object(id=guild_id)
-                bot.tree.copy_global_to(guild=guild)
-                synced = await bot.tree.sync(guild=guild)
-                where = f"guild {guild_id}"
-            else:
-                synced = await bot.tree.sync()
-                where = "all servers (global; may take a while to appear)"
+                if guild_id:
+                    guild = discord.Object(id=guild_id)
+                    bot.tree.copy_global_to(guild=guild)
+                    synced = await bot.tree.sync(guild=guild)
+                    where = f"guild {guild_id}"
+                else:
+                    synced = await bot.tree.sync()
+                    where = "all servers (global; may take a while to appear)"
+            except CONNECT_ERRORS as exc:
+                return _report_connect_error(exc, token)
         print(f"synced {len(synced)} commands to {where}: {', '.join('/' + c.name for c in synced)}")
         return 0
 

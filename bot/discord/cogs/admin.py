@@ -62,7 +62,9 @@ class Admin(commands.Cog):
             except StoreBusyError:
                 busy = True
         spooled = len(self.bot.flow.spool) if self.bot.flow is not None else 0
-        lines = status_lines(stats, store_stats, spooled, self.bot.loop_lag.summary())
+        lines = status_lines(
+            stats, store_stats, spooled, self.bot.loop_lag.summary(), persona_ids=runtime.cards.cards
+        )
         if busy:
             lines.append("⚠️ **Reviews**: the database is busy, so no counts now; try again shortly.")
         await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)

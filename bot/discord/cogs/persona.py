@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.adapter_labels import persona_adapter_labels
 from bot.discord.checks import channel_allowed, member_allowed
 from bot.discord.sender import NO_PINGS
 from bot.store import StoreBusyError, within
@@ -115,6 +116,8 @@ class Persona(commands.Cog):
             except StoreBusyError:
                 busy = True
         default = self.bot.settings.chat.default_persona
+        worker = getattr(self.bot.runtime, "worker", None)
+        labels = persona_adapter_labels(cards, worker.stats().adapters if worker is not None else [])
         embed = discord.Embed(title="Personas", colour=discord.Colour.blurple())
         for pid, card in sorted(cards.items())[:25]:
             marks = []
@@ -124,7 +127,9 @@ class Persona(commands.Cog):
                 marks.append("default")
             note = f" ({', '.join(marks)})" if marks else ""
             embed.add_field(
-                name=f"{card.display_name} — `{pid}`{note}"[:256], value=card.description[:1024], inline=False
+                name=f"{card.display_name} — `{pid}`{note}"[:256],
+                value=f"{card.description[:900]}\nAdapter: {labels[pid]}",
+                inline=False,
             )
         if busy:
             embed.set_footer(text="The database is busy, so the persona active here is not shown; try again.")

@@ -1,0 +1,30 @@
+"""Which adapter each persona serves, as a short label for /personas, /status and the console.
+
+Without this, only ``-v`` logs told an operator whether a retrained adapter was picked up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from bot.generation import AdapterInfo
+
+PROMPT_ONLY = "prompt-only"
+
+
+def adapter_label(info: AdapterInfo | None) -> str:
+    """``v20250101-120000`` (the version), else the folder name or hub id, else ``prompt-only``."""
+    if info is None:
+        return PROMPT_ONLY
+    return info.version or Path(info.path).name or info.path
+
+
+def persona_adapter_labels(persona_ids: Iterable[str], adapters: Iterable[AdapterInfo]) -> dict[str, str]:
+    """persona id → label, for every persona in ``persona_ids`` (sorted), loaded adapter or not.
+
+    ``adapters`` is what the worker reports (``WorkerStats.adapters``): one entry per persona
+    that has an adapter resident, named by persona id.
+    """
+    by_name = {info.name: info for info in adapters}
+    return {pid: adapter_label(by_name.get(pid)) for pid in sorted(persona_ids)}

@@ -1,0 +1,84 @@
+"""/help: how to talk to the bot in this channel, and the commands this member may use.
+
+Always ephemeral: it describes the asker's situation (their roles, this channel), not the
+channel's. The command list is read from the bot's own command tree, so a new command shows
+up here without editing this file; a command with default permissions is a moderator's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.checks import channel_allowed, is_moderator, member_allowed
+from bot.discord.sender import NO_PINGS
+
+if TYPE_CHECKING:
+    from bot.discord.app import OshaberiBot
+
+
+def command_lines(tree: app_commands.CommandTree[Any]) -> tuple[list[str], list[str]]:
+    """(everyone's, moderators') commands as ``/name — description`` lines, sorted by name."""
+    everyone: list[str] = []
+    moderators: list[str] = []
+    for cmd in sorted(tree.get_commands(type=discord.AppCommandType.chat_input), key=lambda c: c.name):
+        description = cmd.description.removesuffix(" (moderators)")
+        line = f"`/{cmd.name}` — {description}"
+        perms = getattr(cmd, "default_permissions", None)
+        (moderators if perms is not None and perms.value else everyone).append(line)
+    return everyone, moderators
+
+
+class Help(commands.Cog):
+    def __init__(self, bot: OshaberiBot) -> None:
+        self.bot = bot
+
+    async def how_to_talk_here(self, interaction: discord.Interaction[Any]) -> str:
+        """One or two sentences on who answers in this channel and how to get an answer."""
+        settings = self.bot.settings
+        if interaction.guild is None:
+            return "Personas talk in server channels only: use `/help` in a channel of the server."
+        if not channel_allowed(settings.discord, interaction.channel):
+            allowed = " ".join(f"<#{cid}>" for cid in settings.discord.allowed_channels[:10])
+            return f"The bot does not talk in this channel. It talks in {allowed}."
+        if not member_allowed(settings.discord, interaction.user):
+            return "You do not have a role that may talk to the bot; ask a moderator."
+        cards = getattr(getattr(self.bot.runtime, "cards", None), "cards", {}) or {}
+        active = None
+        if self.bot.store is not None and interaction.channel_id is not None:
+            active = await self.bot.store.channel_persona(interaction.channel_id)
+        me = f"<@{self.bot.user.id}>" if self.bot.user is not None else "the bot"
+        if active is not None and active in cards:
+            return (
+                f"**{cards[active].display_name}** (`{active}`) answers every message in this channel: "
+                "just write. `/reset` starts the conversation afresh."
+            )
+        if active is not None:
+            return f"The persona set here (`{active}`) is not loaded; choose another with `/persona`."
+        default = settings.chat.default_persona
+        name = cards[default].display_name if default in cards else default
+        return (
+            f"No persona answers every message here: mention {me} or reply to one of its messages, "
+            f"and **{name}** answers. `/persona` makes a persona answer every message in this channel."
+        )
+
+    @app_commands.command(name="help", description="How to talk to the bot here, and its commands")
+    async def help(self, interaction: discord.Interaction[Any]) -> None:
+        everyone, moderators = command_lines(self.bot.tree)
+        parts = ["**Talking here**", await self.how_to_talk_here(interaction), "", "**Commands**", *everyone]
+        if moderators and is_moderator(self.bot.settings.discord, interaction.user, interaction.permissions):
+            parts += ["", "**For moderators**", *moderators]
+            review = self.bot.settings.discord.review_channel
+            if review:
+                parts.append(f"Replies are reviewed in <#{review}> with the buttons on each card.")
+        # Mentions are written for display only: NO_PINGS makes sure nobody is notified.
+        await interaction.response.send_message(
+            "\n".join(parts)[:2000], ephemeral=True, allowed_mentions=NO_PINGS
+        )
+
+
+async def setup(bot: OshaberiBot) -> None:
+    await bot.add_cog(Help(bot))

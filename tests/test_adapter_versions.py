@@ -1,0 +1,91 @@
+"""Which adapter each persona serves is shown (console, /status text), and a broken adapter
+loaded through ``CURRENT`` is reported by its own file, not as a fault of ``persona.toml``."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bot.adapter_labels import PROMPT_ONLY, adapter_label, persona_adapter_labels
+from bot.adapters import set_current
+from bot.console import ConsoleChat
+from bot.discord.admin_text import status_lines
+from bot.generation import AdapterError, AdapterInfo
+from bot.runtime import Runtime
+from tests.test_chat_and_console import settings_for
+
+
+def test_labels_name_the_version_else_the_folder_else_prompt_only() -> None:
+    adapters = [
+        AdapterInfo("marisa", "/a/marisa/v20260101-000000", "v20260101-000000", 10),
+        AdapterInfo("zundamon", "/cards/zundamon/lora", None, 10),
+    ]
+    labels = persona_adapter_labels(["zundamon", "ojousama", "marisa"], adapters)
+    assert labels == {"marisa": "v20260101-000000", "ojousama": PROMPT_ONLY, "zundamon": "lora"}
+    assert adapter_label(AdapterInfo("x", "someone/hub-lora", None, 1)) == "hub-lora"
+
+
+def test_status_lists_every_persona_with_its_adapter() -> None:
+    stats = SimpleNamespace(
+        queue_depth=0,
+        queue_capacity=8,
+        in_flight=0,
+        recent_batch_sizes=[],
+        batches_run=0,
+        tokens_per_s=0.0,
+        requests_failed=0,
+        device="cpu",
+        device_memory_mb=None,
+        adapters=[AdapterInfo("marisa", "/a/marisa/v2", "v2", 10)],
+    )
+    text = "\n".join(status_lines(stats, None, 0, persona_ids=["marisa", "zundamon"]))
+    assert "**Personas**: `marisa` v2, `zundamon` prompt-only" in text
+
+
+@pytest.fixture
+async def runtime_with_adapters(tiny_neox, random_adapters, tmp_path, caplog):
+    """marisa serves a good adapter through CURRENT; zundamon's CURRENT points at a corrupt one."""
+    adapters = tmp_path / "adapters"
+    shutil.copytree(random_adapters["gpt-neox"]["marisa"], adapters / "marisa" / "v1")
+    set_current(adapters, "marisa", "v1")
+    broken = adapters / "zundamon" / "v3"
+    shutil.copytree(random_adapters["gpt-neox"]["zundamon"], broken)
+    set_current(adapters, "zundamon", "v3")
+    (broken / "adapter_config.json").write_text('{"r": 4,, }', encoding="utf-8")  # corrupted after the fact
+    with caplog.at_level(logging.ERROR):
+        rt = await Runtime.start(settings_for(tiny_neox, adapters))
+    yield rt, broken
+    await rt.close(drain_timeout=1)
+
+
+async def test_a_corrupt_adapter_from_current_names_its_file(runtime_with_adapters, caplog) -> None:
+    rt, broken = runtime_with_adapters
+    [record] = [r for r in caplog.get_records("setup") if "zundamon" in r.getMessage()]
+    message = record.getMessage()
+    assert str(broken / "adapter_config.json") in message and "line 1 column" in message
+    assert "persona.toml" not in message and "prompt-only" in message
+    with pytest.raises(AdapterError) as info:
+        await rt.reload("zundamon")
+    assert str(broken / "adapter_config.json") in str(info.value) and "persona.toml" not in str(info.value)
+
+
+async def test_the_console_shows_each_personas_adapter(runtime_with_adapters) -> None:
+    rt, _ = runtime_with_adapters
+    out = io.StringIO()
+    chat = ConsoleChat(rt, "marisa", out, io.StringIO(), interactive=True)
+    assert await chat.run(io.StringIO("/personas\n")) == 0
+    banner, *rest = out.getvalue().splitlines()
+    assert "(adapter: v1)" in banner
+    listing = "\n".join(rest)
+    assert "marisa" in listing and "[v1]" in listing
+    assert [line for line in rest if "zundamon" in line and f"[{PROMPT_ONLY}]" in line]
+
+
+def test_labels_module_does_not_import_discord() -> None:
+    source = Path("bot/adapter_labels.py").read_text(encoding="utf-8")
+    assert "discord" not in source.split('"""', 2)[2]
