@@ -1,13 +1,18 @@
-"""Where a persona's adapter lives on disk, and which version is current.
+"""The on-disk adapter layout, in one place: where a persona's adapter versions live, which
+one is current, and how a new one is published. The trainer writes through this module and
+the bot reads through it; nothing else knows the layout.
 
-Layout written by the trainer and read by the bot::
+Layout::
 
     adapters/<persona>/<version>/adapter_config.json, adapter_model.safetensors, metadata.json
     adapters/<persona>/CURRENT      # one line: the version in use
+    adapters/.staging/<persona>-<version>/   # a version being written (see publish_version)
 
-The pointer is a small file replaced atomically (write + ``os.replace``), so a reader
-sees the old version or the new one, never half of either, and a failed training run
-that never reaches :func:`set_current` leaves the adapter in use untouched.
+Publishing is rename-then-pointer: a version is written under ``.staging/``, renamed into
+place whole, and only then may ``CURRENT`` move. The pointer is a small file replaced
+atomically (write + ``os.replace``), so a reader sees the old version or the new one, never
+half of either, and a failed training run that never reaches :func:`set_current` leaves the
+adapter in use untouched.
 """
 
 from __future__ import annotations
@@ -15,17 +20,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from personas.card import PersonaCard
 
 CURRENT_FILE = "CURRENT"
 REQUIRED_FILES = ("adapter_config.json",)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+METADATA_FILE = "metadata.json"
+STAGING_DIR = ".staging"  # under adapters/; not a persona id, so never listed as a version
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -42,20 +52,34 @@ def new_version_name(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("v%Y%m%d-%H%M%S")
 
 
+def is_version_name(version: str) -> bool:
+    """Whether ``version`` may name a version folder: letters, digits, ``.``, ``_``, ``-``
+    (at most 64 characters, not starting with a dot, so never a hidden or parent folder)."""
+    return bool(VERSION_RE.match(version))
+
+
 def persona_dir(adapters_dir: str | Path, persona_id: str) -> Path:
+    """The folder holding all of a persona's versions and its ``CURRENT`` pointer."""
     return Path(adapters_dir) / persona_id
 
 
+def version_dir(adapters_dir: str | Path, persona_id: str, version: str) -> Path:
+    """The folder of one version (it may not exist)."""
+    return persona_dir(adapters_dir, persona_id) / version
+
+
 def current_version(adapters_dir: str | Path, persona_id: str) -> str | None:
+    """The version ``CURRENT`` names, or None when there is no pointer or it holds no valid name."""
     pointer = persona_dir(adapters_dir, persona_id) / CURRENT_FILE
     try:
         version = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    return version if _VERSION_RE.match(version) else None
+    return version if is_version_name(version) else None
 
 
 def list_versions(adapters_dir: str | Path, persona_id: str) -> list[str]:
+    """The complete versions (folders with an ``adapter_config.json``), oldest name first."""
     root = persona_dir(adapters_dir, persona_id)
     if not root.is_dir():
         return []
@@ -63,8 +87,11 @@ def list_versions(adapters_dir: str | Path, persona_id: str) -> list[str]:
 
 
 def set_current(adapters_dir: str | Path, persona_id: str, version: str) -> None:
-    """Point the persona at ``version``; only called once that version is complete on disk."""
-    if not _VERSION_RE.match(version):
+    """Point the persona at ``version``; only called once that version is complete on disk.
+
+    Raises ValueError for a bad version name, FileNotFoundError when the version's files are missing.
+    """
+    if not is_version_name(version):
         raise ValueError(f"bad version name {version!r}")
     root = persona_dir(adapters_dir, persona_id)
     check_adapter_files(root / version)
@@ -72,6 +99,63 @@ def set_current(adapters_dir: str | Path, persona_id: str, version: str) -> None
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(version + "\n")
     os.replace(tmp, root / CURRENT_FILE)
+
+
+def publish_version(
+    adapters_dir: str | Path,
+    persona_id: str,
+    version: str,
+    write: Callable[[Path], None],
+    metadata: dict[str, Any],
+    *,
+    activate: bool,
+) -> Path:
+    """Publish a new version: ``write(folder)`` saves the adapter files into a staging folder,
+    ``metadata`` goes beside them as ``metadata.json``, the folder is renamed into place whole,
+    and then (when ``activate``) ``CURRENT`` moves to it. Returns the version's folder.
+
+    Raises ValueError for a bad version name, FileExistsError when the version exists; whatever
+    ``write`` raises propagates, with the staging folder removed and ``CURRENT`` untouched.
+    """
+    if not is_version_name(version):
+        raise ValueError(f"bad version name {version!r} (letters, digits, '.', '_', '-')")
+    adapters = Path(adapters_dir)
+    target = version_dir(adapters, persona_id, version)
+    if target.exists():
+        raise FileExistsError(f"adapter version {target} already exists")
+    staging = adapters / STAGING_DIR / f"{persona_id}-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write(staging)
+        (staging / METADATA_FILE).write_text(
+            json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if activate:
+        set_current(adapters, persona_id, version)
+    return target
+
+
+def version_metadata(adapters_dir: str | Path, persona_id: str, version: str) -> dict[str, Any] | None:
+    """A version's ``metadata.json`` as a dict, or None when it is missing or unreadable."""
+    try:
+        meta = json.loads((version_dir(adapters_dir, persona_id, version) / METADATA_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def last_export_time(adapters_dir: str | Path, persona_id: str) -> str | None:
+    """The newest review export (ISO time) any version of the persona was trained on, if any."""
+    times = []
+    for version in list_versions(adapters_dir, persona_id):
+        value = (version_metadata(adapters_dir, persona_id, version) or {}).get("reviews_exported_at")
+        if isinstance(value, str):
+            times.append(value)
+    return max(times) if times else None
 
 
 def check_adapter_files(path: Path) -> None:
@@ -108,6 +192,6 @@ def resolve_adapter(card: PersonaCard, adapters_dir: str | Path) -> AdapterSourc
 
 def _metadata_version(path: Path) -> str | None:
     try:
-        return json.loads((path / "metadata.json").read_text(encoding="utf-8")).get("version")
+        return json.loads((path / METADATA_FILE).read_text(encoding="utf-8")).get("version")
     except (OSError, ValueError, AttributeError):
         return path.name or None

@@ -90,14 +90,7 @@ class ChatService:
             raise InputError("That message holds nothing but formatting markers: there is nothing to answer.")
         rendered = renderer.render_prompt([*history[:-1], checked])
         adapter = persona_id if self.worker.engine.has_adapter(persona_id) else BASE_ADAPTER
-        request = GenerationRequest(
-            persona_id=persona_id,
-            prompt=rendered.text,
-            params=card.generation,
-            stop=rendered.stop,
-            banned_words=card.banned_words,
-            adapter=adapter,
-        )
+        request = GenerationRequest.for_card(card, rendered, adapter)
         return PendingReply(card, rendered.text, self.worker.submit(request), renderer)
 
     async def reply(self, persona_id: str, history: Sequence[Turn]) -> str:

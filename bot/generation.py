@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from personas.card import GenerationParams
+from personas.card import GenerationParams, PersonaCard
+from personas.render import RenderedPrompt
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
@@ -21,6 +22,22 @@ class GenerationRequest:
     # The resident adapter to use; BASE_ADAPTER for prompt-only personas.
     adapter: str = BASE_ADAPTER
     seed: int | None = None
+
+    @classmethod
+    def for_card(
+        cls, card: PersonaCard, rendered: RenderedPrompt, adapter: str = BASE_ADAPTER, seed: int | None = None
+    ) -> GenerationRequest:
+        """The one way a persona's rendered prompt becomes a request: the card's sampling
+        settings and banned words, the renderer's stop strings (bot and trainer alike)."""
+        return cls(
+            persona_id=card.id,
+            prompt=rendered.text,
+            params=card.generation,
+            stop=rendered.stop,
+            banned_words=card.banned_words,
+            adapter=adapter,
+            seed=seed,
+        )
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters import resolve_adapter
 from bot.chat import ChatService
 from bot.config import Settings
 from bot.engine import Engine
 from bot.generation import AdapterError
+from bot.persona_adapter import describe, load_persona_adapter
 from bot.worker import GenerationWorker
 from personas.card import CardSet, load_cards
 
@@ -77,10 +77,5 @@ class Runtime:
 
 
 def _load_persona_adapter(engine: Engine, settings: Settings, persona_id: str, cards: CardSet) -> str:
-    card = cards.get(persona_id)
-    source = resolve_adapter(card, settings.paths.adapters_dir)
-    if source is None:
-        engine.remove_adapter(persona_id)
-        return f"{persona_id}: prompt-only (no adapter)"
-    info = engine.load_adapter(persona_id, source, card)
-    return f"{persona_id}: adapter {info.version or info.path}"
+    info = load_persona_adapter(engine, cards.get(persona_id), settings.paths.adapters_dir)
+    return describe(persona_id, info)

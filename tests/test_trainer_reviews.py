@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters import current_version, set_current
+from bot.adapters import current_version, last_export_time, set_current
 from bot.config import load_settings
+from bot.cron import cron_trigger
+from bot.retrain_schedule import RetrainingSchedule
 from bot.store import LogEntry, Store
 from personas.card import load_cards
 from trainer.augment import augment
 from trainer.dataset import read_dialogues, to_turns
 from trainer.export_reviews import export_reviews
-from trainer.schedule import ScheduledRetrainer, cron_trigger, last_export_time
 
 CARD = load_cards().get("marisa")
 QUESTIONS = ["おはよう！", "今日は何してた？", "魔法って難しい？"]
@@ -124,7 +125,7 @@ async def test_scheduler_retrains_in_a_subprocess_then_reloads(loop_env):
     async def on_failure(persona: str, message: str) -> None:
         failures.append((persona, message))
 
-    retrainer = ScheduledRetrainer(
+    retrainer = RetrainingSchedule(
         settings,
         on_new_version,
         on_failure,
@@ -163,7 +164,7 @@ async def test_a_failed_scheduled_run_is_reported_and_keeps_the_adapter(loop_env
     async def never(persona: str, version: str) -> None:
         raise AssertionError("no new version may be announced")
 
-    [outcome] = await ScheduledRetrainer(bad, never, on_failure, runs_dir=tmp_path / "runs").run_once()
+    [outcome] = await RetrainingSchedule(bad, never, on_failure, runs_dir=tmp_path / "runs").run_once()
     assert outcome.status == "failed"
     assert failures and failures[0][0] == "marisa" and "previous adapter stays in use" in failures[0][1]
     assert "no-such-model" in failures[0][1]  # the child's own error is in the report
@@ -175,7 +176,7 @@ async def test_a_reload_failure_is_reported(loop_env, random_adapters, monkeypat
     settings = replace(settings, schedule=replace(settings.schedule, min_new_approved=0))
     failures = []
 
-    async def fake_train(self, persona, version, reviewed, log_path):
+    async def fake_train(self, persona, version, log_path):
         shutil.copytree(random_adapters["llama"]["marisa"], root / "adapters" / "marisa" / version)
         set_current(root / "adapters", "marisa", version)
         return 0, ""
@@ -186,15 +187,15 @@ async def test_a_reload_failure_is_reported(loop_env, random_adapters, monkeypat
     async def on_failure(persona: str, message: str) -> None:
         failures.append(message)
 
-    monkeypatch.setattr(ScheduledRetrainer, "_train", fake_train)
-    retrainer = ScheduledRetrainer(settings, broken_reload, on_failure, runs_dir=root / "runs")
+    monkeypatch.setattr(RetrainingSchedule, "_train", fake_train)
+    retrainer = RetrainingSchedule(settings, broken_reload, on_failure, runs_dir=root / "runs")
     [outcome] = await retrainer.run_once()
     assert outcome.status == "failed" and "could not load it" in failures[0] and "shapes" in failures[0]
 
 
 async def test_the_cron_job_is_scheduled(loop_env):
     _, settings = loop_env
-    retrainer = ScheduledRetrainer(replace(settings, schedule=replace(settings.schedule, cron="30 3 * * 1")))
+    retrainer = RetrainingSchedule(replace(settings, schedule=replace(settings.schedule, cron="30 3 * * 1")))
     retrainer.start()
     try:
         when = retrainer.next_run_time()

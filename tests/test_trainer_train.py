@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.adapters import current_version, list_versions, resolve_adapter, set_current
+from bot.adapters import STAGING_DIR, current_version, list_versions, resolve_adapter, set_current
 from bot.config import ModelSettings, PathSettings, Settings
 from bot.engine import Engine
 from bot.generation import BASE_ADAPTER, GenerationRequest
@@ -19,7 +19,7 @@ from personas.card import GenerationParams, load_cards
 from personas.render import PromptRenderer, Turn
 from trainer.config import TrainConfig
 from trainer.dataset import continuation_ids, sha256_file
-from trainer.train import STAGING_DIR, TrainingInterrupted, find_resumable, train
+from trainer.train import TrainingInterrupted, find_resumable, train
 
 CARD = load_cards().get("marisa")
 QUESTIONS = ["元気？", "おはよう", "今日は何してた？", "魔法って難しい？", "疲れたよ", "好きな食べ物は？"]

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.adapters import resolve_adapter
 from bot.config import Settings
 from bot.engine import Engine
 from bot.generation import BASE_ADAPTER
+from bot.persona_adapter import load_persona_adapter
 from bot.store import Store
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, Turn
@@ -38,11 +38,10 @@ class AugmentResult:
 def load_engine(settings: Settings, card: PersonaCard) -> tuple[Engine, str, str | None]:
     """The bot's engine with this persona's current adapter; prompt-only if it has none yet."""
     engine = Engine.from_settings(settings.model)
-    source = resolve_adapter(card, settings.paths.adapters_dir)
-    if source is None:
+    info = load_persona_adapter(engine, card, settings.paths.adapters_dir)
+    if info is None:
         log.warning("%s has no adapter yet: answering with the prompt-only base model", card.id)
         return engine, BASE_ADAPTER, None
-    info = engine.load_adapter(card.id, source, card)
     return engine, card.id, info.version
 
 

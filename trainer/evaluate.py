@@ -378,17 +378,7 @@ def generate_answers(
     for adapter in adapters:
         for i, question in enumerate(questions):
             prompt = renderer.render_prompt([Turn(card.user_label, question)])
-            requests.append(
-                GenerationRequest(
-                    persona_id=card.id,
-                    prompt=prompt.text,
-                    params=card.generation,
-                    stop=prompt.stop,
-                    banned_words=card.banned_words,
-                    adapter=adapter,
-                    seed=seed + i,
-                )
-            )
+            requests.append(GenerationRequest.for_card(card, prompt, adapter, seed=seed + i))
     texts = []
     for k in range(0, len(requests), batch_size):
         texts.extend(renderer.clean_reply(r.text) for r in engine.generate(requests[k : k + batch_size]))

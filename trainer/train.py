@@ -7,7 +7,8 @@ and a finished run is published by rename-then-pointer. Trainer would own the lo
 checkpoint layout and its logging callbacks, and each of those rules would become an
 override of its internals. The loop below reads top to bottom in one sitting.
 
-Publishing: the adapter is written under ``adapters/.staging/``, renamed into
+Publishing (``bot.adapters.publish_version``, which owns the on-disk layout): the adapter
+is written under ``adapters/.staging/``, renamed into
 ``adapters/<persona>/<version>/`` when complete, and only then is the persona's
 CURRENT pointer moved. Any failure or interrupt before that leaves the adapter in use
 untouched (an interrupt also leaves a checkpoint to ``--resume`` from).
@@ -30,8 +31,7 @@ from typing import Any
 
 import torch
 
-from bot.adapters import _VERSION_RE as VERSION_RE
-from bot.adapters import new_version_name, persona_dir, set_current
+from bot.adapters import is_version_name, new_version_name, publish_version, version_dir
 from bot.config import ModelSettings, Settings
 from bot.model_loading import (
     LoadedModel,
@@ -50,7 +50,6 @@ from trainer.scoring import batch_nll, mean_nll, perplexity
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-STAGING_DIR = ".staging"  # under adapters/; not a persona id, so never listed as a version
 
 
 class TrainingInterrupted(RuntimeError):
@@ -262,33 +261,6 @@ def _load_checkpoint(run_dir: Path, model, optimizer, scheduler, files) -> _Stat
     return state
 
 
-# -- publishing -------------------------------------------------------------
-
-
-def _publish(
-    model, settings: Settings, persona_id: str, version: str, metadata: dict[str, Any], activate: bool
-) -> Path:
-    """Write the adapter to staging, rename it into place, then (optionally) move CURRENT."""
-    adapters = Path(settings.paths.adapters_dir)
-    target = persona_dir(adapters, persona_id) / version
-    if target.exists():
-        raise FileExistsError(f"adapter version {target} already exists")
-    staging = adapters / STAGING_DIR / f"{persona_id}-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        model.save_pretrained(staging)
-        (staging / "metadata.json").write_text(
-            json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8"
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if activate:
-        set_current(adapters, persona_id, version)
-    return target
-
-
 def _package_versions() -> dict[str, str]:
     import peft
     import transformers
@@ -322,10 +294,10 @@ def train(
         version = resume.name
     elif version is None:
         version = new_version_name(started)
-    elif not VERSION_RE.match(version):
+    elif not is_version_name(version):
         raise ValueError(f"bad version name {version!r} (letters, digits, '.', '_', '-')")
     run_dir = resume if resume is not None else run_dir_for(cfg, card.id, version)
-    if (persona_dir(settings.paths.adapters_dir, card.id) / version).exists():
+    if version_dir(settings.paths.adapters_dir, card.id, version).exists():
         raise FileExistsError(f"adapter version {version} of {card.id} already exists")
 
     data_files, reviewed = resolve_data(settings, card.id, cfg)
@@ -483,7 +455,9 @@ def train(
         "card_sha256": sha256_file(card.source) if card.source else None,
         "packages": _package_versions(),
     }
-    path = _publish(model, settings, card.id, version, metadata, activate)
+    path = publish_version(
+        settings.paths.adapters_dir, card.id, version, model.save_pretrained, metadata, activate=activate
+    )
     (run_dir / "metadata.json").write_text(
         json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8"
     )

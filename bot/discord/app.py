@@ -154,13 +154,13 @@ class OshaberiBot(commands.Bot):
             # From here on the loop serves Discord; start-up (imports, model load) is not counted.
             self.loop_lag.start()
 
-    # -- scheduled retraining (trainer/schedule.py) ----------------------------------------------
+    # -- scheduled retraining (bot/retrain_schedule.py) ----------------------------------------
 
     def start_retraining(self) -> None:
         """Retrain on ``schedule.cron`` in a child process; the bot keeps serving meanwhile."""
-        from trainer.schedule import ScheduledRetrainer
+        from bot.retrain_schedule import RetrainingSchedule
 
-        self.retrainer = ScheduledRetrainer(
+        self.retrainer = RetrainingSchedule(
             self.settings, on_new_version=self.load_trained_version, on_failure=self.report_training_failure
         )
         self.retrainer.start()

@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from bot.config import ConfigError, load_settings
-    from trainer.schedule import ScheduledRetrainer, cron_trigger
+    from bot.cron import cron_trigger
+    from bot.retrain_schedule import RetrainingSchedule
+    from trainer.config import load_train_config
 
     try:
         settings = load_settings(args.config)
@@ -53,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"schedule: {exc}", file=sys.stderr)
         return 1
-    retrainer = ScheduledRetrainer(settings, _report_new, _report_failure, train_config=args.train_config)
+    retrainer = RetrainingSchedule(
+        settings,
+        _report_new,
+        _report_failure,
+        train_config=args.train_config,
+        default_runs_dir=lambda persona: Path(load_train_config(args.train_config, persona).runs_dir),
+    )
     if args.once:
         outcomes = asyncio.run(retrainer.run_once())
         for o in outcomes:

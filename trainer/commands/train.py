@@ -6,8 +6,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.config import add_override_arguments, overrides_from_args
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="save the version but leave the persona's CURRENT pointer where it is",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument(
+        "--export-reviews",
+        action="store_true",
+        help="first export the persona's approved/edited replies to the reviewed file (what the scheduler runs)",
+    )
     add_override_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from bot.config import ConfigError, load_settings
     from bot.model_loading import ModelLoadError
+    from bot.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
     from trainer.config import TrainConfigError, load_train_config
     from trainer.dataset import DataError
@@ -50,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             resume = find_resumable(cfg, card.id, args.resume)
             cfg = checkpoint_config(resume, overrides)
+        elif args.export_reviews:
+            cfg = _export_reviews(settings, card.id, cfg)
         result = train(
             settings,
             card,
@@ -70,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         UnknownPersonaError,
         FileNotFoundError,
         FileExistsError,
+        StoreError,
         ValueError,
     ) as exc:
         print(f"train: {exc}", file=sys.stderr)
@@ -82,3 +96,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"  steps {m['steps']}, validation loss {val}, {m['train_seconds']} s")
     print("  now current" if result.activated else "  not activated (--no-activate)")
     return 0
+
+
+def _export_reviews(settings: Settings, persona_id: str, cfg: TrainConfig) -> TrainConfig:
+    """Export the approved replies to the config's reviewed file; the config, now naming it."""
+    import asyncio
+    from dataclasses import replace
+
+    from trainer.export_reviews import export_reviews
+
+    pattern = cfg.reviewed or "{data_dir}/{persona}-reviewed.jsonl"
+    reviewed = Path(pattern.format(data_dir=settings.paths.data_dir, persona=persona_id))
+    exported = asyncio.run(export_reviews(settings.paths.database, persona_id, reviewed))
+    print(f"{persona_id}: exported {exported.rows} reviewed dialogues to {reviewed}", flush=True)
+    return replace(cfg, reviewed=str(reviewed))

@@ -1,6 +1,10 @@
 """Scheduled retraining: on a cron schedule, retrain each persona that gained enough newly
 approved replies, in a separate process, then tell the running bot to hot-reload it.
 
+This is the bot-side half: it counts approvals, starts the training command as a child
+process and reloads the result. Only the child (``python -m trainer train --export-reviews``)
+loads the training code: it exports the approved replies, then trains.
+
 Why a subprocess: training takes minutes to hours and holds the GIL and the GPU's compute;
 in another process the bot's event loop and generation worker keep serving, and a crash
 (out of memory, a bad data file) kills only the training run. The child is the ordinary
@@ -15,7 +19,6 @@ leaves them counted and the next tick tries again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -23,12 +26,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters import current_version, list_versions, new_version_name, persona_dir
+from bot.adapters import current_version, last_export_time, new_version_name, version_metadata
 from bot.config import Settings
+from bot.cron import cron_trigger
 from bot.store import Store
 from personas.card import load_cards
-from trainer.config import load_train_config
-from trainer.export_reviews import export_reviews
 
 log = logging.getLogger(__name__)
 
@@ -46,56 +48,10 @@ class Outcome:
     message: str = ""
 
 
-_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab: 0 and 7 are Sunday
-
-
-def _crontab_weekdays(field: str) -> str:
-    """Crontab's numeric weekdays as names. APScheduler 3 reads numbers Monday-based (0 = Monday),
-    so ``from_crontab("0 4 * * 1")`` would fire on Tuesdays; names mean the same to both."""
-    if field == "*" or any(c.isalpha() for c in field):
-        return field
-    days: list[int] = []
-    for part in field.split(","):
-        span, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if span == "*":
-            lo, hi = 0, 6
-        elif "-" in span:
-            lo, hi = (int(x) for x in span.split("-", 1))
-        else:
-            lo = int(span)
-            hi = 6 if step_text else lo
-        if not (0 <= lo <= 7 and 0 <= hi <= 7 and lo <= hi and step >= 1):
-            raise ValueError(f"bad weekday field {field!r} in the cron line")
-        days.extend(d % 7 for d in range(lo, hi + 1, step))
-    return ",".join(_CRON_DAYS[d] for d in sorted(set(days)))
-
-
-def cron_trigger(expr: str):
-    """An APScheduler trigger for a standard five-field crontab line (local time)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron line {expr!r} needs 5 fields: minute hour day month weekday")
-    minute, hour, day, month, weekday = fields
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekday))
-
-
-def last_export_time(adapters_dir: str | Path, persona_id: str) -> str | None:
-    """The newest review export any version of the persona was trained on, if any."""
-    times = []
-    for version in list_versions(adapters_dir, persona_id):
-        try:
-            meta = json.loads(
-                (persona_dir(adapters_dir, persona_id) / version / "metadata.json").read_text("utf-8")
-            )
-        except (OSError, ValueError):
-            continue
-        value = meta.get("reviews_exported_at") if isinstance(meta, dict) else None
-        if isinstance(value, str):
-            times.append(value)
-    return max(times) if times else None
+# The trainer's default ``runs_dir`` (trainer/default_train.toml), where a run's checkpoints and
+# TensorBoard logs go; the schedule log goes beside them. ``python -m trainer schedule`` passes
+# the folder its train config names instead.
+DEFAULT_RUNS_DIR = Path("runs")
 
 
 async def _log_hook_errors(what: str, coro: Awaitable[None]) -> str | None:
@@ -108,7 +64,7 @@ async def _log_hook_errors(what: str, coro: Awaitable[None]) -> str | None:
     return None
 
 
-class ScheduledRetrainer:
+class RetrainingSchedule:
     """The retraining job, runnable on a cron schedule (:meth:`start`) or once (:meth:`run_once`).
 
     ``on_new_version(persona, version)`` runs after a successful run (the bot passes a
@@ -124,6 +80,7 @@ class ScheduledRetrainer:
         *,
         train_config: str | Path | None = None,
         runs_dir: str | Path | None = None,
+        default_runs_dir: Callable[[str], Path] | None = None,
         extra_train_args: Sequence[str] = (),
         python: str = sys.executable,
     ) -> None:
@@ -133,6 +90,9 @@ class ScheduledRetrainer:
         self.train_config = Path(train_config) if train_config else None
         # Given to every train run, so its TensorBoard logs and this job's log share one folder.
         self.runs_dir = Path(runs_dir) if runs_dir else None
+        # Without runs_dir the child uses its train config's folder; this says which it is,
+        # per persona, so the schedule log lands beside that run's checkpoints.
+        self.default_runs_dir = default_runs_dir or (lambda persona: DEFAULT_RUNS_DIR)
         self.extra_train_args = list(extra_train_args)
         self.python = python
         self._lock = asyncio.Lock()
@@ -199,57 +159,50 @@ class ScheduledRetrainer:
             log.info("schedule: %s has %d new approved replies (needs %d)", persona, new, needed)
             return Outcome(persona, "skipped", new, message=f"{new} of {needed} new approved replies")
 
-        cfg = load_train_config(self.train_config, persona)
-        reviewed = Path(
-            (cfg.reviewed or "{data_dir}/{persona}-reviewed.jsonl").format(
-                data_dir=self.settings.paths.data_dir, persona=persona
-            )
-        )
-        exported = await export_reviews(self.settings.paths.database, persona, reviewed)
         version = new_version_name()
-        run_dir = (self.runs_dir or Path(cfg.runs_dir)) / persona / version
+        run_dir = (self.runs_dir or self.default_runs_dir(persona)) / persona / version
         log.info("schedule: %s has %d new approved replies; training %s", persona, new, version)
-        code, tail = await self._train(persona, version, reviewed, run_dir / "schedule.log")
+        code, tail = await self._train(persona, version, run_dir / "schedule.log")
 
         if code != 0 or current_version(self.settings.paths.adapters_dir, persona) != version:
             message = f"training {version} failed (exit {code}); the previous adapter stays in use.\n{tail}"
             await self._report_failure(persona, message.strip())
             return Outcome(persona, "failed", new, version, message)
-        log.info("schedule: %s trained %s on %d reviewed dialogues", persona, version, exported.rows)
+        meta = version_metadata(self.settings.paths.adapters_dir, persona, version) or {}
+        reviewed = sum(
+            f.get("dialogues", 0)
+            for f in meta.get("data_files", [])
+            if isinstance(f, dict) and f.get("exported_at")
+        )
+        log.info("schedule: %s trained %s on %d reviewed dialogues", persona, version, reviewed)
         if self.on_new_version is not None:
             error = await _log_hook_errors(f"reloading {persona}", self.on_new_version(persona, version))
             if error:
                 message = f"trained {version}, but the bot could not load it: {error}"
                 await self._report_failure(persona, message)
                 return Outcome(persona, "failed", new, version, message)
-        return Outcome(persona, "trained", new, version, f"{exported.rows} reviewed dialogues")
+        return Outcome(persona, "trained", new, version, f"{reviewed} reviewed dialogues")
 
-    def train_command(self, persona: str, version: str, reviewed: Path) -> list[str]:
+    def train_command(self, persona: str, version: str) -> list[str]:
+        """The child's command line: ``train`` exports the persona's approved replies first."""
         cmd = [self.python, "-m", "trainer"]
         if self.settings.source:
             cmd += ["--config", self.settings.source]
-        cmd += [
-            "train",
-            "--persona",
-            persona,
-            "--version",
-            version,
-            "--reviewed",
-            str(reviewed),
-            "--no-progress",
-        ]
+        cmd += ["train", "--persona", persona, "--version", version, "--export-reviews", "--no-progress"]
         if self.train_config is not None:
             cmd += ["--train-config", str(self.train_config)]
         if self.runs_dir is not None:
             cmd += ["--runs-dir", str(self.runs_dir)]
         return cmd + self.extra_train_args
 
-    async def _train(self, persona: str, version: str, reviewed: Path, log_path: Path) -> tuple[int, str]:
-        """Run ``train`` in a child process; its output goes to a log file in the run folder."""
+    async def _train(self, persona: str, version: str, log_path: Path) -> tuple[int, str]:
+        """Run ``train`` in a child process; its output goes to ``log_path``.
+
+        Returns the exit code and the log's last LOG_TAIL_CHARS characters."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as fh:
             proc = await asyncio.create_subprocess_exec(
-                *self.train_command(persona, version, reviewed),
+                *self.train_command(persona, version),
                 stdout=fh,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
