@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	@# The editable install needs only what it put into the venv; its build record is litter here.
+	rm -rf oshaberi.egg-info
 	touch $@
 
 run: $(VENV)/.installed
