@@ -253,7 +253,7 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("chat.queue_notice_position", s.chat.queue_notice_position, 0, True, " (0: never)"),
         ("discord.review_poll_s", s.discord.review_poll_s, 0, False, " (seconds)"),
         ("discord.shutdown_grace_s", s.discord.shutdown_grace_s, 0, True, " (seconds)"),
-        ("schedule.min_new_approved", s.schedule.min_new_approved, 1, True, ""),
+        ("schedule.min_new_approved", s.schedule.min_new_approved, 0, True, " (0: every tick)"),
     ]
 
 

@@ -82,7 +82,7 @@ OUT_OF_RANGE = [
     ("chat", "queue_notice_position", "-2"),
     ("discord", "review_poll_s", "0"),
     ("discord", "shutdown_grace_s", "-0.5"),
-    ("schedule", "min_new_approved", "0"),
+    ("schedule", "min_new_approved", "-1"),
 ]
 
 
