@@ -8,6 +8,11 @@ python -m bot sync-commands [--guild ID]   # register the slash commands (an exp
 
 from __future__ import annotations
 
+# First, so that outside the venv the user gets one line instead of an import traceback.
+from bot.preflight import require_dependencies
+
+require_dependencies("python -m bot")
+
 import argparse
 import asyncio
 import logging

@@ -65,3 +65,15 @@ def test_one_line_and_no_traceback(tmp_path, args, env, expected):
     assert lines[0].startswith(expected), lines[0]
     assert "Traceback" not in result.stderr
     assert "x.y.z" not in result.stderr
+
+
+@pytest.mark.parametrize("program", ["bot", "trainer"])
+def test_outside_the_venv_one_line_says_to_use_it(tmp_path, program):
+    # -S leaves site-packages off the path: the project's code is found, its dependencies are not,
+    # exactly as with a system python that never had the project installed.
+    result = run_entry_point(["-S", "-m", program, "chat" if program == "bot" else "prepare"], {}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "does not have the project's dependencies (missing: torch" in lines[0]
+    assert f".venv/bin/python -m {program}" in lines[0] and "make run" in lines[0]

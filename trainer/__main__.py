@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+# First, so that outside the venv the user gets one line instead of an import traceback.
+from bot.preflight import require_dependencies
+
+require_dependencies("python -m trainer")
+
 import argparse
 import importlib
 import logging
