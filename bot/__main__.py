@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings, discord_token, load_settings
 from bot.model_loading import ModelLoadError
+from bot.quiet import quiet_libraries
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_libraries(verbose)
     if not verbose:
         # Offline, the hub client warns once per file it tries; the one-line error below says it all.
         from huggingface_hub.utils import logging as hub_logging
