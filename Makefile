@@ -29,6 +29,7 @@ e2e: $(VENV)/.installed
 	$(PY) -m tests.e2e.load --users 50 --channels 5 --messages 500 --out e2e-results.json
 
 bench: $(VENV)/.installed
+	@echo "benchmark: about 4 minutes on a 2-core CPU, progress below; figures to results.json"
 	$(PY) -m benchmarks.hotswap --out results.json
 
 clean:
