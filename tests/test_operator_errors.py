@@ -77,3 +77,28 @@ def test_outside_the_venv_one_line_says_to_use_it(tmp_path, program):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "does not have the project's dependencies (missing: torch" in lines[0]
     assert f".venv/bin/python -m {program}" in lines[0] and "make run" in lines[0]
+
+
+def test_a_broken_default_persona_card_is_named_before_the_model_loads(tmp_path):
+    from dataclasses import replace
+
+    from bot.__main__ import check_personas
+    from bot.config import Settings
+    from personas.card import UnknownPersonaError
+
+    shipped = ROOT / "personas"
+    for persona in ("marisa", "zundamon"):
+        (tmp_path / persona).mkdir()
+        for file in (shipped / persona).iterdir():
+            (tmp_path / persona / file.name).write_bytes(file.read_bytes())
+    card = tmp_path / "marisa" / "persona.toml"
+    card.write_text("not_a_field = 1\n" + card.read_text(encoding="utf-8"), encoding="utf-8")
+    settings = Settings()
+    settings = replace(settings, paths=replace(settings.paths, personas_dir=str(tmp_path)))
+
+    with pytest.raises(UnknownPersonaError) as caught:
+        check_personas(settings, [("chat.default_persona", "marisa")])
+    message = str(caught.value)
+    assert message.startswith("chat.default_persona: persona 'marisa' cannot be used: ")
+    assert str(card) in message and "not_a_field" in message
+    check_personas(settings, [("--persona", "zundamon")])  # a card that loads passes
