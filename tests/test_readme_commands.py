@@ -190,3 +190,6 @@ def test_the_marked_blocks_run_on_a_fresh_clone(tmp_path):
             )
             assert result.returncode == 0, f"{where} failed:\n{result.stdout}\n{result.stderr}"
             assert "Traceback" not in result.stderr, f"{where}:\n{result.stderr}"
+            if "tiny-model models/tiny" in block.text:
+                # The hint the command prints follows the documents' way of running commands.
+                assert "try it: OSHABERI_MODEL=models/tiny .venv/bin/python -m bot chat" in result.stdout
