@@ -142,7 +142,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if not isinstance(value, str | int | float):
                 raise ValueError(value)
             return str(value)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a TOML table or list where a number belongs
         raise ConfigError(f"{where}: {value!r} is not {_TYPE_WORDS[annotation]}") from None
     raise ConfigError(f"{where}: unsupported setting type {annotation}")
 

@@ -61,6 +61,8 @@ def test_file_then_environment_then_aliases(tmp_path):
         ),
         ("", {"OSHABERI_DEFAULT_PERSONA": " "}, "chat.default_persona: must name a persona"),
         ("[discord]\nallowed_channels = [-5]\n", {}, "discord.allowed_channels: Discord ids are positive"),
+        ("[chat]\nrate_limit_per_minute = [1]\n", {}, r"rate_limit_per_minute: \[1\] is not a number"),
+        ("[worker]\nqueue_size = {a = 1}\n", {}, r"queue_size: \{'a': 1\} is not an integer"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, environ, message):
