@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.filemode import respect_umask
 from personas.card import PersonaCard
 
 CURRENT_FILE = "CURRENT"
@@ -71,6 +72,7 @@ def set_current(adapters_dir: str | Path, persona_id: str, version: str) -> None
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".current-")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(version + "\n")
+    respect_umask(tmp)
     os.replace(tmp, root / CURRENT_FILE)
 
 

@@ -33,6 +33,7 @@ import torch
 from bot.adapters import _VERSION_RE as VERSION_RE
 from bot.adapters import new_version_name, persona_dir, set_current
 from bot.config import ModelSettings, Settings
+from bot.filemode import respect_umask
 from bot.model_loading import (
     LoadedModel,
     load_base_model,
@@ -232,6 +233,7 @@ def _save_checkpoint(
         ),
         encoding="utf-8",
     )
+    respect_umask(tmp)  # safetensors writes through a 0600 temp file
     final = run_dir / CHECKPOINT_DIR
     old = run_dir / (CHECKPOINT_DIR + ".old")
     if final.exists():
@@ -280,6 +282,7 @@ def _publish(
         (staging / "metadata.json").write_text(
             json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8"
         )
+        respect_umask(staging)  # safetensors writes through a 0600 temp file
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
     finally:
