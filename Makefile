@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	@# The editable install needs only what it put into the venv; its build record is litter here.
+	rm -rf oshaberi.egg-info
 	touch $@
 
 run: $(VENV)/.installed
@@ -27,6 +29,7 @@ e2e: $(VENV)/.installed
 	$(PY) -m tests.e2e.load --users 50 --channels 5 --messages 500 --out e2e-results.json
 
 bench: $(VENV)/.installed
+	@echo "benchmark: about 4 minutes on a 2-core CPU, progress below; figures to results.json"
 	$(PY) -m benchmarks.hotswap --out results.json
 
 clean:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from bot.adapters import AdapterSource
 from bot.config import ModelSettings, WorkerSettings
@@ -90,10 +91,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-async def run(shape_name: str, quant: str, device: str, repeats: int, workdir: Path) -> Figures:
+def stage_count(repeats: int) -> int:
+    """Progress units of one run: the build, warm-up + ``repeats`` runs of A, B, C and the engine
+    loop, then D's switching and loading."""
+    return 1 + 4 * (repeats + 1) + 2
+
+
+async def run(
+    shape_name: str, quant: str, device: str, repeats: int, workdir: Path, progress: tqdm | None = None
+) -> Figures:
     """Every torch call runs on the worker thread, as in the bot (see GenerationWorker.launch):
-    A, C and D through ``worker.call``, B through ``worker.submit``."""
+    A, C and D through ``worker.call``, B through ``worker.submit``. ``progress`` (a tqdm bar of
+    ``stage_count(repeats)`` units) is advanced between timed runs, never inside one."""
     adapter_dirs: dict[str, Path] = {}
+    bar = progress if progress is not None else tqdm(disable=True)
+    bar.set_description("building the model and 4 adapters")
 
     def build() -> Engine:
         model_dir = build_tiny_model(workdir / "model", "gpt-neox", seed=0, shape=SHAPES[shape_name])
@@ -107,13 +119,16 @@ async def run(shape_name: str, quant: str, device: str, repeats: int, workdir: P
         return engine
 
     worker = await GenerationWorker.launch(build, WorkerSettings(max_batch_size=8, batch_window_ms=10))
+    bar.update(1)
     try:
-        return await _measure(worker, adapter_dirs, repeats)
+        return await _measure(worker, adapter_dirs, repeats, bar)
     finally:
         await worker.stop()
 
 
-async def _measure(worker: GenerationWorker, adapter_dirs: dict[str, Path], repeats: int) -> Figures:
+async def _measure(
+    worker: GenerationWorker, adapter_dirs: dict[str, Path], repeats: int, bar: tqdm
+) -> Figures:
     engine = worker.engine
     base_bytes = sum(
         p.numel() * p.element_size() for n, p in engine._peft.named_parameters() if "lora_" not in n
@@ -175,8 +190,9 @@ async def _measure(worker: GenerationWorker, adapter_dirs: dict[str, Path], repe
         assert all(x.new_tokens == NEW_TOKENS for x in results), [x.new_tokens for x in results]
         assert max(x.batch_size for x in results) > 1
 
-    async def timed(step) -> float:
+    async def timed(step, label: str) -> float:
         """Median wall time of ``repeats`` runs after one warm-up; ``step`` runs on the worker thread."""
+        bar.set_description(label)
 
         async def once():
             if step is mixed:
@@ -185,19 +201,21 @@ async def _measure(worker: GenerationWorker, adapter_dirs: dict[str, Path], repe
                 await worker.call(step)
 
         await once()
+        bar.update(1)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             await once()
             times.append(time.perf_counter() - start)
+            bar.update(1)
         return statistics.median(times)
 
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    serial_s = await timed(serial)
-    mixed_s = await timed(mixed)
-    single_s = await timed(single)
-    engine_single_s = await timed(engine_single)
+    serial_s = await timed(serial, "A serial")
+    mixed_s = await timed(mixed, "B mixed batches")
+    single_s = await timed(single, "C one batch, one adapter")
+    engine_single_s = await timed(engine_single, "C engine decode loop")
 
     def switching(_engine) -> float:
         switches = 200
@@ -214,8 +232,11 @@ async def _measure(worker: GenerationWorker, adapter_dirs: dict[str, Path], repe
             loads.append(time.perf_counter() - start)
         return statistics.median(loads) * 1000
 
+    bar.set_description("D adapter switching and loading")
     switch_ms = await worker.call(switching)
+    bar.update(1)
     load_ms = await worker.call(loading)
+    bar.update(1)
     return Figures(
         serial_tok_s=total_tokens / serial_s,
         mixed_tok_s=total_tokens / mixed_s,
@@ -242,11 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="oshaberi-bench-") as tmp:
-        fig = asyncio.run(run(args.shape, args.quant, args.device, args.repeats, Path(tmp)))
+    # The bar goes to stderr, so the figures on stdout stay clean for a pipe.
+    with (
+        tempfile.TemporaryDirectory(prefix="oshaberi-bench-") as tmp,
+        tqdm(total=stage_count(args.repeats), unit="run", file=sys.stderr, disable=args.no_progress) as bar,
+    ):
+        fig = asyncio.run(run(args.shape, args.quant, args.device, args.repeats, Path(tmp), bar))
     result = {
         **fig.__dict__,
         "mixed_over_serial": fig.mixed_tok_s / fig.serial_tok_s,

@@ -8,14 +8,21 @@ python -m bot sync-commands [--guild ID]   # register the slash commands (an exp
 
 from __future__ import annotations
 
+# First, so that outside the venv the user gets one line instead of an import traceback.
+from bot.preflight import require_dependencies
+
+require_dependencies("python -m bot")
+
 import argparse
 import asyncio
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from bot.config import ConfigError, Settings, discord_token, load_settings
 from bot.model_loading import ModelLoadError
+from bot.quiet import quiet_libraries
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
@@ -57,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_personas(settings: Settings, persona_ids: list[tuple[str, str]]) -> None:
+    """Raise UnknownPersonaError now, before the model loads (minutes), for a persona no card defines.
+
+    ``persona_ids`` are (where it was set, persona id) pairs; the message starts with the where.
+    Reading the cards is cheap (TOML files); the runtime reads them again and logs bad ones.
+    """
+    from personas.card import load_cards
+
+    directory = settings.paths.personas_dir
+    cards = load_cards(Path(directory) if directory else None)
+    for where, persona_id in persona_ids:
+        if persona_id in cards.cards:
+            continue
+        broken = [str(e) for e in cards.errors if Path(e.path).parent.name == persona_id]
+        if broken:
+            raise UnknownPersonaError(f"{where}: persona {persona_id!r} cannot be used: {broken[0]}")
+        try:
+            cards.get(persona_id)
+        except UnknownPersonaError as exc:
+            raise UnknownPersonaError(f"{where}: {exc}") from None
+
+
 def run_chat(settings: Settings, persona_id: str | None) -> int:
     from bot.console import run_console
     from bot.runtime import Runtime
@@ -87,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_libraries(verbose)
     if not verbose:
         # Offline, the hub client warns once per file it tries; the one-line error below says it all.
         from huggingface_hub.utils import logging as hub_logging
@@ -100,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "model", None):
             settings = replace(settings, model=replace(settings.model, base_model=args.model))
         token = discord_token()
+        if args.command != "sync-commands":
+            # chat.default_persona answers mentions in Discord and starts the console: check it first.
+            wanted = [("chat.default_persona", settings.chat.default_persona)]
+            if getattr(args, "persona", None):
+                wanted.append(("--persona", args.persona))
+            check_personas(settings, wanted)
         if args.command == "sync-commands":
             if not token:
                 print("error: DISCORD_TOKEN is not set (environment or .env)", file=sys.stderr)

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.filemode import respect_umask
 from personas.card import PersonaCard
 
 CURRENT_FILE = "CURRENT"
@@ -98,6 +99,7 @@ def set_current(adapters_dir: str | Path, persona_id: str, version: str) -> None
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".current-")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(version + "\n")
+    respect_umask(tmp)
     os.replace(tmp, root / CURRENT_FILE)
 
 
@@ -130,6 +132,7 @@ def publish_version(
         (staging / METADATA_FILE).write_text(
             json.dumps(metadata, ensure_ascii=False, indent=1), encoding="utf-8"
         )
+        respect_umask(staging)  # safetensors writes through a 0600 temp file
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
     finally:

@@ -8,6 +8,7 @@ token is never read from the file: only from ``DISCORD_TOKEN`` in the environmen
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import types
@@ -107,6 +108,9 @@ class Settings:
     source: str = ""
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Turn a TOML or environment value into the field's type, or say clearly why not."""
     origin = typing.get_origin(annotation)
@@ -133,15 +137,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if annotation is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(number := float(value)):
                 raise ValueError(value)
-            return float(value)
+            return number
         if annotation is str:
             if not isinstance(value, str | int | float):
                 raise ValueError(value)
             return str(value)
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not a valid {annotation.__name__}") from None
+    except (ValueError, TypeError):  # TypeError: a TOML table or list where a number belongs
+        raise ConfigError(f"{where}: {value!r} is not {_TYPE_WORDS[annotation]}") from None
     raise ConfigError(f"{where}: unsupported setting type {annotation}")
 
 
@@ -192,7 +196,6 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             settings, **{name: apply_overrides(getattr(settings, name), values, f"{config_path} [{name}]")}
         )
 
-    env_values: dict[str, dict[str, str]] = {}
     for var, value in environ.items():
         if var in ENV_ALIASES:
             section, key = ENV_ALIASES[var]
@@ -202,30 +205,65 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
                 raise ConfigError(f"environment variable {var}: unknown section '{section}'")
         else:
             continue
-        env_values.setdefault(section, {})[key] = value
-    for section, values in env_values.items():
-        settings = replace(
-            settings, **{section: apply_overrides(getattr(settings, section), values, "environment")}
-        )
+        # One variable at a time, so an error names the variable the operator actually set.
+        current = getattr(settings, section)
+        if key not in {f.name for f in fields(current)}:
+            known = ", ".join(f"{ENV_PREFIX}{section.upper()}__{f.name.upper()}" for f in fields(current))
+            raise ConfigError(f"environment variable {var}: unknown setting (known: {known})")
+        coerced = _coerce(value, _section_types(type(current))[key], var)
+        settings = replace(settings, **{section: replace(current, **{key: coerced})})
     _validate(settings)
     return settings
 
 
 def _validate(settings: Settings) -> None:
-    m, w = settings.model, settings.worker
+    m = settings.model
     if m.quantization not in ("auto", "4bit", "8bit", "none"):
         raise ConfigError(f"model.quantization: {m.quantization!r} is not one of auto, 4bit, 8bit, none")
     if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype: {m.dtype!r} is not one of auto, float32, bfloat16, float16")
     if not (m.device in ("auto", "cpu", "cuda") or m.device.startswith("cuda:")):
         raise ConfigError(f"model.device: {m.device!r} is not one of auto, cpu, cuda, cuda:N")
-    if not settings.chat.stream_edit_interval_s > 0:
-        raise ConfigError(
-            f"chat.stream_edit_interval_s: {settings.chat.stream_edit_interval_s} must be above 0 "
-            "(Discord allows about 5 edits per 5 s in a channel; 1.5 is a good value)"
-        )
-    if w.max_batch_size < 1 or w.queue_size < 1 or w.request_timeout_s <= 0 or w.batch_window_ms < 0:
-        raise ConfigError("worker: max_batch_size and queue_size must be >= 1, request_timeout_s > 0")
+    for key, value, lowest, inclusive, hint in _ranges(settings):
+        if value < lowest or (value == lowest and not inclusive):
+            bound = f">= {lowest}" if inclusive else f"> {lowest}"
+            section, _, name = key.partition(".")
+            raise ConfigError(
+                f"{key} ({ENV_PREFIX}{section.upper()}__{name.upper()}): {value!r} must be {bound}{hint}"
+            )
+    for key, ids in (
+        ("discord.allowed_channels", settings.discord.allowed_channels),
+        ("discord.allowed_roles", settings.discord.allowed_roles),
+        ("discord.owner_ids", settings.discord.owner_ids),
+    ):
+        if any(i <= 0 for i in ids):
+            raise ConfigError(f"{key}: Discord ids are positive numbers, got {list(ids)}")
+    if not settings.chat.default_persona.strip():
+        raise ConfigError("chat.default_persona: must name a persona (an id under personas/)")
+
+
+def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
+    """(key, value, lowest, lowest allowed?, hint) for every number that has a sensible range."""
+    return [
+        ("worker.max_batch_size", s.worker.max_batch_size, 1, True, ""),
+        ("worker.batch_window_ms", s.worker.batch_window_ms, 0, True, ""),
+        ("worker.queue_size", s.worker.queue_size, 1, True, ""),
+        ("worker.request_timeout_s", s.worker.request_timeout_s, 0, False, " (seconds)"),
+        ("chat.history_messages", s.chat.history_messages, 0, True, ""),
+        ("chat.rate_limit_per_minute", s.chat.rate_limit_per_minute, 0, True, " (0 switches the limit off)"),
+        ("chat.rate_limit_burst", s.chat.rate_limit_burst, 1, True, ""),
+        ("chat.queue_notice_position", s.chat.queue_notice_position, 0, True, " (0: never)"),
+        (
+            "chat.stream_edit_interval_s",
+            s.chat.stream_edit_interval_s,
+            0,
+            False,
+            " (seconds; Discord allows about 5 edits per 5 s in a channel, 1.5 is a good value)",
+        ),
+        ("discord.review_poll_s", s.discord.review_poll_s, 0, False, " (seconds)"),
+        ("discord.shutdown_grace_s", s.discord.shutdown_grace_s, 0, True, " (seconds)"),
+        ("schedule.min_new_approved", s.schedule.min_new_approved, 0, True, " (0: every tick)"),
+    ]
 
 
 def discord_token(environ: dict[str, str] | None = None, dotenv_path: str | Path = ".env") -> str | None:

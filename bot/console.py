@@ -9,6 +9,7 @@ not be answered (the reason goes to stderr) — and nothing else on stdout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import TextIO
 
@@ -95,11 +96,18 @@ class ConsoleChat:
             self._say(f"talking with {name} (adapter: {self.adapter_labels()[self.persona_id]}). {HELP}")
         while True:
             if self.interactive:
-                print(f"{self.persona_id}> ", end="", file=self.out, flush=True)
-            line = await asyncio.to_thread(stdin.readline)
-            if not line:
-                return 0
+                try:
+                    # input() edits the line with readline (arrow keys, history) once it is imported.
+                    line = await asyncio.to_thread(input, f"{self.persona_id}> ")
+                except EOFError:
+                    return 0
+            else:
+                line = await asyncio.to_thread(stdin.readline)
+                if not line:
+                    return 0
             line = line.rstrip("\n")
+            if self.interactive and not line.strip():
+                continue  # an empty Enter asks nothing: a new prompt, no error
             if line.startswith("/"):
                 keep_going = self.command(line)
                 if not self.interactive:
@@ -158,5 +166,9 @@ async def run_console(
     err: TextIO = sys.stderr,
 ) -> int:
     runtime.cards.get(persona_id)
-    chat = ConsoleChat(runtime, persona_id, out, err, interactive=stdin.isatty())
+    interactive = stdin.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):  # not on every platform (Windows)
+            import readline  # noqa: F401 - importing it gives input() line editing
+    chat = ConsoleChat(runtime, persona_id, out, err, interactive=interactive)
     return await chat.run(stdin)

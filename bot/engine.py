@@ -13,6 +13,7 @@ Only the worker thread may call an Engine: nothing here is thread-safe, by desig
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import time
@@ -71,6 +72,10 @@ class Engine:
         self._banned_cache: dict[str, list[list[int]]] = {}
         self._vocab_texts: list[str] | None = None  # filled on first use of banned words
         self.max_positions = int(getattr(loaded.model.config, "max_position_embeddings", 2048) or 2048)
+        # transformers 5.x renamed the forward's KV-cache argument (and output) from
+        # past_key_values to cache, and warns on every call that uses the old name.
+        forward_args = inspect.signature(loaded.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> Engine:
@@ -227,15 +232,15 @@ class Engine:
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
+        kwargs[self._cache_arg] = cache
         if self._peft is not None and self._resident:
             out = self._peft(**kwargs, adapter_names=adapter_names)
         else:
             out = self.loaded.model(**kwargs)
-        return out.logits[:, -1, :].float(), out.past_key_values
+        return out.logits[:, -1, :].float(), out[self._cache_arg]
 
     def _new_row(self, req: GenerationRequest) -> _Row:
         ids = encode_prompt(self.tokenizer, req.prompt)

@@ -4,7 +4,7 @@ Only the script's plumbing is tested here; speed is measured by running it, neve
 
 import json
 
-from benchmarks.hotswap import PROMPT_TOKENS, main, prompt_of
+from benchmarks.hotswap import PROMPT_TOKENS, main, prompt_of, stage_count
 from bot.model_loading import load_tokenizer
 
 KEYS = {
@@ -38,4 +38,9 @@ def test_benchmark_writes_its_figures(tmp_path, capsys):
     assert figures["device"] == "cpu" and figures["requests"] == 8
     assert all(figures[k] > 0 for k in ("serial_tok_s", "mixed_tok_s", "single_adapter_tok_s", "load_ms"))
     assert abs(figures["mixed_over_serial"] - figures["mixed_tok_s"] / figures["serial_tok_s"]) < 1e-9
-    assert "B/A" in capsys.readouterr().out
+    # Progress goes to stderr, stage by stage, to the last unit; stdout keeps only the figures.
+    captured = capsys.readouterr()
+    for stage in ("building the model", "A serial", "B mixed batches", "D adapter switching"):
+        assert stage in captured.err
+    assert f"{stage_count(1)}/{stage_count(1)}" in captured.err
+    assert "run/s" not in captured.out and "B/A" in captured.out

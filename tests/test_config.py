@@ -29,12 +29,40 @@ def test_file_then_environment_then_aliases(tmp_path):
     [
         ("[model]\nbase_modle = 'x'\n", {}, "unknown key 'base_modle'"),
         ("[modle]\n", {}, r"unknown section \[modle\]"),
-        ("[worker]\nqueue_size = 'many'\n", {}, "queue_size: 'many' is not a valid int"),
+        ("[worker]\nqueue_size = 'many'\n", {}, r"\[worker\]\.queue_size: 'many' is not an integer"),
         ("[model]\nquantization = '3bit'\n", {}, "quantization"),
         ("[discord]\ntoken = 'abc'\n", {}, "DISCORD_TOKEN"),
         ("", {"OSHABERI_NOPE__X": "1"}, "unknown section 'nope'"),
-        ("", {"OSHABERI_SCHEDULE__ENABLED": "perhaps"}, "not a valid bool"),
+        (
+            "",
+            {"OSHABERI_SCHEDULE__ENABLED": "perhaps"},
+            "OSHABERI_SCHEDULE__ENABLED: 'perhaps' is not true or false",
+        ),
         ("[model\n", {}, "not valid TOML"),
+        (
+            "",
+            {"OSHABERI_CHAT__HISTORY_MESSAGES": "abc"},
+            "^OSHABERI_CHAT__HISTORY_MESSAGES: 'abc' is not an integer$",
+        ),
+        (
+            "",
+            {"OSHABERI_DB": "x", "OSHABERI_WORKER__QUEUE_SIZE": "1.5"},
+            "^OSHABERI_WORKER__QUEUE_SIZE: '1.5'",
+        ),
+        (
+            "",
+            {"OSHABERI_CHAT__RATE_LIMIT_PER_MINUTE": "nan"},
+            "^OSHABERI_CHAT__RATE_LIMIT_PER_MINUTE: 'nan' is not a number",
+        ),
+        (
+            "",
+            {"OSHABERI_CHAT__HISTORY_MESAGES": "3"},
+            "^environment variable OSHABERI_CHAT__HISTORY_MESAGES: unknown setting",
+        ),
+        ("", {"OSHABERI_DEFAULT_PERSONA": " "}, "chat.default_persona: must name a persona"),
+        ("[discord]\nallowed_channels = [-5]\n", {}, "discord.allowed_channels: Discord ids are positive"),
+        ("[chat]\nrate_limit_per_minute = [1]\n", {}, r"rate_limit_per_minute: \[1\] is not a number"),
+        ("[worker]\nqueue_size = {a = 1}\n", {}, r"queue_size: \{'a': 1\} is not an integer"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, environ, message):
@@ -42,6 +70,47 @@ def test_bad_settings_name_the_key(tmp_path, text, environ, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, environ=environ)
+
+
+# Every number with a sensible range, just outside it, from the file and from the environment.
+OUT_OF_RANGE = [
+    ("worker", "max_batch_size", "0"),
+    ("worker", "batch_window_ms", "-1"),
+    ("worker", "queue_size", "0"),
+    ("worker", "request_timeout_s", "0"),
+    ("chat", "history_messages", "-1"),
+    ("chat", "rate_limit_per_minute", "-1"),
+    ("chat", "rate_limit_burst", "0"),
+    ("chat", "queue_notice_position", "-2"),
+    ("discord", "review_poll_s", "0"),
+    ("discord", "shutdown_grace_s", "-0.5"),
+    ("schedule", "min_new_approved", "-1"),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value"), OUT_OF_RANGE)
+def test_out_of_range_numbers_are_refused_in_one_line(tmp_path, section, key, value):
+    variable = f"OSHABERI_{section.upper()}__{key.upper()}"
+    expected = rf"^{section}\.{key} \({variable}\): -?[0-9.]+ must be [>]=? "
+    for text, environ in ((f"[{section}]\n{key} = {value}\n", {}), ("", {variable: value})):
+        path = tmp_path / "oshaberi.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=expected) as caught:
+            load_settings(path, environ=environ)
+        assert "must be" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_boundary_values_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    environ = {
+        "OSHABERI_CHAT__RATE_LIMIT_PER_MINUTE": "0",
+        "OSHABERI_CHAT__HISTORY_MESSAGES": "0",
+        "OSHABERI_CHAT__QUEUE_NOTICE_POSITION": "0",
+        "OSHABERI_WORKER__BATCH_WINDOW_MS": "0",
+        "OSHABERI_DISCORD__SHUTDOWN_GRACE_S": "0",
+    }
+    settings = load_settings(environ=environ)
+    assert settings.chat.rate_limit_per_minute == 0 and settings.chat.history_messages == 0
 
 
 def test_a_named_config_file_must_exist(tmp_path):

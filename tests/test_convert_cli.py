@@ -83,7 +83,22 @@ def test_a_missing_source_is_one_line_and_exit_2(tmp_path, capsys):
 
 def test_a_folder_without_matching_files_is_exit_2(tmp_path, capsys):
     assert prepare("--format", "nucc", FIXTURES / "pairs", "-o", tmp_path / "o.jsonl") == 2
-    assert "no nucc files" in capsys.readouterr().err
+    assert "no nucc files (data*.txt) in " in capsys.readouterr().err
+
+
+def test_without_persona_speaker_prepare_names_the_speakers_to_choose_from(tmp_path, capsys):
+    assert prepare("--format", "nucc", FIXTURES / "nucc", "-o", tmp_path / "n.jsonl") == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "--persona-speaker" in note[0]
+    assert "F101 (3 turns)" in note[0] and "M102 (3 turns)" in note[0]
+    # With it, or for a format that always knows its persona, there is nothing to say.
+    assert (
+        prepare(
+            "--format", "nucc", FIXTURES / "nucc", "-o", tmp_path / "m.jsonl", "--persona-speaker", "F101"
+        )
+        == 0
+    )
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_the_output_is_never_read_back_as_input(tmp_path):

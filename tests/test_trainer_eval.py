@@ -155,7 +155,7 @@ def test_side_by_side_report_with_the_engine_generating_probe_answers(setup):
     assert "ranking Recall@5" in table and "v1" in table and "おはよう" in table
 
 
-def test_eval_cli_writes_json_and_table(setup, tmp_path, monkeypatch):
+def test_eval_cli_writes_json_and_table(setup, tmp_path, monkeypatch, capsys):
     from trainer.__main__ import main
 
     root, settings, tsv = setup
@@ -177,6 +177,9 @@ def test_eval_cli_writes_json_and_table(setup, tmp_path, monkeypatch):
     assert [v["label"] for v in report["versions"]] == ["v1", "v2"]
     assert report["metrics"]["v2"]["ranking"]["contexts"] == 2
     assert "validation perplexity" in out.with_suffix(".txt").read_text(encoding="utf-8")
+    # The ranking set gets a progress bar per version on stderr, counting contexts to the end.
+    err = capsys.readouterr().err
+    assert "ranking v1" in err and "ranking v2" in err and "2/2" in err
     assert main(["--config", str(config), "eval", "--persona", "marisa", "--version", "v9"]) == 1
 
 

@@ -13,6 +13,7 @@ import torch
 from bot.adapters import STAGING_DIR, current_version, list_versions, resolve_adapter, set_current
 from bot.config import ModelSettings, PathSettings, Settings
 from bot.engine import Engine
+from bot.filemode import default_file_mode
 from bot.generation import BASE_ADAPTER, GenerationRequest
 from bot.model_loading import encode_prompt, load_base_model
 from personas.card import GenerationParams, load_cards
@@ -115,6 +116,11 @@ def test_training_lowers_the_loss_and_publishes_a_complete_version(env):
         (Path(settings.paths.adapters_dir) / STAGING_DIR).iterdir()
     )
     assert list((root / "runs" / "marisa" / "v-ref").glob("events.out.tfevents.*"))
+    # Published files get the umask's mode (safetensors and the CURRENT pointer go through 0600 temp files).
+    published = [*version_dir.iterdir(), version_dir.parent / "CURRENT"]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in published} == {
+        p.name: oct(default_file_mode()) for p in published
+    }
 
     # Independently of the trainer's own numbers: the persona's replies got likelier.
     from peft import PeftModel

@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+# First, so that outside the venv the user gets one line instead of an import traceback.
+from bot.preflight import require_dependencies
+
+require_dependencies("python -m trainer")
+
 import argparse
 import importlib
 import logging
 import sys
+
+from bot.quiet import quiet_libraries
 
 # command name -> (module, one-line help). Modules are imported only when their command runs,
 # so `prepare` never pays for importing torch.
@@ -43,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
+    quiet_libraries(args.verbose)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:

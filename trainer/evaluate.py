@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from bot.adapters import AdapterSource, check_adapter_files, current_version, list_versions, persona_dir
 from bot.config import Settings
@@ -224,11 +226,17 @@ def recall_at_k(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
 
 
 @torch.no_grad()
-def ranking_scores(model, contexts, renderer, tokenizer, device, dtype) -> np.ndarray:
-    """Summed log-probability of each candidate given its context, shape (contexts, 10)."""
+def ranking_scores(
+    model, contexts, renderer, tokenizer, device, dtype, progress: str | None = None
+) -> np.ndarray:
+    """Summed log-probability of each candidate given its context, shape (contexts, 10).
+
+    ``progress``: the label of a tqdm bar on stderr (one tick per context), or None for none.
+    """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = np.zeros((len(contexts), RANKING_CANDIDATES))
-    for i, ctx in enumerate(contexts):
+    ticks = tqdm(contexts, desc=progress, unit="context", file=sys.stderr, disable=progress is None)
+    for i, ctx in enumerate(ticks):
         sums, _ = batch_nll(model, collate(ranking_examples(ctx, renderer, tokenizer), pad_id), device, dtype)
         scores[i] = -sums.double().cpu().numpy()
     return scores
@@ -272,8 +280,12 @@ def evaluate(
     probes: Sequence[str] = (),
     seed: int = 0,
     loaded: LoadedModel | None = None,
+    progress: bool = False,
 ) -> Report:
-    """Score every target on the same data; see the module docstring for the measures."""
+    """Score every target on the same data; see the module docstring for the measures.
+
+    ``progress`` shows a bar on stderr while the ranking set is scored (2,000 contexts x 10
+    candidates per version: minutes on a CPU)."""
     from peft import PeftModel
 
     loaded = loaded or load_base_model(settings.model)
@@ -327,7 +339,10 @@ def evaluate(
                     val_loss=nll, val_perplexity=perplexity(nll), val_tokens=tokens, val_examples=len(val)
                 )
             if contexts:
-                scores = ranking_scores(model, contexts, renderer, tokenizer, loaded.device, loaded.dtype)
+                label = f"ranking {target.label}" if progress else None
+                scores = ranking_scores(
+                    model, contexts, renderer, tokenizer, loaded.device, loaded.dtype, progress=label
+                )
                 labels = np.array([c.labels for c in contexts])
                 metrics[target.label]["ranking"] = {
                     "contexts": len(contexts),

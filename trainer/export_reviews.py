@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.filemode import respect_umask
 from bot.store import ExportRow, Store, utc_now
 from personas.render import clean_text
 from trainer.convert.common import PERSONA_SPEAKER, USER_SPEAKER
@@ -60,6 +61,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        respect_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from bot.filemode import respect_umask
+
 CHUNK_BYTES = 1 << 16
 TIMEOUT_S = 60.0
 ALLOWED_SCHEMES = ("http", "https", "file")  # file:// for mirrors and for the tests
@@ -105,6 +107,7 @@ def download(url: str, target: Path, timeout: float = TIMEOUT_S) -> int:
             raise FetchError(
                 f"{url} is a Git LFS pointer, not the file itself; try the github.com/…/raw/ URL"
             )
+        respect_umask(tmp)
         os.replace(tmp, target)
         return size
     except urllib.error.HTTPError as exc:

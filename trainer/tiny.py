@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from bot.filemode import respect_umask
+
 ARCHITECTURES = ("gpt-neox", "llama")
 _HIRAGANA = "".join(chr(c) for c in range(0x3041, 0x3097))
 _KATAKANA = "".join(chr(c) for c in range(0x30A1, 0x30FB))
@@ -167,6 +169,7 @@ def build_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_config(arch, tokenizer, shape))
     model.save_pretrained(out)
+    respect_umask(out)  # safetensors writes through a 0600 temp file
     return out
 
 

@@ -33,6 +33,7 @@ import torch
 
 from bot.adapters import is_version_name, new_version_name, publish_version, version_dir
 from bot.config import ModelSettings, Settings
+from bot.filemode import respect_umask
 from bot.model_loading import (
     LoadedModel,
     load_base_model,
@@ -231,6 +232,7 @@ def _save_checkpoint(
         ),
         encoding="utf-8",
     )
+    respect_umask(tmp)  # safetensors writes through a 0600 temp file
     final = run_dir / CHECKPOINT_DIR
     old = run_dir / (CHECKPOINT_DIR + ".old")
     if final.exists():

@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-probes", action="store_true")
     parser.add_argument("--gen-seed", type=int, default=0, help="sampling seed for the probe answers")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument("-o", "--out", type=Path, help="JSON report (default: runs/<persona>/eval-….json)")
     parser.add_argument("--train-config", type=Path, help="where the validation split comes from")
     add_override_arguments(parser, only=_DATA_KEYS)
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             ranking_limit=args.limit,
             probes=probes,
             seed=args.gen_seed,
+            progress=not args.no_progress,
         )
     except (
         ConfigError,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -101,13 +102,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
     if not files:
-        print(f"prepare: no {args.format} files in {', '.join(map(str, args.src))}", file=sys.stderr)
+        patterns = " or ".join(FORMATS[args.format].PATTERNS)
+        print(
+            f"prepare: no {args.format} files ({patterns}) in {', '.join(map(str, args.src))}; "
+            "name a file directly to read one with another name",
+            file=sys.stderr,
+        )
         return 2
     _warn_unused(args.format, opts)
     report = Report()
+    speakers: Counter[str] = Counter()
     with JsonlWriter(args.output) as writer:
         for dialogue in convert_files(args.format, files, opts, report):
             writer.write(dialogue)
+            if not dialogue.persona:
+                speakers.update(turn.speaker for turn in dialogue.turns)
         if writer.count:
             writer.commit()
     print(f"{args.format}: {len(files)} file(s); {report.summary()}")
@@ -115,4 +124,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"prepare: no dialogue kept; {args.output} was not written", file=sys.stderr)
         return 1
     print(f"wrote {args.output}")
+    if speakers and "persona_speaker" in FORMATS[args.format].OPTIONS:
+        # Without it `train` finds persona turns only under the speakers its config names.
+        common = ", ".join(f"{name} ({count} turns)" for name, count in speakers.most_common(5))
+        print(
+            "note: no --persona-speaker, so no turn is marked as the persona's; `train` then "
+            f"learns only from the speakers its persona_speakers lists. Most frequent: {common}"
+        )
     return 0

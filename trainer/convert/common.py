@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bot.filemode import respect_umask
+
 USER_SPEAKER = "ユーザー"
 PERSONA_SPEAKER = "persona"
 # Enough bytes to see past an ASCII-only header before the first multibyte character.
@@ -317,6 +319,7 @@ class JsonlWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        respect_umask(self._tmp)
         os.replace(self._tmp, self.out)
         self._tmp = None
 
