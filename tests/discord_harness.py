@@ -600,9 +600,8 @@ def _spy_payloads(monkeypatch, recorded: list[dict[str, Any]]) -> None:
 
 
 async def close_harness(h: Harness) -> None:
-    review = h.bot.get_cog("Review")
-    if review is not None:
-        review.stop_polling()
+    if h.bot.reviews is not None:
+        h.bot.reviews.stop_polling()
     await dpytest.empty_queue()
     if not h.bot.is_closed():
         h.bot.ws = None  # dpytest's fake gateway cannot be closed like a real one
@@ -617,7 +616,7 @@ USER_PERMS = discord.Permissions(send_messages=True, read_messages=True, read_me
 
 def card_message(h: Harness, log_id: int) -> dict[str, Any]:
     """The review card as Discord would send it back in a button interaction (with components)."""
-    from bot.discord.cogs.review import review_view
+    from bot.discord.review_views import review_view
 
     item_msg = {
         "id": str(snowflake()),

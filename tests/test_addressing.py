@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from bot.conversation import strip_markup
-from bot.discord.cogs.chat import mentions_bot
+from bot.discord.history import mentions_bot
 
 BOT = 900
 BOT_ROLE = SimpleNamespace(id=901, tags=SimpleNamespace(bot_id=BOT))

@@ -56,3 +56,13 @@ def test_the_import_finder_sees_function_local_imports(tmp_path: Path) -> None:
         "def f():\n    from trainer.schedule import X\n    import discord.ui\n", encoding="utf-8"
     )
     assert imported_modules(probe) == {"trainer.schedule", "discord.ui"}
+
+
+def test_cogs_are_wired_not_looked_up() -> None:
+    """Cogs get their collaborators in their constructors: no lookups by name, no silenced types."""
+    found = []
+    for path in sources("bot/discord"):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if "get_cog(" in line or "type: ignore" in line:
+                found.append(f"{path.relative_to(ROOT).as_posix()}:{number}: {line.strip()}")
+    assert found == []

@@ -11,15 +11,11 @@ import pytest
 
 from bot.config import DiscordSettings
 from bot.discord.admin_text import status_lines
-from bot.discord.app import (
-    RedactingFilter,
-    apply_api_base_from_env,
-    install_token_redaction,
-    intents,
-    point_discord_at,
-)
+from bot.discord.api_base import apply_api_base_from_env, point_discord_at
+from bot.discord.app import intents
 from bot.discord.checks import channel_allowed, is_moderator, member_allowed
-from bot.discord.cogs.persona import persona_choices
+from bot.discord.persona_options import persona_choices
+from bot.discord.token_redaction import RedactingFilter, install_token_redaction
 from personas.card import load_cards
 from tests.discord_harness import FakeWorker
 

@@ -21,8 +21,9 @@ import discord
 import pytest
 
 from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
-from bot.discord.app import OshaberiBot, point_discord_at
-from bot.discord.cogs.review import TEXT_INPUT_ID
+from bot.discord.api_base import point_discord_at
+from bot.discord.app import OshaberiBot
+from bot.discord.review_views import TEXT_INPUT_ID
 from tests.discord_emulator import Call, DiscordEmulator
 from tests.discord_harness import FakeRuntime, Script
 

@@ -8,7 +8,7 @@ import asyncio
 import discord
 import pytest
 
-from bot.discord.cogs.review import (
+from bot.discord.review_views import (
     EditModal,
     ReviewButton,
     card_ids_in,
@@ -215,7 +215,7 @@ async def test_buttons_and_modal_work_after_a_restart(tmp_path, monkeypatch) -> 
 async def test_dynamic_item_parses_its_custom_id(h: Harness) -> None:
     import re
 
-    from bot.discord.cogs.review import BUTTON_TEMPLATE
+    from bot.discord.review_views import BUTTON_TEMPLATE
 
     match = re.fullmatch(BUTTON_TEMPLATE, "oshaberi:review:reject:9007199254740993")
     item = await ReviewButton.from_custom_id(None, None, match)
@@ -239,7 +239,7 @@ async def test_deleted_item_says_so(h: Harness) -> None:
 
 async def test_poller_posts_trainer_candidates_once(h: Harness) -> None:
     cand = await h.store.add_candidate("zundamon", "ずんだ餅って何？", "枝豆の餅なのだ", "prompt", "v2", {})
-    review = h.bot.get_cog("Review")
+    review = h.bot.reviews
     await review.poller()
     [card] = h.sent(h.review)
     assert "ずんだもん" in card.embeds[0].title and "枝豆の餅なのだ" in card.embeds[0].description
@@ -260,7 +260,7 @@ async def test_a_failed_post_is_retried(h: Harness, monkeypatch) -> None:
         return await original(self, *args, **kwargs)
 
     monkeypatch.setattr(discord.TextChannel, "send", flaky)
-    review = h.bot.get_cog("Review")
+    review = h.bot.reviews
     await review.poller()
     assert h.sent(h.review) == []
     await review.poller()
@@ -278,7 +278,7 @@ async def test_restart_reconciles_cards_posted_but_not_recorded(h: Harness) -> N
 
     stored = dpy_backend._cur_config.messages[h.review.id][-1]
     stored["components"] = review_view(log_id).to_components()
-    review = h.bot.get_cog("Review")
+    review = h.bot.reviews
     await review.poller()
     assert h.sent(h.review) == []  # not posted again
     assert (await h.store.get_review(log_id)).review_message_id == int(stored["id"])
@@ -304,7 +304,7 @@ async def test_modal_is_not_kept_by_discord_py(h: Harness) -> None:
 
 
 async def test_cards_bound_their_texts(h: Harness) -> None:
-    from bot.discord.cogs.review import review_embed
+    from bot.discord.review_views import review_embed
 
     log_id = await logged_reply(h, "長い" * 3000)
     item = await h.store.get_review(log_id)
@@ -315,6 +315,6 @@ async def test_cards_bound_their_texts(h: Harness) -> None:
 
 async def test_concurrent_live_post_and_poller_post_once(h: Harness) -> None:
     log_id = await logged_reply(h)
-    review = h.bot.get_cog("Review")
+    review = h.bot.reviews
     await asyncio.gather(review.post_new(log_id), review.poller(), review.post_new(log_id))
     assert len(h.sent(h.review)) == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.discord.cogs.review import TEXT_INPUT_ID
+from bot.discord.review_views import TEXT_INPUT_ID
 from tests.discord_emulator import Call, DiscordEmulator, InteractionRecord
 from tests.e2e.harness import FAULT_MARKER, SLOW_MARKER
 from tests.e2e.stack import Stack, running_stack

@@ -13,39 +13,43 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
 
-from bot.config import Settings, redact
+from bot.config import Settings
+from bot.discord.api_base import apply_api_base_from_env
+from bot.discord.cogs.admin import Admin
+from bot.discord.cogs.chat import Chat
+from bot.discord.cogs.help import Help
+from bot.discord.cogs.persona import Persona
+from bot.discord.cogs.review import Review
+from bot.discord.command_tree import OshaberiTree
 from bot.discord.connect_errors import CONNECT_ERRORS, GatewayStartupError, describe_connect_error
+from bot.discord.review_queue import ReviewQueue
 from bot.discord.sender import NO_PINGS, ReplySender
+from bot.discord.token_redaction import install_token_redaction
 from bot.looplag import LoopLagMonitor
 from bot.ratelimit import RateLimiter
 from bot.replyflow import LogSpool, ReplyFlow
 from bot.store import Store
 from bot.wordfilter import WordFilter
 
+if TYPE_CHECKING:
+    from bot.retrain_schedule import RetrainingSchedule
+    from bot.runtime import Runtime
+
 log = logging.getLogger(__name__)
-COGS = (
-    "bot.discord.cogs.persona",
-    "bot.discord.cogs.chat",
-    "bot.discord.cogs.review",
-    "bot.discord.cogs.admin",
-    "bot.discord.cogs.help",
-)
-RuntimeFactory = Callable[[Settings], Awaitable[Any]]
+RuntimeFactory = Callable[[Settings], Awaitable["Runtime"]]
 # Lost gateway connections tolerated before the first READY (Discord may ask for one reconnect).
 STARTUP_RECONNECTS = 3
 
 
-async def _start_runtime(settings: Settings) -> Any:
+async def _start_runtime(settings: Settings) -> Runtime:
     from bot.runtime import Runtime  # imports torch: only when the bot really generates
 
     return await Runtime.start(settings)
@@ -78,17 +82,21 @@ class OshaberiBot(commands.Bot):
             intents=gateway_intents or intents(),
             allowed_mentions=NO_PINGS,
             help_command=None,
+            tree_cls=OshaberiTree,
         )
         self.settings = settings
         self._runtime_factory = runtime_factory
         self.store: Store | None = store
-        self.runtime: Any = None
+        self.runtime: Runtime | None = None
         self.sync_only = sync_only
         self.accepting = not sync_only
         self.freeze_gc = freeze_gc  # run() sets it; tests building many bots in one process do not
         self.sender = ReplySender(self, settings.discord.use_webhooks)
         self.flow: ReplyFlow | None = None
-        self.retrainer: Any = None
+        self.retrainer: RetrainingSchedule | None = None
+        # Built in setup_hook, with the store and runtime they need (None for a sync-only bot).
+        self.reviews: ReviewQueue | None = None
+        self.chat: Chat | None = None
         # Is the event loop really never blocked? Measured for the whole run: /status and shutdown log.
         self.loop_lag = LoopLagMonitor()
         self._closing: asyncio.Task[None] | None = None
@@ -129,8 +137,6 @@ class OshaberiBot(commands.Bot):
     # -- start-up ------------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        from bot.discord.cogs.review import ReviewButton
-
         if not self.sync_only:
             if self.store is None:
                 self.store = await Store.open(self.settings.paths.database)
@@ -144,17 +150,37 @@ class OshaberiBot(commands.Bot):
                 self.runtime = await self._runtime_factory(self.settings)
             if self.settings.schedule.enabled and self.runtime is not None:
                 self.start_retraining()
-        # Registered before any event: a click on a card from before the restart finds its handler.
-        self.add_dynamic_items(ReviewButton)
-        for name in COGS:
-            await self.load_extension(name)
+        await self.add_cogs()
         if not self.sync_only:
             if self.freeze_gc:
                 freeze_startup_objects()
             # From here on the loop serves Discord; start-up (imports, model load) is not counted.
             self.loop_lag.start()
 
-    # -- scheduled retraining (bot/retrain_schedule.py) ----------------------------------------
+    async def add_cogs(self) -> None:
+        """Build each cog with its collaborators (store, reply flow, runtime, review queue): no
+        cog looks another up by name, and every dependency is visible here."""
+        store, flow, runtime = self.store, self.flow, self.runtime
+        self.reviews = ReviewQueue(self, store, self.persona_name) if store is not None else None
+        self.chat = Chat(self, store, flow, runtime, self.reviews)
+        review = Review(self, store, self.reviews, self.persona_name)
+        # Registered before any event: a click on a card from before the restart finds its handler.
+        self.add_dynamic_items(review.button_class)
+        for cog in (
+            Persona(self, store, runtime),
+            self.chat,
+            review,
+            Admin(self, store, flow, runtime, self.reviews),
+            Help(self, store, runtime),
+        ):
+            await self.add_cog(cog)
+
+    def persona_name(self, persona_id: str) -> str | None:
+        """A persona's display name, or None when it is not loaded (a card then shows the id)."""
+        card = self.runtime.cards.cards.get(persona_id) if self.runtime is not None else None
+        return card.display_name if card is not None else None
+
+    # -- scheduled retraining (bot/retrain_schedule.py) ----------------------------------------------
 
     def start_retraining(self) -> None:
         """Retrain on ``schedule.cron`` in a child process; the bot keeps serving meanwhile."""
@@ -168,6 +194,7 @@ class OshaberiBot(commands.Bot):
     async def load_trained_version(self, persona_id: str, version: str) -> None:
         """Hot-reload a freshly trained adapter; an AdapterError goes back to the scheduler,
         which reports it (the persona keeps its old adapter)."""
+        assert self.runtime is not None  # retraining is only started with a runtime
         lines = await self.runtime.reload(persona_id)
         log.warning("scheduled training: %s now serves %s (%s)", persona_id, version, "; ".join(lines))
 
@@ -199,12 +226,11 @@ class OshaberiBot(commands.Bot):
 
     async def _shutdown(self) -> None:
         self.accepting = False
-        chat_cog = self.get_cog("Chat")
-        if chat_cog is not None:
-            await chat_cog.drain(self.settings.discord.shutdown_grace_s)  # type: ignore[attr-defined]
-        review_cog = self.get_cog("Review")
-        if review_cog is not None:
-            review_cog.stop_polling()  # type: ignore[attr-defined]
+        if self.chat is not None:
+            await self.chat.drain(self.settings.discord.shutdown_grace_s)
+            self.chat.spool_flusher.cancel()  # the final flush is below
+        if self.reviews is not None:
+            self.reviews.stop_polling()
         if self.retrainer is not None:
             self.retrainer.shutdown()
         if self.runtime is not None:
@@ -253,73 +279,6 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-# -- the token never reaches a log ----------------------------------------------------------------
-
-
-class RedactingFilter(logging.Filter):
-    """Replaces the token in every record (message, arguments and traceback) before it is written."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self.secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret:
-            message = record.getMessage()
-            if self.secret in message:
-                record.msg, record.args = redact(message, self.secret), ()
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            if record.exc_text:
-                record.exc_text = redact(record.exc_text, self.secret)
-        return True
-
-
-def install_token_redaction(token: str) -> RedactingFilter:
-    """Attach the filter to every handler of the root logger (handlers see propagated records)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    flt = RedactingFilter(token)
-    for handler in root.handlers:
-        handler.addFilter(flt)
-    return flt
-
-
-# -- where the Discord API is -----------------------------------------------------------------------
-
-
-def point_discord_at(base_url: str) -> None:
-    """Send discord.py's REST, gateway and CDN traffic to ``base_url`` (the Discord emulator).
-
-    ``base_url`` is ``http://host:port``, optionally ending in ``/api`` or ``/api/v10``. Three
-    places need it (discord.py 2.7): ``Route.BASE`` (every REST call, webhooks and interaction
-    callbacks included), ``DiscordWebSocket.DEFAULT_GATEWAY`` (a plain client never asks
-    ``/gateway/bot``) and ``Asset.BASE`` (avatars). Mirrors tests/discord_emulator/patch.py,
-    which the bot cannot import.
-    """
-    import discord.asset
-    import discord.gateway
-    import discord.http
-    import yarl
-
-    root = re.sub(r"/api(/v\d+)?/?$", "", base_url.strip().rstrip("/"))
-    if not root.startswith(("http://", "https://")):
-        raise ValueError(f"DISCORD_API_BASE must be an http(s) URL, got {base_url!r}")
-    discord.http.Route.BASE = f"{root}/api/v10"
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL("ws" + root[len("http") :] + "/gateway")
-    discord.asset.Asset.BASE = f"{root}/cdn"
-    log.warning("Discord API base set to %s", root)
-
-
-def apply_api_base_from_env(environ: dict[str, str] | None = None) -> str | None:
-    base = (os.environ if environ is None else environ).get("DISCORD_API_BASE", "").strip()
-    if base:
-        point_discord_at(base)
-        return base
-    return None
 
 
 # -- entry points ----------------------------------------------------------------------------------

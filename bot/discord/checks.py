@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import discord
+from discord import app_commands
 
 from bot.config import DiscordSettings
+
+if TYPE_CHECKING:
+    from bot.discord.app import OshaberiBot
+
+T = TypeVar("T")
 
 
 def role_ids(user: Any) -> set[int]:
@@ -42,3 +49,68 @@ def member_allowed(settings: DiscordSettings, user: Any) -> bool:
     if not settings.allowed_roles:
         return True
     return bool(role_ids(user) & set(settings.allowed_roles)) or user.id in settings.owner_ids
+
+
+# -- app_commands checks -----------------------------------------------------------------------
+# Each refusal carries the one line the user sees; the command tree's single error handler
+# (``OshaberiTree.on_error`` in bot/discord/app.py) sends it privately. A check runs before the
+# command's arguments are converted, so "may you use this here" is answered before "is that a
+# persona".
+
+NOT_MODERATOR = "Only moderators can use this command."
+
+
+class Refusal(app_commands.CheckFailure):
+    """A command refused with a message meant for the user (shown as is, privately)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _bot(interaction: discord.Interaction[Any]) -> OshaberiBot:
+    return cast("OshaberiBot", interaction.client)
+
+
+def moderator_only() -> Callable[[T], T]:
+    """Only a moderator (see :func:`is_moderator`) may run the command. Default permissions hide
+    moderator commands from others, but a server can change those: this checks again."""
+
+    def predicate(interaction: discord.Interaction[Any]) -> bool:
+        settings = _bot(interaction).settings.discord
+        if not is_moderator(settings, interaction.user, interaction.permissions):
+            raise Refusal(NOT_MODERATOR)
+        return True
+
+    return app_commands.check(predicate)
+
+
+def model_loaded() -> Callable[[T], T]:
+    """The command needs the runtime (cards, model): refused while it is not there."""
+
+    def predicate(interaction: discord.Interaction[Any]) -> bool:
+        if _bot(interaction).runtime is None:
+            raise Refusal("The model is not loaded yet.")
+        return True
+
+    return app_commands.check(predicate)
+
+
+def talks_here() -> Callable[[T], T]:
+    """The command changes this channel's conversation: a server channel the bot talks in, a
+    member with an allowed role, and a database to write to."""
+
+    def predicate(interaction: discord.Interaction[Any]) -> bool:
+        bot = _bot(interaction)
+        settings = bot.settings.discord
+        if interaction.guild is None:
+            raise Refusal("Personas talk in server channels only.")
+        if not channel_allowed(settings, interaction.channel):
+            raise Refusal("The bot does not talk in this channel.")
+        if not member_allowed(settings, interaction.user):
+            raise Refusal("You do not have a role that may use the bot.")
+        if bot.store is None:
+            raise Refusal("The bot is still starting up.")
+        return True
+
+    return app_commands.check(predicate)

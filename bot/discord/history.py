@@ -12,7 +12,8 @@ from typing import Any
 
 import discord
 
-from bot.conversation import ChatMessage, parse_prefixed
+from bot.conversation import ChatMessage, Conversation, build_conversation, parse_prefixed
+from bot.store import Store
 from personas.card import PersonaCard
 
 log = logging.getLogger(__name__)
@@ -146,3 +147,41 @@ def is_reply_to_bot(message: discord.Message, *, bot_user_id: int | None, webhoo
     if resolved.webhook_id is not None:
         return resolved.webhook_id in set(webhook_ids)
     return bot_user_id is not None and resolved.author.id == bot_user_id
+
+
+def mentions_bot(message: discord.Message, bot_user_id: int) -> bool:
+    """Whether ``message`` mentions the bot: ``<@id>`` or ``<@!id>`` (Discord lists both in
+    ``mentions``), or the bot's managed role ``<@&role>``, which the mention picker offers beside
+    the user under the same name (a role whose tags name the bot)."""
+    if any(u.id == bot_user_id for u in message.mentions):
+        return True
+    return any(role.tags is not None and role.tags.bot_id == bot_user_id for role in message.role_mentions)
+
+
+async def read_conversation(
+    message: discord.Message,
+    card: PersonaCard,
+    store: Store,
+    *,
+    channel_has_persona: bool,
+    limit: int,
+    bot_user_id: int | None,
+    webhook_ids: Iterable[int],
+) -> Conversation:
+    """The conversation ``message`` ends, at most ``limit`` earlier messages after the channel's
+    reset marker. In a persona channel, the channel since the reset; elsewhere the bot was
+    addressed directly, so only the reply chain counts (other people's chatter there was not
+    meant for it, and would put their words into someone else's log)."""
+    marker = await store.channel_reset_marker(message.channel.id)
+    if channel_has_persona:
+        earlier = await channel_history(message, after=marker, limit=limit)
+    else:
+        earlier = await reply_chain(message, after=marker, limit=limit, answered_by=store.message_answered_by)
+    known = set(webhook_ids)
+    lines: list[ChatMessage] = []
+    for m in earlier:
+        line = classify(m, bot_user_id=bot_user_id, card=card, webhook_ids=known)
+        if line is not None:
+            lines.append(line)
+    lines.append(ChatMessage(message.id, message.author.id, message.content))
+    return build_conversation(card, lines, limit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import discord
 from bot.conversation import persona_prefix
 from bot.discord.sender import NO_PINGS, ReplySender
 from bot.splitter import DISCORD_LIMIT
-from bot.streaming import SendError
+from bot.streaming import SendError, StreamedReply
 from personas.card import PersonaCard
 
 log = logging.getLogger(__name__)
@@ -117,3 +118,11 @@ class DiscordSink:
             await posted.message.delete()
         except (discord.HTTPException, discord.RateLimited) as exc:
             raise send_error(exc, "deleting a reply") from exc
+
+
+async def feed_stream(pieces: AsyncIterator[str], stream: StreamedReply[Posted]) -> None:
+    """Show the reply as it is generated: every text piece extends what ``stream`` shows."""
+    raw = ""
+    async for piece in pieces:
+        raw += piece
+        stream.feed(raw)

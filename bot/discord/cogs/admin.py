@@ -1,7 +1,7 @@
 """/status and /reload for moderators; /forget, /optout and /optin for everyone.
 
 Moderator commands are hidden from others by default permissions, but that is only a hint a
-server can change: the callbacks check again.
+server can change: the ``moderator_only`` check asks again on every use.
 """
 
 from __future__ import annotations
@@ -15,53 +15,57 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.admin_text import status_lines
-from bot.discord.checks import is_moderator
-from bot.discord.cogs.persona import persona_choices
+from bot.discord.checks import model_loaded, moderator_only
+from bot.discord.persona_options import LoadedPersona
+from bot.discord.review_queue import ReviewQueue
 from bot.generation import AdapterError
-from bot.store import StoreBusyError, within
-from personas.card import UnknownPersonaError
+from bot.replyflow import ReplyFlow
+from bot.store import Store, StoreBusyError, within
+from personas.card import PersonaCard, UnknownPersonaError
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
-    from bot.store import Store
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
-NOT_MODERATOR = "Only moderators can use this command."
 T = TypeVar("T")
 
 
 class Admin(commands.Cog):
-    def __init__(self, bot: OshaberiBot) -> None:
+    def __init__(
+        self,
+        bot: OshaberiBot,
+        store: Store | None,
+        flow: ReplyFlow | None,
+        runtime: Runtime | None,
+        reviews: ReviewQueue | None,
+    ) -> None:
         self.bot = bot
+        self.store = store
+        self.flow = flow
+        self.runtime = runtime
+        self.reviews = reviews
 
-    def _moderator(self, interaction: discord.Interaction[Any]) -> bool:
-        return is_moderator(self.bot.settings.discord, interaction.user, interaction.permissions)
-
-    async def _moderator_runtime(self, interaction: discord.Interaction[Any]) -> Any:
-        """The runtime for a moderator command, or None after telling the user why not."""
-        if not self._moderator(interaction):
-            await interaction.response.send_message(NOT_MODERATOR, ephemeral=True)
-            return None
-        if self.bot.runtime is None:
-            await interaction.response.send_message("The model is not loaded yet.", ephemeral=True)
-        return self.bot.runtime
+    def _runtime(self) -> Runtime:
+        assert self.runtime is not None  # the model_loaded check ran first
+        return self.runtime
 
     @app_commands.command(
         name="status", description="Queue, batches, speed, adapters and memory (moderators)"
     )
     @app_commands.default_permissions(manage_messages=True)
+    @moderator_only()
+    @model_loaded()
     async def status(self, interaction: discord.Interaction[Any]) -> None:
-        runtime = await self._moderator_runtime(interaction)
-        if runtime is None:
-            return
+        runtime = self._runtime()
         stats = runtime.worker.stats()
         store_stats, busy = None, False
-        if self.bot.store is not None:
+        if self.store is not None:
             try:  # read before the first response, so bounded; the rest of the status still helps
-                store_stats = await within(self.bot.store.stats())
+                store_stats = await within(self.store.stats())
             except StoreBusyError:
                 busy = True
-        spooled = len(self.bot.flow.spool) if self.bot.flow is not None else 0
+        spooled = len(self.flow.spool) if self.flow is not None else 0
         lines = status_lines(
             stats, store_stats, spooled, self.bot.loop_lag.summary(), persona_ids=runtime.cards.cards
         )
@@ -72,15 +76,15 @@ class Admin(commands.Cog):
     @app_commands.command(name="reload", description="Reload persona adapters from disk (moderators)")
     @app_commands.describe(persona="Only this persona (default: all)")
     @app_commands.default_permissions(manage_messages=True)
-    async def reload(self, interaction: discord.Interaction[Any], persona: str | None = None) -> None:
-        runtime = await self._moderator_runtime(interaction)
-        if runtime is None:
-            return
-        persona_id = persona.strip().lower() if persona else None
-        if persona_id is not None and persona_id not in runtime.cards.cards:
-            known = ", ".join(sorted(runtime.cards.cards))
-            await interaction.response.send_message(f"Unknown persona. Known: {known}.", ephemeral=True)
-            return
+    @moderator_only()
+    @model_loaded()
+    async def reload(
+        self,
+        interaction: discord.Interaction[Any],
+        persona: app_commands.Transform[PersonaCard, LoadedPersona] | None = None,
+    ) -> None:
+        runtime = self._runtime()
+        persona_id = persona.id if persona is not None else None
         # Loading weights takes longer than the 3 s Discord allows for a first response.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -101,13 +105,6 @@ class Admin(commands.Cog):
             return
         await interaction.followup.send("Reloaded:\n" + "\n".join(lines)[:1900], ephemeral=True)
 
-    @reload.autocomplete("persona")
-    async def _reload_autocomplete(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        cards = getattr(self.bot.runtime, "cards", None)
-        return persona_choices(dict(cards.cards) if cards else {}, current, with_off=False)
-
     @app_commands.command(name="forget", description="Delete everything the bot logged from you")
     async def forget(self, interaction: discord.Interaction[Any]) -> None:
         done, result = await self._user_write(
@@ -115,9 +112,8 @@ class Admin(commands.Cog):
         )
         if not done:
             return
-        review = self.bot.get_cog("Review")
-        if review is not None and result.review_cards:
-            await review.delete_cards(result.review_cards)  # type: ignore[attr-defined]
+        if self.reviews is not None and result.review_cards:
+            await self.reviews.delete_cards(result.review_cards)
         await interaction.followup.send(
             f"🗑️ Deleted {result.deleted} logged conversations you took part in. None of it will be used "
             "for training. Use /optout to stop new messages being logged.",
@@ -152,7 +148,7 @@ class Admin(commands.Cog):
     ) -> tuple[bool, T | None]:
         """Run a user's privacy request against the store: acknowledged at once (a busy database
         must not miss Discord's 3-second window), every failure told to the user privately."""
-        store = self.bot.store
+        store = self.store
         if store is None:
             await interaction.response.send_message(
                 "The database is not available; try again later.", ephemeral=True
@@ -167,7 +163,3 @@ class Admin(commands.Cog):
                 "That could not be saved (database busy); please try again.", ephemeral=True
             )
             return False, None
-
-
-async def setup(bot: OshaberiBot) -> None:
-    await bot.add_cog(Admin(bot))

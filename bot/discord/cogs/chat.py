@@ -13,110 +13,63 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import discord
-from discord.ext import commands
+from discord.ext import commands, tasks
 
-from bot.conversation import ChatMessage, Conversation, build_conversation, queue_notice
+from bot.conversation import Conversation
 from bot.discord.checks import channel_allowed, member_allowed
-from bot.discord.history import channel_history, classify, is_conversation, is_reply_to_bot, reply_chain
-from bot.discord.sender import NO_PINGS, notify
-from bot.discord.streaming import DiscordSink, Posted
+from bot.discord.history import (
+    is_conversation,
+    is_reply_to_bot,
+    mentions_bot,
+    read_conversation,
+)
+from bot.discord.sender import notify
+from bot.discord.streaming import DiscordSink, Posted, feed_stream
+from bot.discord.waiting import QueueNotice, TypingIndicator
 from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.ratelimit import describe_wait
-from bot.replyflow import Incoming, Stopwatch
-from bot.store import StoreError
+from bot.replyflow import Incoming, ReplyFlow, Stopwatch
+from bot.store import Store, StoreError
 from bot.streaming import StreamedReply
 from personas.card import UnknownPersonaError
 from personas.render import InputError, clean_text
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
+    from bot.discord.review_queue import ReviewQueue
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SHUTDOWN_NOTICE = "The bot is restarting, so this message was not answered. Please send it again in a minute."
 ONLY_TEXT = (
     "Only text can be answered: attachments and stickers are not read. Please write what you want to say."
 )
-TYPING_EVERY_S = 8.0  # Discord shows typing for ~10 s per trigger
-
-
-class TypingIndicator:
-    """Shows 'typing…' until the block ends; unlike ``channel.typing()`` a failure is not fatal."""
-
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
-        self._task: asyncio.Task[None] | None = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.channel.typing()  # awaiting (not entering) triggers it once
-            except discord.HTTPException as exc:
-                log.debug("typing indicator failed in %s: %s", getattr(self.channel, "id", "?"), exc)
-            await asyncio.sleep(TYPING_EVERY_S)
-
-    async def __aenter__(self) -> TypingIndicator:
-        self._task = asyncio.create_task(self._loop())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Stop showing 'typing…' (a streamed reply's first words are up)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-
-class QueueNotice:
-    """The 'you are number N' message: posted when the queue is long, updated, removed at the end."""
-
-    def __init__(self, channel: Any, reply_to: discord.Message, threshold: int) -> None:
-        self.channel = channel
-        self.reply_to = reply_to
-        self.threshold = threshold
-        self.message: discord.Message | None = None
-
-    async def update(self, position: int) -> None:
-        text = queue_notice(position, self.threshold)
-        if text is None:
-            if self.message is not None and position == 0:
-                await self._edit("✍️ Your reply is being written now.")
-            return
-        if self.message is None:
-            self.message = await notify(self.channel, text, self.reply_to)
-        else:
-            await self._edit(text)
-
-    async def _edit(self, text: str) -> None:
-        if self.message is None:
-            return
-        with contextlib.suppress(discord.HTTPException):
-            await self.message.edit(content=text, allowed_mentions=NO_PINGS)
-
-    async def remove(self) -> None:
-        if self.message is not None:
-            with contextlib.suppress(discord.HTTPException):
-                await self.message.delete()
-            self.message = None
-
-
-def mentions_bot(message: discord.Message, bot_user_id: int) -> bool:
-    """Whether ``message`` mentions the bot: ``<@id>`` or ``<@!id>`` (Discord lists both in
-    ``mentions``), or the bot's managed role ``<@&role>``, which the mention picker offers beside
-    the user under the same name (a role whose tags name the bot)."""
-    if any(u.id == bot_user_id for u in message.mentions):
-        return True
-    return any(role.tags is not None and role.tags.bot_id == bot_user_id for role in message.role_mentions)
 
 
 class Chat(commands.Cog):
+    """Answers messages. ``store`` and ``flow`` are None only for a bot that just syncs commands;
+    ``runtime`` is None until the model is loaded; ``reviews`` posts and deletes review cards."""
+
     position_poll_s = 2.0  # how often a waiting request's queue position is looked at
 
-    def __init__(self, bot: OshaberiBot) -> None:
+    def __init__(
+        self,
+        bot: OshaberiBot,
+        store: Store | None,
+        flow: ReplyFlow | None,
+        runtime: Runtime | None,
+        reviews: ReviewQueue | None,
+    ) -> None:
         self.bot = bot
+        self.store = store
+        self.flow = flow
+        self.runtime = runtime
+        self.reviews = reviews
+        # Log entries the database could not take yet are retried on the review poll's interval.
+        self.spool_flusher = tasks.loop(seconds=max(1.0, bot.settings.discord.review_poll_s))(
+            self.flush_spool
+        )
+        self.spool_flusher.before_loop(bot.wait_until_ready)
         # Replies being generated, for a graceful shutdown; keyed by id() (PendingReply is unhashable).
         self._pending: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,12 +89,12 @@ class Chat(commands.Cog):
             return
         if not is_conversation(message):
             return  # a thread created, a pin, a join …: made by Discord, not said by the member
-        if message.guild is None or self.bot.flow is None or self.bot.store is None:
+        if message.guild is None or self.flow is None or self.store is None:
             return  # direct messages are not a place the server's moderators can review
         settings = self.bot.settings.discord
         if not channel_allowed(settings, message.channel):
             return
-        persona_id = await self.bot.store.channel_persona(message.channel.id)
+        persona_id = await self.store.channel_persona(message.channel.id)
         addressed = await self._addressed(message)
         if persona_id is None and not addressed:
             return
@@ -185,7 +138,7 @@ class Chat(commands.Cog):
 
     async def answer(self, message: discord.Message, persona_id: str, *, channel_has_persona: bool) -> None:
         """Rate limit → history → queue → wait (typing, position) → filter → send → log → review."""
-        bot, flow, store = self.bot, self.bot.flow, self.bot.store
+        bot, flow, store = self.bot, self.flow, self.store
         assert flow is not None and store is not None
         channel = message.channel
         clock = Stopwatch()
@@ -204,7 +157,7 @@ class Chat(commands.Cog):
                     await message.add_reaction("🐢")
             return
 
-        runtime = bot.runtime
+        runtime = self.runtime
         if runtime is None:
             await notify(channel, "The bot is still starting up. Please try again shortly.", message)
             return
@@ -297,9 +250,8 @@ class Chat(commands.Cog):
         )
         entry = flow.entry(incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None)
         log_id = await flow.record(entry)
-        review = bot.get_cog("Review")
-        if log_id is not None and review is not None:
-            await review.post_new(log_id)  # type: ignore[attr-defined]
+        if log_id is not None and self.reviews is not None:
+            await self.reviews.post_new(log_id)
 
     async def _await_text(
         self,
@@ -310,7 +262,7 @@ class Chat(commands.Cog):
     ) -> str | None:
         """The reply's cleaned text, shown as it grows when ``stream`` is given; None when the
         user was told why there is none (or the question was withdrawn), partial messages gone."""
-        bot, flow = self.bot, self.bot.flow
+        bot, flow = self.bot, self.flow
         assert flow is not None
         channel = message.channel
         feeder: asyncio.Task[None] | None = None
@@ -325,7 +277,7 @@ class Chat(commands.Cog):
 
                 stream.on_first_post = shown
                 stream.start()
-                feeder = asyncio.create_task(_feed(pending, stream))
+                feeder = asyncio.create_task(feed_stream(pending.pieces(), stream))
                 return await flow.wait(pending, notice.update, self.position_poll_s)
         except (RequestCancelledError, WorkerStoppedError) as exc:
             await _withdraw_stream(stream, notice)
@@ -354,10 +306,10 @@ class Chat(commands.Cog):
     def _streamed_reply(
         self, channel: Any, card: Any, message: discord.Message, pending: Any
     ) -> StreamedReply[Posted]:
-        assert self.bot.flow is not None
+        assert self.flow is not None
         return StreamedReply(
             DiscordSink(self.bot.sender, channel, card, message),
-            self.bot.flow.words,
+            self.flow.words,
             pending.draft,
             self.bot.settings.chat.stream_edit_interval_s,
         )
@@ -390,51 +342,60 @@ class Chat(commands.Cog):
             self._withdrawn.add(message_id)
             await stream.withdraw()
             return
-        store = self.bot.store
+        store = self.store
         if store is None:
             return
-        if self.bot.flow is not None:
-            self.bot.flow.spool.withdraw(message_id)  # logged only in memory so far: never written
+        if self.flow is not None:
+            self.flow.spool.withdraw(message_id)  # logged only in memory so far: never written
         try:
             result = await store.forget_message(message_id)
         except (sqlite3.OperationalError, StoreError) as exc:
             # Kept like a log entry: the rows go once the database takes writes again.
             log.warning("database unavailable (%s); deleting the log of message %s later", exc, message_id)
-            if self.bot.flow is not None:
-                self.bot.flow.spool.forget_later(message_id)
+            if self.flow is not None:
+                self.flow.spool.forget_later(message_id)
             return
         except Exception:
             log.exception("could not remove the log of deleted message %s", message_id)
             return
-        review = self.bot.get_cog("Review")
-        if review is not None and result.review_cards:
-            await review.delete_cards(result.review_cards)  # type: ignore[attr-defined]
+        if self.reviews is not None and result.review_cards:
+            await self.reviews.delete_cards(result.review_cards)
 
     async def _conversation(
         self, message: discord.Message, card: Any, channel_has_persona: bool
     ) -> Conversation:
-        """In a persona channel, the channel since the reset; elsewhere the bot was addressed
-        directly, so only the reply chain counts (other people's chatter there was not meant for
-        it, and would put their words into someone else's log)."""
-        bot, store = self.bot, self.bot.store
-        assert store is not None
-        limit = max(0, bot.settings.chat.history_messages)
-        marker = await store.channel_reset_marker(message.channel.id)
-        if channel_has_persona:
-            earlier = await channel_history(message, after=marker, limit=limit)
-        else:
-            earlier = await reply_chain(
-                message, after=marker, limit=limit, answered_by=store.message_answered_by
-            )
-        webhook_ids = bot.sender.known_webhook_ids()
-        me = bot.user.id if bot.user else None
-        lines: list[ChatMessage] = []
-        for m in earlier:
-            line = classify(m, bot_user_id=me, card=card, webhook_ids=webhook_ids)
-            if line is not None:
-                lines.append(line)
-        lines.append(ChatMessage(message.id, message.author.id, message.content))
-        return build_conversation(card, lines, limit)
+        assert self.store is not None
+        return await read_conversation(
+            message,
+            card,
+            self.store,
+            channel_has_persona=channel_has_persona,
+            limit=max(0, self.bot.settings.chat.history_messages),
+            bot_user_id=self.bot.user.id if self.bot.user else None,
+            webhook_ids=self.bot.sender.known_webhook_ids(),
+        )
+
+    # -- the log spool -------------------------------------------------------------------------
+
+    async def cog_load(self) -> None:
+        if self.flow is not None and not self.bot.sync_only:
+            self.spool_flusher.start()
+
+    async def cog_unload(self) -> None:
+        self.spool_flusher.cancel()
+
+    async def flush_spool(self) -> None:
+        """Write the log entries (and deletions) the database refused earlier; the review cards of
+        rows deleted late go too. Never raises: what still fails waits for the next round."""
+        if self.flow is None or not len(self.flow.spool):
+            return
+        try:
+            await self.flow.spool.flush()
+            late = self.flow.spool.take_cards()  # review cards of rows deleted late
+            if self.reviews is not None:
+                await self.reviews.delete_cards(late)
+        except Exception:
+            log.exception("writing spooled logs failed; trying again next round")
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -450,18 +411,7 @@ class Chat(commands.Cog):
                 await asyncio.wait(still, timeout=10)
 
 
-async def _feed(pending: Any, stream: StreamedReply[Posted]) -> None:
-    raw = ""
-    async for piece in pending.pieces():
-        raw += piece
-        stream.feed(raw)
-
-
 async def _withdraw_stream(stream: StreamedReply[Posted] | None, notice: QueueNotice) -> None:
     await notice.remove()
     if stream is not None:
         await stream.withdraw()
-
-
-async def setup(bot: OshaberiBot) -> None:
-    await bot.add_cog(Chat(bot))

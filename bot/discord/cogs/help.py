@@ -15,9 +15,11 @@ from discord.ext import commands
 
 from bot.discord.checks import channel_allowed, is_moderator, member_allowed
 from bot.discord.sender import NO_PINGS
+from bot.store import Store
 
 if TYPE_CHECKING:
     from bot.discord.app import OshaberiBot
+    from bot.runtime import Runtime
 
 
 def command_lines(tree: app_commands.CommandTree[Any]) -> tuple[list[str], list[str]]:
@@ -33,8 +35,10 @@ def command_lines(tree: app_commands.CommandTree[Any]) -> tuple[list[str], list[
 
 
 class Help(commands.Cog):
-    def __init__(self, bot: OshaberiBot) -> None:
+    def __init__(self, bot: OshaberiBot, store: Store | None, runtime: Runtime | None) -> None:
         self.bot = bot
+        self.store = store
+        self.runtime = runtime
 
     async def how_to_talk_here(self, interaction: discord.Interaction[Any]) -> str:
         """One or two sentences on who answers in this channel and how to get an answer."""
@@ -46,10 +50,10 @@ class Help(commands.Cog):
             return f"The bot does not talk in this channel. It talks in {allowed}."
         if not member_allowed(settings.discord, interaction.user):
             return "You do not have a role that may talk to the bot; ask a moderator."
-        cards = getattr(getattr(self.bot.runtime, "cards", None), "cards", {}) or {}
+        cards = self.runtime.cards.cards if self.runtime is not None else {}
         active = None
-        if self.bot.store is not None and interaction.channel_id is not None:
-            active = await self.bot.store.channel_persona(interaction.channel_id)
+        if self.store is not None and interaction.channel_id is not None:
+            active = await self.store.channel_persona(interaction.channel_id)
         me = f"<@{self.bot.user.id}>" if self.bot.user is not None else "the bot"
         if active is not None and active in cards:
             return (
@@ -78,7 +82,3 @@ class Help(commands.Cog):
         await interaction.response.send_message(
             "\n".join(parts)[:2000], ephemeral=True, allowed_mentions=NO_PINGS
         )
-
-
-async def setup(bot: OshaberiBot) -> None:
-    await bot.add_cog(Help(bot))

@@ -1,0 +1,41 @@
+"""The slash-command tree, with the one error handler every command shares.
+
+A check or a transformer that refuses a command raises a :class:`~bot.discord.checks.Refusal`
+carrying the user's line; this handler shows it privately, whether or not the command had
+answered Discord yet. Anything else is a bug: logged, and the user gets a short apology instead
+of "The application did not respond".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.discord.checks import Refusal
+from bot.discord.sender import NO_PINGS
+
+log = logging.getLogger(__name__)
+FAILED = "Sorry, that command failed. The moderators can find the reason in the bot's log."
+
+
+class OshaberiTree(app_commands.CommandTree[Any]):
+    async def on_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError, /
+    ) -> None:
+        """Tell the user why the command did nothing (``Refusal``), or that it failed (logged)."""
+        if isinstance(error, Refusal):
+            text = error.message
+        else:
+            name = interaction.command.qualified_name if interaction.command else "?"
+            log.error("/%s failed", name, exc_info=error)
+            text = FAILED
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+            else:
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        except discord.HTTPException as exc:
+            log.warning("could not tell the user why /%s did nothing: %s", interaction.command, exc)

@@ -1,0 +1,157 @@
+"""The review queue: every logged reply (and every trainer candidate) gets one card in the
+review channel. Posting, claiming, reconciling after a restart, deleting cards, and the poller
+that retries what could not be posted at once.
+
+Why it is built this way:
+
+* Posting claims the item in the database first: a live reply and the poller cannot both post
+  it, and a restart reconciles cards found in the channel before posting again.
+* The poller only posts cards. The chat side's log spool has its own flusher
+  (``bot/discord/cogs/chat.py``), so the two jobs fail and retry independently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import tasks
+
+from bot.discord.review_views import card_ids_in, review_embed, review_view
+from bot.discord.sender import NO_PINGS
+from bot.store import ReviewItem, Store
+
+if TYPE_CHECKING:
+    from bot.discord.app import OshaberiBot
+
+log = logging.getLogger(__name__)
+RECONCILE_SCAN = 200  # recent review-channel messages searched for cards posted before a restart
+POLL_BATCH = 20  # cards posted per poll, so a long backlog cannot hold the loop
+
+
+class ReviewQueue:
+    """Posts review cards for ``store``'s items through ``bot`` (the Discord client).
+
+    ``persona_name(persona_id)`` gives the display name a card shows (None: show the id). The
+    review channel is read from ``bot.settings`` at each use, so a changed setting applies.
+    """
+
+    def __init__(self, bot: OshaberiBot, store: Store, persona_name: Callable[[str], str | None]) -> None:
+        self.bot = bot
+        self.store = store
+        self.persona_name = persona_name
+        self._unmarked: dict[int, tuple[int, int]] = {}  # posted, but the database did not take it yet
+        self._reconciled = False
+        self.poller = tasks.loop(seconds=max(1.0, bot.settings.discord.review_poll_s))(self.poll)
+        self.poller.before_loop(self._before_poll)
+
+    def start_polling(self) -> None:
+        self.poller.start()
+
+    def stop_polling(self) -> None:
+        self.poller.cancel()
+
+    async def review_channel(self) -> Any:
+        """The configured review channel, or None (not set, or not reachable: logged)."""
+        channel_id = self.bot.settings.discord.review_channel
+        if not channel_id:
+            return None
+        channel = self.bot.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(channel_id)
+            except discord.HTTPException as exc:
+                log.error("review channel %s is not reachable: %s", channel_id, exc)
+                return None
+        return channel
+
+    async def post_new(self, log_id: int) -> None:
+        """Post the card for a reply just logged; the poller retries whatever fails here."""
+        try:
+            item = await self.store.get_review(log_id)
+            if item is not None:
+                await self.post(item)
+        except Exception:
+            log.exception("review card for #%s not posted now; the poller will retry", log_id)
+
+    async def post(self, item: ReviewItem) -> bool:
+        """Claim ``item`` and post its card; False when there is no channel, another poster
+        has it, or Discord refused (the claim is then released for the next try)."""
+        channel = await self.review_channel()
+        if channel is None:
+            return False
+        if not await self.store.claim_review(item.log_id):
+            return False  # posted already, or another poster is on it
+        try:
+            message = await channel.send(
+                embed=review_embed(item, self.persona_name(item.persona_id)),
+                view=review_view(item.log_id),
+                allowed_mentions=NO_PINGS,
+            )
+        except discord.HTTPException as exc:
+            log.warning("could not post review card #%s: %s", item.log_id, exc)
+            await self.store.release_review(item.log_id)
+            return False
+        try:
+            await self.store.mark_posted(item.log_id, channel.id, message.id)
+        except Exception:
+            # Claimed and posted: remember it so it is marked later instead of posted twice.
+            log.exception("review card #%s posted but not yet recorded", item.log_id)
+            self._unmarked[item.log_id] = (channel.id, message.id)
+        return True
+
+    async def poll(self) -> None:
+        """One round: record cards posted but not yet marked, reconcile once after a restart,
+        then post cards for anything still without one (trainer candidates, replies whose card
+        failed). Never raises: a failed round is logged and the next one tries again."""
+        try:
+            for log_id, (channel_id, message_id) in list(self._unmarked.items()):
+                await self.store.mark_posted(log_id, channel_id, message_id)
+                del self._unmarked[log_id]
+            if not self._reconciled:
+                await self.reconcile()
+            if await self.review_channel() is None:
+                return
+            for item in await self.store.unposted_reviews(limit=POLL_BATCH):
+                await self.post(item)
+        except Exception:
+            log.exception("review poll failed; trying again next round")
+
+    async def _before_poll(self) -> None:
+        await self.bot.wait_until_ready()
+
+    async def reconcile(self) -> None:
+        """After a restart: cards the last run posted but could not record are marked, not reposted;
+        then every claim of the last run is released."""
+        channel = await self.review_channel()
+        if channel is not None and hasattr(channel, "history"):
+            me = self.bot.user.id if self.bot.user else None
+            try:
+                async for message in channel.history(limit=RECONCILE_SCAN):
+                    if message.author.id != me:
+                        continue
+                    for log_id in card_ids_in(message):
+                        item = await self.store.get_review(log_id)
+                        if item is not None and item.review_message_id is None:
+                            await self.store.mark_posted(log_id, channel.id, message.id)
+            except Exception as exc:  # best effort: never let it stop cards from being posted
+                log.warning("could not read the review channel to reconcile cards: %s", exc)
+        await self.store.release_all_claims()
+        self._reconciled = True
+
+    async def delete_cards(self, cards: Iterable[tuple[int, int]]) -> int:
+        """Remove review cards, given as (channel id, message id), from Discord (after /forget or a
+        deleted message); returns how many went. A card Discord refuses to delete is logged."""
+        deleted = 0
+        for channel_id, message_id in cards:
+            channel = self.bot.get_channel(channel_id)
+            if channel is None or not hasattr(channel, "get_partial_message"):
+                continue
+            try:
+                await channel.get_partial_message(message_id).delete()
+                deleted += 1
+            except discord.HTTPException as exc:
+                log.warning("could not delete review card %s: %s", message_id, exc)
+        return deleted
