@@ -15,10 +15,10 @@ import sys
 from dataclasses import replace
 
 from bot.config import ConfigError, Settings, discord_token, load_settings
-from bot.model_loading import ModelLoadError
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
+malloc_setting: str | None = None  # what bot/allocator.py did, when run as ``python -m bot``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if malloc_setting is not None:
+        log.info("%s", malloc_setting)
     if not verbose:
         # Offline, the hub client warns once per file it tries; the one-line error below says it all.
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
+    from bot.model_loading import ModelLoadError  # imports torch: not needed for --help
+
     try:
         settings = load_settings(getattr(args, "config", None))
         if getattr(args, "model", None):
@@ -118,4 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Before torch is imported, so all its allocations follow the setting (bot/allocator.py).
+    from bot.allocator import fix_mmap_threshold
+
+    malloc_setting = fix_mmap_threshold()
     sys.exit(main())

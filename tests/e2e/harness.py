@@ -184,6 +184,9 @@ class BotProcess:
         paths = [str(REPO)]
         if self.fault_injection:
             paths.insert(0, str(FAULT_PATH))
+        # A folder with a sitecustomize.py to instrument the bot (docs/memory.md's probe).
+        if probe := os.environ.get("E2E_BOT_PYTHONPATH"):
+            paths.insert(0, probe)
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join(paths),
