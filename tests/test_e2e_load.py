@@ -67,7 +67,8 @@ def test_rss_steps_that_stay_after_bursts_fail_the_check() -> None:
 
 
 async def test_short_load_run_loses_nothing(tiny_neox: Path, tmp_path: Path) -> None:
-    # RSS over a 10 s run is mostly warm-up: the growth bound is for the full run (make e2e).
+    # With start-up left out, RSS over a 10 s run stays flat (-0.1 % measured); 10 % catches a
+    # gross regression without flaking on a busy CI machine. The leak check is make e2e's 3 %.
     cfg = LoadConfig(
         users=10,
         channels=2,
@@ -76,7 +77,7 @@ async def test_short_load_run_loses_nothing(tiny_neox: Path, tmp_path: Path) -> 
         bursts=1,
         queue_size=4,
         timeout_s=120,
-        max_rss_growth_pct=50,
+        max_rss_growth_pct=10,
     )
     result = await run_load(cfg, tiny_neox, tmp_path)
     summary = result.table()
