@@ -17,7 +17,6 @@ are both Sunday; and the @-macros ``@yearly @annually @monthly @weekly @daily @m
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -146,11 +145,6 @@ def next_times(line: str, start: datetime, count: int) -> list[datetime]:
     """
     it = CronSim(normalize(line), start)
     return [next(it) for _ in range(count)]
-
-
-def iter_times(line: str, start: datetime) -> Iterator[datetime]:
-    """Every time ``line`` fires strictly after ``start`` (an endless iterator)."""
-    return iter(CronSim(normalize(line), start))
 
 
 class CrontabTrigger(BaseTrigger):
