@@ -309,6 +309,7 @@ def test_cli_next_with_a_macro_and_a_cron_override(tmp_path, capsys) -> None:
         (["--cron", "0 4 * * 8", "--next", "3"], "day-of-week"),
         (["--cron", "0 4 * *", "--next", "3"], "needs 5"),
         (["--next", "0"], "--next 0"),
+        (["--once", "--from", "2025-01-01T00:00"], "--from only goes with --next"),
     ],
 )
 def test_cli_bad_input_gets_one_line_and_exit_1(tmp_path, capsys, args, needle) -> None:

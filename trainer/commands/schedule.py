@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         if args.cron is not None:
             settings = replace(settings, schedule=replace(settings.schedule, cron=args.cron))
         cron_trigger(settings.schedule.cron)  # a bad cron line fails here, not at 4 a.m.
+        if args.start is not None and args.next is None:
+            raise ValueError("--from only goes with --next N (it says where to count run times from)")
         if args.next is not None:
             if args.next < 1:
                 raise ValueError(f"--next {args.next}: give how many run times to print (1 or more)")
