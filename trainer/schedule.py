@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 
 from bot.adapters import current_version, list_versions, new_version_name, persona_dir
@@ -28,6 +29,7 @@ from bot.config import Settings
 from bot.store import Store
 from personas.card import load_cards
 from trainer.config import load_train_config
+from trainer.cron import CrontabTrigger
 from trainer.export_reviews import export_reviews
 
 log = logging.getLogger(__name__)
@@ -46,40 +48,12 @@ class Outcome:
     message: str = ""
 
 
-_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab: 0 and 7 are Sunday
+def cron_trigger(expr: str, timezone: tzinfo | None = None) -> CrontabTrigger:
+    """An APScheduler trigger firing when crontab would fire ``expr`` (local time by default).
 
-
-def _crontab_weekdays(field: str) -> str:
-    """Crontab's numeric weekdays as names. APScheduler 3 reads numbers Monday-based (0 = Monday),
-    so ``from_crontab("0 4 * * 1")`` would fire on Tuesdays; names mean the same to both."""
-    if field == "*" or any(c.isalpha() for c in field):
-        return field
-    days: list[int] = []
-    for part in field.split(","):
-        span, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if span == "*":
-            lo, hi = 0, 6
-        elif "-" in span:
-            lo, hi = (int(x) for x in span.split("-", 1))
-        else:
-            lo = int(span)
-            hi = 6 if step_text else lo
-        if not (0 <= lo <= 7 and 0 <= hi <= 7 and lo <= hi and step >= 1):
-            raise ValueError(f"bad weekday field {field!r} in the cron line")
-        days.extend(d % 7 for d in range(lo, hi + 1, step))
-    return ",".join(_CRON_DAYS[d] for d in sorted(set(days)))
-
-
-def cron_trigger(expr: str):
-    """An APScheduler trigger for a standard five-field crontab line (local time)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron line {expr!r} needs 5 fields: minute hour day month weekday")
-    minute, hour, day, month, weekday = fields
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_crontab_weekdays(weekday))
+    Raises :class:`trainer.cron.CronLineError` (a ``ValueError``) for a line crontab rejects.
+    """
+    return CrontabTrigger(expr, timezone)
 
 
 def last_export_time(adapters_dir: str | Path, persona_id: str) -> str | None:
