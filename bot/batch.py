@@ -122,7 +122,9 @@ class SequenceState:
             self.emitted = len(self.text)
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and mask, both ``(rows, longest)`` long."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -205,7 +207,9 @@ class CausalBatch:
         return CausalBatch(
             a.seqs + b.seqs,
             DynamicCache(layers),
-            torch.cat([F.pad(a.attention, (length - a.length, 0)), F.pad(b.attention, (length - b.length, 0))]),
+            torch.cat(
+                [F.pad(a.attention, (length - a.length, 0)), F.pad(b.attention, (length - b.length, 0))]
+            ),
             torch.cat([a.next_tokens, b.next_tokens]),
             torch.cat([a.next_positions, b.next_positions]),
             torch.cat([a.seen, b.seen]),

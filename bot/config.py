@@ -54,6 +54,11 @@ class WorkerSettings:
     batch_window_ms: int = 15
     queue_size: int = 64
     request_timeout_s: float = 180.0
+    # continuous: admit waiting requests between decode steps; static: only when the batch is empty.
+    scheduler: str = "continuous"
+    # Most prompt tokens (rows x columns) read per step while newcomers are prefilled, so a long
+    # prompt delays the decoding rows by a bounded amount per step (chunked prefill).
+    prefill_chunk_tokens: int = 512
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"model.device: {m.device!r} is not one of auto, cpu, cuda, cuda:N")
     if w.max_batch_size < 1 or w.queue_size < 1 or w.request_timeout_s <= 0 or w.batch_window_ms < 0:
         raise ConfigError("worker: max_batch_size and queue_size must be >= 1, request_timeout_s > 0")
+    if w.scheduler not in ("continuous", "static"):
+        raise ConfigError(f"worker.scheduler: {w.scheduler!r} is not one of continuous, static")
+    if w.prefill_chunk_tokens < 1:
+        raise ConfigError("worker.prefill_chunk_tokens must be >= 1")
 
 
 def discord_token(environ: dict[str, str] | None = None, dotenv_path: str | Path = ".env") -> str | None:

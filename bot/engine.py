@@ -36,7 +36,6 @@ from bot.config import ModelSettings
 from bot.detokenizer import IncrementalDetokenizer, piece_text
 from bot.generation import (
     BASE_ADAPTER,
-    AdapterError,
     AdapterInfo,
     GenerationError,
     GenerationRequest,
@@ -72,7 +71,9 @@ class Engine:
         self.max_positions = int(getattr(loaded.model.config, "max_position_embeddings", 2048) or 2048)
 
     @classmethod
-    def from_settings(cls, settings: ModelSettings, prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS) -> Engine:
+    def from_settings(
+        cls, settings: ModelSettings, prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS
+    ) -> Engine:
         return cls(load_base_model(settings), prefill_chunk_tokens)
 
     # -- adapters (the pool's surface, kept here for callers) -------------------
@@ -123,7 +124,9 @@ class Engine:
             ids = [self.eos if self.eos is not None else self.pad]
         if len(ids) + request.params.max_new_tokens > self.max_positions:
             raise PromptTooLongError(len(ids), request.params.max_new_tokens, self.max_positions)
-        sampling = RowSampling.start(request.params, ids, self._banned_ids(request.banned_words), request.seed)
+        sampling = RowSampling.start(
+            request.params, ids, self._banned_ids(request.banned_words), request.seed
+        )
         return SequenceState(
             request,
             ids,
@@ -318,7 +321,9 @@ class RunningBatch:
             self.decoding.accept(tokens[:split])
         if prefilled is not None:
             joined = prefilled.ready(tokens[split:], seen[split:])
-            self.decoding = joined if self.decoding is None else CausalBatch.concatenate(self.decoding, joined)
+            self.decoding = (
+                joined if self.decoding is None else CausalBatch.concatenate(self.decoding, joined)
+            )
         return finished + self._filter_finished()
 
     def _adapters(self, seqs: list[SequenceState]) -> list[str]:

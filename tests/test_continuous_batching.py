@@ -130,7 +130,9 @@ def test_a_row_whose_adapter_is_removed_fails_alone(tiny_neox, random_adapters):
 
 def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(engine):
     too_long = req("ユーザー: こんにちは\n" * 600, BASE_ADAPTER, 12)
-    with pytest.raises(PromptTooLongError, match=r"too long for the model: \d+ prompt tokens plus 12") as info:
+    with pytest.raises(
+        PromptTooLongError, match=r"too long for the model: \d+ prompt tokens plus 12"
+    ) as info:
         engine.sequence(too_long)
     assert info.value.context == engine.max_positions
 

@@ -29,7 +29,11 @@ def new_sequence(tok, max_new: int = 100, stop: tuple[str, ...] = ()) -> tuple[S
     request = GenerationRequest("p", "x", params, stop=stop)
     pieces: list[str] = []
     seq = SequenceState(
-        request, [1], RowSampling.start(params, [1], [], None), IncrementalDetokenizer(tok), on_piece=pieces.append
+        request,
+        [1],
+        RowSampling.start(params, [1], [], None),
+        IncrementalDetokenizer(tok),
+        on_piece=pieces.append,
     )
     return seq, pieces
 
@@ -78,7 +82,7 @@ def test_eos_and_cancel_cut_at_every_token(tok, text):
     ids = ids_of(tok, text)
     for k in range(1, len(ids) + 1):
         seq, pieces = new_sequence(tok)
-        feed(seq, ids[:k] + [tok.eos_token_id], tok.eos_token_id)
+        feed(seq, [*ids[:k], tok.eos_token_id], tok.eos_token_id)
         assert seq.finish_reason == "eos"
         assert seq.text == whole_characters(tok, ids[:k]) and "".join(pieces) == seq.text
 
@@ -98,7 +102,7 @@ def test_stop_string_on_every_character_is_never_streamed_and_never_split(tok, t
             continue
         for stop in (char, full[at : at + 2]):
             seq, pieces = new_sequence(tok, stop=(stop,))
-            feed(seq, ids + [tok.eos_token_id], tok.eos_token_id)
+            feed(seq, [*ids, tok.eos_token_id], tok.eos_token_id)
             assert seq.finish_reason == "stop", (stop, seq.text)
             assert seq.text == full[: full.find(stop)]
             assert "".join(pieces) == seq.text
