@@ -149,3 +149,17 @@ def test_sampled_rows_with_a_seed_draw_the_same_tokens_in_any_batch(engine):
     batch.add([mine])
     run_to_end(batch, [mine, *others])
     assert mine.generated == want
+
+
+def test_a_reply_prints_no_deprecation_warning(engine):
+    """The cache goes through the current API (``cache=``, DynamicCache): no warning per reply."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = RunningBatch(engine, prefill_chunk_tokens=4)
+        seqs = [engine.sequence(req(*ROWS[0])), engine.sequence(req(*ROWS[3]))]
+        batch.add(seqs[:1])
+        batch.step()
+        batch.add(seqs[1:])
+        run_to_end(batch, seqs)
