@@ -38,4 +38,9 @@ def test_benchmark_writes_its_figures(tmp_path, capsys):
     assert figures["device"] == "cpu" and figures["requests"] == 8
     assert all(figures[k] > 0 for k in ("serial_tok_s", "mixed_tok_s", "single_adapter_tok_s", "load_ms"))
     assert abs(figures["mixed_over_serial"] - figures["mixed_tok_s"] / figures["serial_tok_s"]) < 1e-9
+    # Interleaved repeats: each figure's spread and B/A per repeat.
+    assert set(figures["spread_tok_s"]) == {"serial", "mixed", "single", "engine_single"}
+    lo, hi = figures["spread_tok_s"]["mixed"]
+    assert lo <= figures["mixed_tok_s"] <= hi
+    assert len(figures["mixed_over_serial_runs"]) == 1
     assert "B/A" in capsys.readouterr().out
