@@ -135,7 +135,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         return engine
 
     settings = WorkerSettings(
-        max_batch_size=MAX_BATCH_SIZE, batch_window_ms=10, queue_size=1024, scheduler=args.scheduler
+        max_batch_size=MAX_BATCH_SIZE,
+        batch_window_ms=10,
+        queue_size=1024,
+        scheduler=args.scheduler,
+        request_timeout_s=3600,  # a slow machine must give figures, not timeouts
     )
     worker = await GenerationWorker.launch(build, settings)
     try:
