@@ -110,13 +110,17 @@ class SequenceState:
             return
         self.finish_reason = reason
         if reason != "stop":
+            before = len(self.text)
             self.text += self.detokenizer.flush()
-            # The flushed tail may complete a stop string (its last character was pending).
-            for stop in self.request.stop:
-                at = self.text.find(stop)
-                if at != -1 and len(self.generated) >= self.request.params.min_new_tokens:
-                    self.text = self.text[:at]
-                    self.finish_reason = "stop"
+            if len(self.text) > before and len(self.generated) >= self.request.params.min_new_tokens:
+                # The flushed tail may complete a stop string (its last character was pending).
+                # Only the new region is searched, as in advance(), so nothing streamed is taken back.
+                for stop in self.request.stop:
+                    at = self.text.find(stop, max(0, before - len(stop) + 1))
+                    if at != -1:
+                        self.text = self.text[:at]
+                        self.finish_reason = "stop"
+                        break
         if self.on_piece is not None and reason != "cancelled" and self.emitted < len(self.text):
             self.on_piece(self.text[self.emitted :])
             self.emitted = len(self.text)

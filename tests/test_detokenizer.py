@@ -125,3 +125,22 @@ def test_invalid_byte_sequences_are_dropped_not_shown(tiny_llama):
     seq, pieces = new_sequence(tok)
     feed(seq, lone + ids_of(tok, "です") + [tok.eos_token_id], tok.eos_token_id)
     assert seq.text.strip() == "です" and "".join(pieces) == seq.text
+
+
+def test_a_stop_string_before_min_new_tokens_is_kept_and_the_stream_matches_the_text(tok):
+    ids = ids_of(tok, "です。ですわ。")
+    first = len(ids_of(tok, "です。"))
+    params = GenerationParams(
+        temperature=0, max_new_tokens=50, min_new_tokens=first + 1, repetition_penalty=1.0
+    )
+    pieces: list[str] = []
+    seq = SequenceState(
+        GenerationRequest("p", "x", params, stop=("。",)),
+        [1],
+        RowSampling.start(params, [1], [], None),
+        IncrementalDetokenizer(tok),
+        on_piece=pieces.append,
+    )
+    feed(seq, [*ids, tok.eos_token_id], tok.eos_token_id)
+    assert seq.finish_reason == "stop"
+    assert seq.text == whole_characters(tok, ids).rsplit("。", 1)[0] and "".join(pieces) == seq.text
