@@ -2,6 +2,7 @@
 
     python -m benchmarks.load --out load.json                      # continuous batching (default)
     python -m benchmarks.load --scheduler static --out static.json # the old static batches
+    python -m benchmarks.load --scheduler both --out both.json     # the two, interleaved per rate
     python -m benchmarks.load --shape tiny --requests 6            # a quick look
 
 The CPU shape of issue 8: GPT-NeoX 12 layers x 768 with random weights, 4 personas each with
@@ -12,6 +13,9 @@ second when a full batch is submitted at once), then it offers Poisson arrivals 
 50 % and 80 % of that capacity. Time to first token is taken from token events
 (``Ticket.first_token_at``), not from text: the random-weight model decodes many tokens to
 empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
+With ``--scheduler both`` one model serves both schedulers, alternating at each rate with
+the same arrival times, so a machine whose load drifts (other processes) biases neither;
+each row of ``rates`` then names its ``scheduler``.
 
 Figures, not assertions: targets are judged by reading them, never in timed tests.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import platform
@@ -138,7 +143,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         max_batch_size=MAX_BATCH_SIZE,
         batch_window_ms=10,
         queue_size=1024,
-        scheduler=args.scheduler,
+        scheduler="continuous" if args.scheduler == "both" else args.scheduler,
         request_timeout_s=3600,  # a slow machine must give figures, not timeouts
     )
     worker = await GenerationWorker.launch(build, settings)
@@ -149,17 +154,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         capacity = await bench.capacity()
         rates = args.rates or [round(load * capacity, 3) for load in LOADS]
         rows = []
+        schedulers = ["continuous", "static"] if args.scheduler == "both" else [args.scheduler]
         for k, rate in enumerate(rates):
-            row = await bench.poisson(rate, args.requests, args.seed + k)
-            row["single_latency_s"] = single
-            row["p99_over_single"] = row["latency_p99_s"] / single
-            rows.append(row)
-            print(
-                f"rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
-                f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
-                f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}",
-                flush=True,
-            )
+            order = schedulers if k % 2 == 0 else schedulers[::-1]
+            for scheduler in order:
+                worker.settings = dataclasses.replace(worker.settings, scheduler=scheduler)
+                row = await bench.poisson(rate, args.requests, args.seed + k)
+                row["single_latency_s"] = single
+                row["p99_over_single"] = row["latency_p99_s"] / single
+                if args.scheduler == "both":
+                    row["scheduler"] = scheduler
+                rows.append(row)
+                print(
+                    f"{scheduler:10s} rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
+                    f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
+                    f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}",
+                    flush=True,
+                )
         device = worker.engine.device
     finally:
         await worker.stop()
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--shape", choices=sorted(SHAPES), default="neox-12x768")
-    parser.add_argument("--scheduler", choices=("continuous", "static"), default="continuous")
+    parser.add_argument("--scheduler", choices=("continuous", "static", "both"), default="continuous")
     parser.add_argument("--requests", type=int, default=40, help="requests per arrival rate")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     parser.add_argument(
