@@ -1,13 +1,14 @@
 """Test-only fault injection for the bot subprocess; never on the import path of a real run.
 
 The e2e harness puts this folder first on the bot's PYTHONPATH, so Python imports this file at
-start-up (``site`` imports ``sitecustomize``). It wraps ``bot.engine.Engine.generate`` once that
-module is imported, so the production code has no test hooks:
+start-up (``site`` imports ``sitecustomize``). It wraps ``bot.engine.RunningBatch.step`` (every
+step of the worker's continuous batching, and of ``Engine.generate``) once that module is
+imported, so the production code has no test hooks:
 
-* a prompt containing ``E2E-MODEL-FAULT`` makes the whole batch raise RuntimeError, as a CUDA
-  error or a bad adapter would;
-* a prompt containing ``E2E-SLOW-MODEL`` makes the batch take ``E2E_SLOW_S`` seconds longer
-  (default 3), to edit, delete or restart while a reply is being generated.
+* a prompt containing ``E2E-MODEL-FAULT`` makes the step that holds it raise RuntimeError, as a
+  CUDA error or a bad adapter would (every row in that step fails);
+* a prompt containing ``E2E-SLOW-MODEL`` makes the first step that holds it take ``E2E_SLOW_S``
+  seconds longer (default 3), to edit, delete or restart while a reply is being generated.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib.machinery
 import os
 import sys
 import time
+import weakref
 from typing import Any
 
 FAULT_MARKER = "E2E-MODEL-FAULT"
@@ -25,20 +27,24 @@ TARGET = "bot.engine"
 
 
 def _wrap(module: Any) -> None:
-    engine = module.Engine
-    original = engine.generate
+    batch = module.RunningBatch
+    original = batch.step
     slow_s = float(os.environ.get("E2E_SLOW_S", "3"))
+    slowed: weakref.WeakSet = weakref.WeakSet()  # sequences already slowed down once
 
-    def generate(self: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
-        prompts = [getattr(r, "prompt", "") for r in requests]
-        if any(FAULT_MARKER in p for p in prompts):
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seqs = self.sequences()
+        if any(FAULT_MARKER in s.request.prompt for s in seqs):
             raise RuntimeError(f"injected model failure ({FAULT_MARKER})")
-        if any(SLOW_MARKER in p for p in prompts):
+        slow = [s for s in seqs if SLOW_MARKER in s.request.prompt and s not in slowed]
+        if slow:
+            for s in slow:
+                slowed.add(s)
             time.sleep(slow_s)
-        return original(self, requests, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    engine.generate = generate
-    print(f"e2e fault injection armed on {TARGET}.Engine.generate", file=sys.stderr, flush=True)
+    batch.step = step
+    print(f"e2e fault injection armed on {TARGET}.RunningBatch.step", file=sys.stderr, flush=True)
 
 
 class _Loader(importlib.abc.Loader):
