@@ -11,6 +11,11 @@ A model of real shape with random weights, 4 personas each with an r=8 adapter,
 * C  single: the same 8 requests in one batch on one adapter with ``generate`` (the ceiling)
 * D  switching between resident adapters, and loading one adapter from disk
 
+A, B and C are interleaved over the repeats (in a rotating order), so a machine that is
+busy for a while slows all of them alike; each figure is the median of its repeats, shown
+with its spread (min-max), and B/A is also given per repeat (paired runs), since one noisy
+machine gave B/A anywhere from 0.7 to 22 across separate runs.
+
 Figures, not assertions: speed targets live here, never in timed tests.
 """
 
@@ -71,6 +76,8 @@ class Figures:
     peak_rss_mb: float
     peak_gpu_mb: float | None
     device: str
+    spread_tok_s: dict[str, list[float]]  # per figure: [min, max] over the repeats
+    mixed_over_serial_runs: list[float]  # B/A of each repeat (A and B ran back to back)
 
 
 def prompt_of(tokenizer, start: int, length: int = PROMPT_TOKENS) -> str:
@@ -190,32 +197,32 @@ async def _measure(
         assert all(x.new_tokens == NEW_TOKENS for x in results), [x.new_tokens for x in results]
         assert max(x.batch_size for x in results) > 1
 
-    async def timed(step, label: str) -> float:
-        """Median wall time of ``repeats`` runs after one warm-up; ``step`` runs on the worker thread."""
-        bar.set_description(label)
-
-        async def once():
-            if step is mixed:
-                await mixed()
-            else:
-                await worker.call(step)
-
-        await once()
+    async def once(step) -> float:
+        start = time.perf_counter()
+        if step is mixed:
+            await mixed()
+        else:
+            await worker.call(step)
         bar.update(1)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            await once()
-            times.append(time.perf_counter() - start)
-            bar.update(1)
-        return statistics.median(times)
+        return time.perf_counter() - start
 
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    serial_s = await timed(serial, "A serial")
-    mixed_s = await timed(mixed, "B mixed batches")
-    single_s = await timed(single, "C one batch, one adapter")
-    engine_single_s = await timed(engine_single, "C engine decode loop")
+    steps = {"serial": serial, "mixed": mixed, "single": single, "engine_single": engine_single}
+    bar.set_description("warm-up")
+    for step in steps.values():
+        await once(step)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for r in range(repeats):
+        bar.set_description(f"A/B/C interleaved, repeat {r + 1}/{repeats}")
+        # Rotate the order so that no figure always runs first (or right after the slowest).
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds[name].append(await once(steps[name]))
+    tok_s = {name: [total_tokens / t for t in times] for name, times in seconds.items()}
+    median = {name: statistics.median(values) for name, values in tok_s.items()}
+    spread = {name: [min(values), max(values)] for name, values in tok_s.items()}
+    ratios = [b / a for a, b in zip(tok_s["serial"], tok_s["mixed"], strict=True)]
 
     def switching(_engine) -> float:
         switches = 200
@@ -238,16 +245,18 @@ async def _measure(
     load_ms = await worker.call(loading)
     bar.update(1)
     return Figures(
-        serial_tok_s=total_tokens / serial_s,
-        mixed_tok_s=total_tokens / mixed_s,
-        single_adapter_tok_s=total_tokens / single_s,
-        engine_single_adapter_tok_s=total_tokens / engine_single_s,
+        serial_tok_s=median["serial"],
+        mixed_tok_s=median["mixed"],
+        single_adapter_tok_s=median["single"],
+        engine_single_adapter_tok_s=median["engine_single"],
         switch_ms=switch_ms,
         load_ms=load_ms,
         adapters_memory_pct=100 * adapter_bytes / base_bytes,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if engine.device.type == "cuda" else None,
         device=torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu",
+        spread_tok_s=spread,
+        mixed_over_serial_runs=ratios,
     )
 
 
@@ -287,11 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"device {result['device']}, shape {args.shape}, quant {args.quant}, threads {result['torch_threads']}"
     )
-    print(f"A serial (set_adapter + generate, one at a time): {fig.serial_tok_s:8.1f} tok/s")
-    print(f"B mixed-adapter batches through the worker:       {fig.mixed_tok_s:8.1f} tok/s")
-    print(f"C one batch, one adapter, generate (ceiling):     {fig.single_adapter_tok_s:8.1f} tok/s")
-    print(f"  one batch, one adapter, engine decode loop:     {fig.engine_single_adapter_tok_s:8.1f} tok/s")
-    print(f"B/A {result['mixed_over_serial']:.2f}   B/C {result['mixed_over_single']:.2f}")
+    lo_hi = fig.spread_tok_s
+
+    def line(label: str, key: str, value: float) -> None:
+        print(f"{label} {value:8.1f} tok/s  (median; min {lo_hi[key][0]:.1f}, max {lo_hi[key][1]:.1f})")
+
+    print(f"medians of {args.repeats} interleaved repeats")
+    line("A serial (set_adapter + generate, one at a time):", "serial", fig.serial_tok_s)
+    line("B mixed-adapter batches through the worker:      ", "mixed", fig.mixed_tok_s)
+    line("C one batch, one adapter, generate (ceiling):    ", "single", fig.single_adapter_tok_s)
+    line(
+        "  one batch, one adapter, engine decode loop:    ", "engine_single", fig.engine_single_adapter_tok_s
+    )
+    runs = fig.mixed_over_serial_runs
+    print(
+        f"B/A {result['mixed_over_serial']:.2f} (per repeat: median {statistics.median(runs):.2f}, "
+        f"min {min(runs):.2f}, max {max(runs):.2f})   B/C {result['mixed_over_single']:.2f}"
+    )
     print(
         f"D switch between resident adapters {fig.switch_ms:.3f} ms, load one from disk {fig.load_ms:.1f} ms"
     )

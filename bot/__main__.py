@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, discord_token, load_settings
-from bot.model_loading import ModelLoadError
 from bot.quiet import quiet_libraries
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
+malloc_setting: str | None = None  # what bot/allocator.py did, when run as ``python -m bot``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_libraries(verbose)
+    if malloc_setting is not None:
+        log.info("%s", malloc_setting)
     if not verbose:
         # Offline, the hub client warns once per file it tries; the one-line error below says it all.
         from huggingface_hub.utils import logging as hub_logging
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         # ...but say what a long wait is for: finding and loading the model (bot/model_source.py).
         for name in ("bot.model_source", "bot.model_loading"):
             logging.getLogger(name).setLevel(logging.INFO)
+    from bot.model_loading import ModelLoadError  # imports torch: after bot/allocator.py's setting
+
     try:
         settings = load_settings(getattr(args, "config", None))
         if getattr(args, "model", None):
@@ -157,4 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Before torch is imported, so all its allocations follow the setting (bot/allocator.py).
+    from bot.allocator import fix_mmap_threshold
+
+    malloc_setting = fix_mmap_threshold()
     sys.exit(main())

@@ -55,6 +55,11 @@ class WorkerSettings:
     batch_window_ms: int = 15
     queue_size: int = 64
     request_timeout_s: float = 180.0
+    # continuous: admit waiting requests between decode steps; static: only when the batch is empty.
+    scheduler: str = "continuous"
+    # Most prompt tokens (rows x columns) read per step while newcomers are prefilled, so a long
+    # prompt delays the decoding rows by a bounded amount per step (chunked prefill).
+    prefill_chunk_tokens: int = 512
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,11 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{key}: Discord ids are positive numbers, got {list(ids)}")
     if not settings.chat.default_persona.strip():
         raise ConfigError("chat.default_persona: must name a persona (an id under personas/)")
+    if settings.worker.scheduler not in ("continuous", "static"):
+        raise ConfigError(
+            f"worker.scheduler (OSHABERI_WORKER__SCHEDULER): {settings.worker.scheduler!r} "
+            "is not one of continuous, static"
+        )
 
 
 def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
@@ -249,6 +259,7 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("worker.batch_window_ms", s.worker.batch_window_ms, 0, True, ""),
         ("worker.queue_size", s.worker.queue_size, 1, True, ""),
         ("worker.request_timeout_s", s.worker.request_timeout_s, 0, False, " (seconds)"),
+        ("worker.prefill_chunk_tokens", s.worker.prefill_chunk_tokens, 1, True, " (prompt tokens per step)"),
         ("chat.history_messages", s.chat.history_messages, 0, True, ""),
         ("chat.rate_limit_per_minute", s.chat.rate_limit_per_minute, 0, True, " (0 switches the limit off)"),
         ("chat.rate_limit_burst", s.chat.rate_limit_burst, 1, True, ""),

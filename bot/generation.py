@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from personas.card import GenerationParams, PersonaCard
 from personas.render import RenderedPrompt
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+# Why a reply ended. "stop": a stop string (cut off, never shown); "eos": the model's end of
+# text; "length": max_new_tokens; "cancelled": the caller cancelled or timed out (callers see
+# RequestCancelledError / RequestTimeoutError instead of a result with this reason).
+FinishReason = Literal["stop", "eos", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,15 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    text: str  # generated text, cut before the first stop string
+    text: str  # generated text, cut before the first stop string; only whole characters
     new_tokens: int
-    finish_reason: str  # "stop" | "eos" | "length"
+    finish_reason: FinishReason
     adapter: str
     adapter_version: str | None
-    seconds: float = 0.0
-    batch_size: int = 1
+    seconds: float = 0.0  # from admission into the batch to the last token
+    batch_size: int = 1  # the most rows that shared a decode step with this request
+    first_token_s: float | None = None  # from admission to the first token (None: no token)
+    token_ids: tuple[int, ...] = ()  # the generated ids (EOS excluded), when the backend knows them
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,19 @@ class RequestCancelledError(GenerationError):
 
 class WorkerStoppedError(GenerationError):
     pass
+
+
+class PromptTooLongError(GenerationError):
+    """The prompt and the reply's room do not fit the model's context."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int) -> None:
+        super().__init__(
+            f"This conversation is too long for the model: {prompt_tokens} prompt tokens plus "
+            f"{max_new_tokens} for the reply exceed its context of {context}. "
+            "Lower the persona's history_budget_tokens or max_new_tokens."
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context = context
 
 
 class AdapterError(RuntimeError):

@@ -1,14 +1,19 @@
 """The generation worker: one thread owns the engine; async callers submit and await.
 
-Requests wait in a bounded queue. The thread takes the oldest one, gathers whatever
-else arrives within a short window (up to ``max_batch_size``, any persona), runs them as
-one mixed-adapter batch and hands each caller its own result. A full queue is refused
-at once rather than letting waits grow without bound; a cancelled or expired request
-that has not started is never computed; a failing batch fails only its own requests.
+Requests wait in a bounded queue. The thread runs a loop of steps over one running batch
+(:class:`bot.engine.RunningBatch`): between two steps it admits queued requests, any
+persona, up to ``max_batch_size`` rows (continuous batching); each step reads a chunk of
+the newcomers' prompts and decodes one token for every running row; rows that finish,
+are cancelled or time out leave at the next step. With ``scheduler = "static"`` requests
+are admitted only into an empty batch (the old behaviour, kept for comparison).
 
-The request handle (:class:`Ticket`) has both a final result and an async iterator of
-text pieces, so callers that stream today keep working when the engine later admits
-requests between decode steps (continuous batching).
+A full queue is refused at once rather than letting waits grow without bound; a
+cancelled or expired request that has not started is never computed; a failing step
+fails only its own rows and the worker goes on.
+
+The request handle (:class:`Ticket`) has a final result, an async iterator of text pieces
+(whole characters only; their concatenation is the final text) and token events
+(:attr:`Ticket.first_token_at`) for time-to-first-token figures.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from bot.batch import SequenceState
 from bot.config import WorkerSettings
-from bot.engine import Engine
+from bot.engine import Engine, RunningBatch
 from bot.generation import (
-    BASE_ADAPTER,
+    AdapterError,
     GenerationError,
     GenerationRequest,
     GenerationResult,
@@ -71,6 +77,10 @@ class Ticket:
         self._streaming = False
         self._wake = asyncio.Event()
         self._cancelled = threading.Event()
+        # Token events, written by the worker thread: when the first token was chosen
+        # (time.monotonic()) and how many so far. A token may decode to no text yet.
+        self.first_token_at: float | None = None
+        self.tokens = 0
 
     @property
     def position(self) -> int:
@@ -135,6 +145,11 @@ class Ticket:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._finish, result, exc)
 
+    def _token(self, at: float) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = at
+        self.tokens += 1
+
     def _piece(self, text: str) -> None:
         with self._buffer_lock:
             self._buffer.append(text)
@@ -156,7 +171,10 @@ class GenerationWorker:
         self._thread: threading.Thread | None = None
         self._accepting = False
         self._stopping = False
-        self._running: list[Ticket] = []
+        self._running: dict[SequenceState, Ticket] = {}
+        self._batch: RunningBatch | None = None
+        # Rows allowed together; halved after an out-of-memory step, restored when the batch empties.
+        self._row_limit = self.settings.max_batch_size
         self._batch_sizes: collections.deque[int] = collections.deque(maxlen=RECENT_BATCHES)
         self._batch_tokens: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT_BATCHES)
         self._batches_run = 0
@@ -222,7 +240,7 @@ class GenerationWorker:
             await asyncio.sleep(0.05)
         with self._cond:
             self._stopping = True
-            leftovers = list(self._queue) + list(self._running)
+            leftovers = list(self._queue) + list(self._running.values())
             self._queue.clear()
             self._cond.notify_all()
         for ticket in leftovers:
@@ -248,7 +266,7 @@ class GenerationWorker:
         return ticket
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
-        """Run ``fn(engine)`` on the worker thread between batches (adapter loads, memory figures)."""
+        """Run ``fn(engine)`` on the worker thread between two steps (adapter loads, memory figures)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._cond:
@@ -270,6 +288,7 @@ class GenerationWorker:
             self._queue.remove(ticket)
 
     def stats(self) -> WorkerStats:
+        """Queue and batch figures; ``recent_batch_sizes`` are rows per recent step."""
         with self._cond:
             depth, running = len(self._queue), len(self._running)
             sizes = list(self._batch_sizes)
@@ -294,52 +313,150 @@ class GenerationWorker:
     # -- the worker thread -----------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if batch:
-                self._run_batch(batch)
+        batch = RunningBatch(self.engine, self.settings.prefill_chunk_tokens)
+        self._batch = batch
+        while self._wait_for_work(batch):
+            while True:
+                with self._cond:
+                    control = self._controls.popleft() if self._controls else None
+                if control is None:
+                    break
+                self._run_control(*control)
+            self._admit(batch)
+            if batch.rows:
+                self._step(batch)
+            elif self._row_limit != self.settings.max_batch_size:
+                self._row_limit = self.settings.max_batch_size
+        for seq in batch.abort():  # stopping: stop() has already told their callers
+            self._running.pop(seq, None)
 
-    def _next_batch(self) -> list[Ticket] | None:
-        """Wait for work; gather a batch within the window. None means stop."""
-        window = self.settings.batch_window_ms / 1000
+    def _wait_for_work(self, batch: RunningBatch) -> bool:
+        """Block while there is nothing to do; False means stop.
+
+        When the batch is empty and a request arrives, wait ``batch_window_ms`` for more, so a
+        burst starts as one batch instead of a first row that the others then join.
+        """
         with self._cond:
-            while not self._queue and not self._controls and not self._stopping:
+            while not batch.rows and not self._queue and not self._controls and not self._stopping:
                 self._cond.wait()
             if self._stopping:
-                return None
-            control = self._controls.popleft() if self._controls else None
-        if control is not None:
-            self._run_control(*control)
-            return []
+                return False
+            if not batch.rows and not self._controls:
+                gather_until = time.monotonic() + self.settings.batch_window_ms / 1000
+                while len(self._queue) < self._row_limit and not self._stopping:
+                    left = gather_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            return not self._stopping
+
+    def _admit(self, batch: RunningBatch) -> None:
+        """Move queued requests into the batch while rows are free (static: only into an empty batch)."""
+        if self.settings.scheduler == "static" and batch.rows:
+            return
+        admitted: list[SequenceState] = []
+        refused: list[tuple[Ticket, GenerationError]] = []
         with self._cond:
-            gather_until = time.monotonic() + window
-            while len(self._queue) < self.settings.max_batch_size and not self._stopping:
-                left = gather_until - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch: list[Ticket] = []
             now = time.monotonic()
-            while self._queue and len(batch) < self.settings.max_batch_size:
+            while self._queue and batch.rows + len(admitted) < self._row_limit:
                 ticket = self._queue.popleft()
                 if ticket.cancelled:
                     continue
                 if now > ticket.deadline:
-                    ticket._deliver(exc=RequestTimeoutError("The reply took too long and was given up."))
+                    refused.append((ticket, RequestTimeoutError("The reply took too long and was given up.")))
                     continue
-                if ticket.request.adapter != BASE_ADAPTER and not self.engine.has_adapter(
-                    ticket.request.adapter
-                ):
-                    ticket._deliver(
-                        exc=GenerationError(f"The adapter {ticket.request.adapter!r} is not loaded.")
+                try:
+                    seq = self.engine.sequence(
+                        ticket.request,
+                        on_piece=ticket._piece,
+                        on_token=ticket._token,
+                        is_cancelled=lambda t=ticket: t.cancelled or time.monotonic() > t.deadline,
+                    )
+                except AdapterError:
+                    refused.append(
+                        (ticket, GenerationError(f"The adapter {ticket.request.adapter!r} is not loaded."))
                     )
                     continue
+                except GenerationError as exc:  # a prompt longer than the context
+                    refused.append((ticket, exc))
+                    continue
                 ticket.state = "running"
-                batch.append(ticket)
-            self._running = batch
-        return batch
+                self._running[seq] = ticket
+                admitted.append(seq)
+        for ticket, error in refused:
+            ticket._deliver(exc=error)
+        if admitted:
+            batch.add(admitted)
+
+    def _step(self, batch: RunningBatch) -> None:
+        rows = batch.rows
+        tokens_before = sum(len(s.generated) for s in batch.sequences())
+        start = time.perf_counter()
+        try:
+            finished = batch.step()
+        except torch.OutOfMemoryError:
+            self._out_of_memory(batch)
+            return
+        except Exception as exc:
+            # The details go to the operator's log; users get a message that exposes no internals.
+            log.exception("generation step failed for %d rows", rows)
+            error = GenerationError("The model failed while writing this reply. Please try again.")
+            error.__cause__ = exc
+            self._fail(batch.abort(), error)
+            return
+        seconds = time.perf_counter() - start
+        tokens = sum(len(s.generated) for s in batch.sequences()) + sum(len(s.generated) for s in finished)
+        with self._cond:
+            self._batches_run += 1
+            self._batch_sizes.append(rows)
+            self._batch_tokens.append((max(0, tokens - tokens_before), seconds))
+        for seq in finished:
+            self._deliver(seq)
+
+    def _deliver(self, seq: SequenceState) -> None:
+        with self._cond:
+            ticket = self._running.pop(seq, None)
+        if ticket is None:
+            return
+        if seq.error is not None:
+            with self._cond:
+                self._failed += 1
+            ticket._deliver(exc=seq.error)
+        elif seq.finish_reason == "cancelled":
+            if not ticket.cancelled and time.monotonic() > ticket.deadline:
+                ticket._deliver(exc=RequestTimeoutError("The reply took too long and was given up."))
+            else:
+                ticket._deliver(exc=RequestCancelledError("The request was cancelled."))
+        else:
+            ticket._deliver(result=self.engine.result(seq))
+
+    def _out_of_memory(self, batch: RunningBatch) -> None:
+        """Drop the batch; rows that have shown nothing yet go back to the queue's front and the
+        row limit halves (fewer rows need less memory); rows already streamed, or alone, fail."""
+        seqs = batch.abort()
+        _empty_cache()
+        self._row_limit = max(1, len(seqs) // 2)
+        log.warning("out of memory on a step of %d rows; now at most %d rows", len(seqs), self._row_limit)
+        retry, failed = [], []
+        for seq in seqs:
+            (retry if len(seqs) > 1 and not seq.generated else failed).append(seq)
+        with self._cond:
+            for seq in reversed(retry):
+                ticket = self._running.pop(seq)
+                ticket.state = "queued"
+                self._queue.appendleft(ticket)
+        self._fail(failed, GenerationError("The model ran out of memory on this message. Try a shorter one."))
+
+    def _fail(self, seqs: list[SequenceState], error: GenerationError) -> None:
+        tickets = []
+        with self._cond:
+            for seq in seqs:
+                ticket = self._running.pop(seq, None)
+                if ticket is not None:
+                    tickets.append(ticket)
+            self._failed += len(tickets)
+        for ticket in tickets:
+            ticket._deliver(exc=error)
 
     def _run_control(self, fn, future: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
         def settle(value=None, exc=None):
@@ -352,57 +469,6 @@ class GenerationWorker:
             loop.call_soon_threadsafe(settle, None, exc)
         else:
             loop.call_soon_threadsafe(settle, value, None)
-
-    def _run_batch(self, batch: list[Ticket]) -> None:
-        try:
-            self._generate(batch)
-        finally:
-            with self._cond:
-                self._running = []
-
-    def _generate(self, batch: list[Ticket]) -> None:
-        try:
-            results = self.engine.generate(
-                [t.request for t in batch],
-                on_piece=lambda i, text: batch[i]._piece(text),
-                is_cancelled=lambda i: batch[i].cancelled,
-            )
-        except torch.OutOfMemoryError:
-            if len(batch) > 1:
-                # Smaller batches need less activation memory; halve until it fits or one row fails alone.
-                log.warning("out of memory on a batch of %d; retrying in halves", len(batch))
-                _empty_cache()
-                half = len(batch) // 2
-                self._generate(batch[:half])
-                self._generate(batch[half:])
-                return
-            self._fail(
-                batch, GenerationError("The model ran out of memory on this message. Try a shorter one.")
-            )
-            return
-        except Exception as exc:
-            # The details go to the operator's log; users get a message that exposes no internals.
-            log.exception("generation failed for a batch of %d", len(batch))
-            error = GenerationError("The model failed while writing this reply. Please try again.")
-            error.__cause__ = exc
-            self._fail(batch, error)
-            return
-        tokens = sum(r.new_tokens for r in results)
-        with self._cond:
-            self._batches_run += 1
-            self._batch_sizes.append(len(batch))
-            self._batch_tokens.append((tokens, results[0].seconds if results else 0.0))
-        for ticket, result in zip(batch, results, strict=True):
-            if result.finish_reason == "cancelled":
-                ticket._deliver(exc=RequestCancelledError("The request was cancelled."))
-            else:
-                ticket._deliver(result=result)
-
-    def _fail(self, batch: list[Ticket], error: GenerationError) -> None:
-        with self._cond:
-            self._failed += len(batch)
-        for ticket in batch:
-            ticket._deliver(exc=error)
 
 
 def _empty_cache() -> None:

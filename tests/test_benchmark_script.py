@@ -38,9 +38,14 @@ def test_benchmark_writes_its_figures(tmp_path, capsys):
     assert figures["device"] == "cpu" and figures["requests"] == 8
     assert all(figures[k] > 0 for k in ("serial_tok_s", "mixed_tok_s", "single_adapter_tok_s", "load_ms"))
     assert abs(figures["mixed_over_serial"] - figures["mixed_tok_s"] / figures["serial_tok_s"]) < 1e-9
+    # Interleaved repeats: each figure's spread and B/A per repeat.
+    assert set(figures["spread_tok_s"]) == {"serial", "mixed", "single", "engine_single"}
+    lo, hi = figures["spread_tok_s"]["mixed"]
+    assert lo <= figures["mixed_tok_s"] <= hi
+    assert len(figures["mixed_over_serial_runs"]) == 1
     # Progress goes to stderr, stage by stage, to the last unit; stdout keeps only the figures.
     captured = capsys.readouterr()
-    for stage in ("building the model", "A serial", "B mixed batches", "D adapter switching"):
+    for stage in ("building the model", "warm-up", "A/B/C interleaved", "D adapter switching"):
         assert stage in captured.err
     assert f"{stage_count(1)}/{stage_count(1)}" in captured.err
     assert "run/s" not in captured.out and "B/A" in captured.out

@@ -342,11 +342,15 @@ def carded_undecided(db: Path) -> tuple[int, int] | None:
 
 
 async def test_model_failure_fails_only_its_batch(stack: Stack) -> None:
-    """The model raises on one batch: its users are told, and the next messages are answered."""
+    """The model raises on one step: every row in that step is told, and the next messages are answered.
+
+    With continuous batching the three later messages join the slow one's running batch, so
+    the failing step holds all four.
+    """
     emu = stack.emu
     general = stack.world.channel_id("general")
     at_bot = f"<@{emu.application_id}> "
-    # Hold the worker with a slow request, so the next three queue up and run as one batch.
+    # Hold the worker with a slow request, so the next three queue up and then join its batch.
     mark = emu.mark()
     slow = await stack.say("general", "member", at_bot + f"{SLOW_MARKER} ゆっくり考えて")
     await emu.wait_for_call(lambda c: c.path == f"/channels/{general}/typing", 30, since=mark)
@@ -356,9 +360,8 @@ async def test_model_failure_fails_only_its_batch(stack: Stack) -> None:
         await stack.say("load-1", "user07", "同じバッチの人"),
         await stack.say("load-2", "user08", "同じバッチの人その2"),
     ]
-    assert (await stack.answer(slow, timeout=60)).kind == "reply"
-    failed = [await stack.answer(s, timeout=60) for s in [broken, *mates]]
-    assert [a.kind for a in failed] == ["error"] * 3
+    failed = [await stack.answer(s, timeout=60) for s in [slow, broken, *mates]]
+    assert [a.kind for a in failed] == ["error"] * 4
     assert all(a.text.startswith("Sorry, no reply this time:") for a in failed)
     assert all(emu.message(a.answer_id).payload["message_reference"] for a in failed)
 
@@ -368,7 +371,7 @@ async def test_model_failure_fails_only_its_batch(stack: Stack) -> None:
     ]
     assert [(await stack.answer(s, timeout=60)).kind for s in later] == ["reply", "reply"]
     _, status = await run_command(emu, "general", "moderator", "status")
-    assert "3 requests failed" in status
+    assert "4 requests failed" in status
     log = stack.bot.check_log(allowed_traceback=FAULT_MARKER)
     assert not log.tracebacks
     assert f"RuntimeError: injected model failure ({FAULT_MARKER})" in stack.bot.log_text()

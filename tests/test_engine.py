@@ -101,7 +101,10 @@ def test_plain_hf_generate_agrees_with_the_decode_loop(engine, tiny_models):
             )
         ]
     )[0]
-    assert plain.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True) == ours.text
+    assert list(ours.token_ids) == out[0, ids.shape[1] :].tolist()
+    # The random model emits stray byte-fallback tokens; their U+FFFD is never part of a reply.
+    expected = plain.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert expected.replace("\ufffd", "") == ours.text
 
 
 def test_rows_keep_their_own_parameters_and_stop_strings(engine):

@@ -1,4 +1,5 @@
-"""The generation worker: batching, bounded queue, timeouts, cancellation, failures, loop lag."""
+"""The generation worker on a tiny real model: continuous batching, bounded queue, timeouts,
+cancellation, failures, streaming, loop lag, and bad input (issue 8)."""
 
 import asyncio
 import threading
@@ -14,7 +15,6 @@ from bot.generation import (
     BASE_ADAPTER,
     GenerationError,
     GenerationRequest,
-    GenerationResult,
     QueueFullError,
     RequestCancelledError,
     RequestTimeoutError,
@@ -22,7 +22,7 @@ from bot.generation import (
 from bot.worker import GenerationWorker
 from personas.card import GenerationParams
 
-GREEDY = GenerationParams(temperature=0, max_new_tokens=8, repetition_penalty=1.0)
+GREEDY = GenerationParams(temperature=0, max_new_tokens=8, min_new_tokens=8, repetition_penalty=1.0)
 
 
 def req(prompt: str = "こんにちは", adapter: str = BASE_ADAPTER, **kw) -> GenerationRequest:
@@ -31,38 +31,16 @@ def req(prompt: str = "こんにちは", adapter: str = BASE_ADAPTER, **kw) -> G
     )
 
 
-class FakeEngine:
-    """Stands in for the model where the test is about the worker's own logic."""
+@pytest.fixture(scope="module")
+def real_engine(tiny_neox, random_adapters) -> Engine:
+    engine = Engine.from_settings(ModelSettings(base_model=str(tiny_neox)))
+    for name, path in random_adapters["gpt-neox"].items():
+        engine.load_adapter(name, AdapterSource(str(path), "v1", True))
+    return engine
 
-    def __init__(self, delay: float = 0.0, fail_when=None) -> None:
-        self.delay = delay
-        self.fail_when = fail_when or (lambda batch: None)
-        self.batches: list[list[str]] = []
-        self.release = threading.Event()
-        self.release.set()
-        self.device = torch.device("cpu")
 
-    def has_adapter(self, name: str) -> bool:
-        return name in ("marisa", "zundamon")
-
-    def adapters(self):
-        return []
-
-    def generate(self, requests, on_piece=None, is_cancelled=None):
-        prompts = [r.prompt for r in requests]
-        self.batches.append(prompts)
-        self.release.wait(10)
-        time.sleep(self.delay)
-        error = self.fail_when(prompts)
-        if error is not None:
-            raise error
-        out = []
-        for i, r in enumerate(requests):
-            if on_piece:
-                on_piece(i, "re:")
-                on_piece(i, r.prompt)
-            out.append(GenerationResult("re:" + r.prompt, 2, "length", r.adapter, None, 0.01, len(requests)))
-        return out
+def forced(n: int) -> GenerationParams:
+    return GenerationParams(temperature=0, max_new_tokens=n, min_new_tokens=n, repetition_penalty=1.0)
 
 
 async def started(engine, **settings) -> GenerationWorker:
@@ -71,83 +49,105 @@ async def started(engine, **settings) -> GenerationWorker:
     return worker
 
 
-async def test_requests_arriving_during_a_batch_are_gathered_across_personas():
-    engine = FakeEngine()
-    engine.release.clear()
-    worker = await started(engine, max_batch_size=8, batch_window_ms=5)
-    first = worker.submit(req("a"))
-    await asyncio.sleep(0.1)  # the first batch is now running (and held)
-    later = [
-        worker.submit(req(p, adapter))
-        for p, adapter in [("b", "marisa"), ("c", "zundamon"), ("d", BASE_ADAPTER)]
-    ]
-    assert [t.position for t in later] == [1, 2, 3] and first.position == 0
-    engine.release.set()
-    results = await asyncio.gather(first.result(), *(t.result() for t in later))
-    assert [r.text for r in results] == ["re:a", "re:b", "re:c", "re:d"]
-    assert engine.batches == [["a"], ["b", "c", "d"]]
-    stats = worker.stats()
-    assert stats.recent_batch_sizes == [1, 3] and stats.queue_depth == 0 and stats.tokens_per_s > 0
+async def hold(worker: GenerationWorker) -> tuple[threading.Event, asyncio.Future]:
+    """Park the worker thread between two steps until the returned event is set."""
+    release, parked = threading.Event(), threading.Event()
+
+    def wait(_engine):
+        parked.set()
+        release.wait(30)
+
+    held = asyncio.ensure_future(worker.call(wait))
+    await asyncio.to_thread(parked.wait, 10)
+    return release, held
+
+
+async def test_a_request_arriving_mid_decode_joins_the_running_batch(real_engine):
+    worker = await started(real_engine, max_batch_size=8, batch_window_ms=0)
+    long = worker.submit(req("ユーザー: こんにちは\n魔理沙: ", "marisa", params=forced(120)))
+    while long.first_token_at is None:
+        await asyncio.sleep(0.005)
+    late = worker.submit(req("やあ", "zundamon", params=forced(4)))
+    assert late.position == 1 or late.state == "running"
+    late_result = await late.result()
+    assert long.state != "done", "the late request waited for the whole running batch"
+    long_result = await long.result()
+    assert late_result.batch_size == 2 and long_result.new_tokens == 120
+    assert late_result.token_ids == real_engine.generate([late.request])[0].token_ids
+    assert worker.stats().queue_depth == 0 and worker.stats().tokens_per_s > 0
     await worker.stop()
 
 
-async def test_full_queue_refuses_at_once_with_the_depth():
-    engine = FakeEngine()
-    engine.release.clear()
-    worker = await started(engine, queue_size=2, max_batch_size=1, batch_window_ms=0)
-    running = worker.submit(req("running"))
-    await asyncio.sleep(0.1)
+async def test_static_scheduler_admits_only_into_an_empty_batch(real_engine):
+    worker = await started(real_engine, max_batch_size=8, batch_window_ms=0, scheduler="static")
+    long = worker.submit(req("ユーザー: こんにちは\n魔理沙: ", "marisa", params=forced(40)))
+    while long.first_token_at is None:
+        await asyncio.sleep(0.005)
+    late = worker.submit(req("やあ", "zundamon", params=forced(4)))
+    await late.result()
+    assert long.state == "done"
+    await worker.stop()
+
+
+async def test_full_queue_refuses_at_once_with_the_depth(real_engine):
+    worker = await started(real_engine, queue_size=2, max_batch_size=1, batch_window_ms=0)
+    release, held = await hold(worker)
     queued = [worker.submit(req("q1")), worker.submit(req("q2"))]
     with pytest.raises(QueueFullError) as info:
         worker.submit(req("one too many"))
     assert info.value.depth == 2 and "2 requests waiting" in str(info.value)
-    engine.release.set()
-    assert (await running.result()).text == "re:running"
-    assert [(await t.result()).text for t in queued] == ["re:q1", "re:q2"]
+    release.set()
+    await held
+    assert [(await t.result()).new_tokens for t in queued] == [8, 8]
     await worker.stop()
 
 
-async def test_cancelled_request_that_has_not_started_is_never_computed():
-    engine = FakeEngine()
-    engine.release.clear()
-    worker = await started(engine, max_batch_size=1, batch_window_ms=0)
-    running = worker.submit(req("running"))
-    await asyncio.sleep(0.1)
+async def test_cancelled_request_that_has_not_started_is_never_computed(real_engine):
+    worker = await started(real_engine, max_batch_size=1, batch_window_ms=0)
+    release, held = await hold(worker)
     doomed = worker.submit(req("doomed"))
     kept = worker.submit(req("kept"))
     doomed.cancel()
     assert kept.position == 1
-    engine.release.set()
+    release.set()
+    await held
     with pytest.raises(RequestCancelledError):
         await doomed.result()
-    await running.result()
     await kept.result()
-    assert ["doomed"] not in engine.batches and engine.batches == [["running"], ["kept"]]
+    assert doomed.first_token_at is None and doomed.tokens == 0
     await worker.stop()
 
 
-async def test_timeout_gives_up_and_an_expired_request_is_skipped():
-    engine = FakeEngine()
-    engine.release.clear()
-    worker = await started(engine, max_batch_size=1, batch_window_ms=0)
-    running = worker.submit(req("running"), timeout_s=5)
-    await asyncio.sleep(0.1)
+async def test_timeouts_while_waiting_and_while_running_free_the_slot(real_engine):
+    worker = await started(real_engine, max_batch_size=2, batch_window_ms=0)
+    release, held = await hold(worker)
     waiting = worker.submit(req("waiting"), timeout_s=0.2)
     with pytest.raises(RequestTimeoutError, match="too long"):
         await waiting.result()
-    engine.release.set()
-    await running.result()
-    follow = worker.submit(req("after"))
-    await follow.result()
-    assert engine.batches == [["running"], ["after"]]
+    release.set()
+    await held
+    slow = worker.submit(req("ユーザー: こんにちは", params=forced(2000 - 20)), timeout_s=0.5)
+    other = worker.submit(req("やあ", "marisa", params=forced(30)))
+    with pytest.raises(RequestTimeoutError):
+        await slow.result()
+    assert (await other.result()).new_tokens == 30
+    for _ in range(100):
+        if worker.stats().in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.stats().in_flight == 0 and worker._batch.rows == 0
+    assert waiting.first_token_at is None
     await worker.stop()
 
 
-async def test_a_failing_batch_fails_only_its_requests_and_the_worker_goes_on(caplog):
-    engine = FakeEngine(
-        fail_when=lambda batch: RuntimeError("boom /internal/path") if "bad" in batch else None
-    )
-    worker = await started(engine, max_batch_size=4, batch_window_ms=20)
+async def test_a_failing_step_fails_only_its_rows_and_the_worker_goes_on(real_engine, caplog, monkeypatch):
+    worker = await started(real_engine, max_batch_size=4, batch_window_ms=20)
+    real_forward = real_engine.forward
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom /internal/path")
+
+    monkeypatch.setattr(real_engine, "forward", broken)
     bad = [worker.submit(req("bad")), worker.submit(req("neighbour"))]
     for ticket in bad:
         with pytest.raises(GenerationError, match="failed while writing") as info:
@@ -155,68 +155,70 @@ async def test_a_failing_batch_fails_only_its_requests_and_the_worker_goes_on(ca
         assert "boom" not in str(info.value)  # users never see internals...
         assert isinstance(info.value.__cause__, RuntimeError)
     assert "boom /internal/path" in caplog.text  # ...the operator's log has them
-    assert (await worker.submit(req("good")).result()).text == "re:good"
+    monkeypatch.setattr(real_engine, "forward", real_forward)
+    assert (await worker.submit(req("good")).result()).new_tokens == 8
     assert worker.stats().requests_failed == 2
     await worker.stop()
 
 
-async def test_out_of_memory_retries_in_halves():
-    def oom_when_big(batch):
-        return torch.OutOfMemoryError("CUDA out of memory") if len(batch) > 1 else None
+async def test_out_of_memory_retries_with_fewer_rows(real_engine, monkeypatch):
+    real_forward = real_engine.forward
+    rows_seen: list[int] = []
 
-    engine = FakeEngine(fail_when=oom_when_big)
-    engine.release.clear()
-    worker = await started(engine, max_batch_size=4, batch_window_ms=50)
-    tickets = [worker.submit(req(p)) for p in "wxyz"]
-    engine.release.set()
-    assert [(await t.result()).text for t in tickets] == ["re:w", "re:x", "re:y", "re:z"]
-    assert engine.batches == [["w", "x", "y", "z"], ["w", "x"], ["w"], ["x"], ["y", "z"], ["y"], ["z"]]
+    def small_only(input_ids, *args, **kwargs):
+        rows_seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(real_engine, "forward", small_only)
+    worker = await started(real_engine, max_batch_size=4, batch_window_ms=50)
+    tickets = [worker.submit(req(p)) for p in ("w", "x", "y", "z")]
+    results = [await t.result() for t in tickets]
+    monkeypatch.setattr(real_engine, "forward", real_forward)
+    assert [r.token_ids for r in results] == [real_engine.generate([t.request])[0].token_ids for t in tickets]
+    assert rows_seen[:3] == [4, 2, 1] and max(r.batch_size for r in results) == 1
     await worker.stop()
 
 
-async def test_unknown_adapter_fails_alone():
-    engine = FakeEngine()
-    worker = await started(engine, batch_window_ms=30)
+async def test_unknown_adapter_fails_alone(real_engine):
+    worker = await started(real_engine, batch_window_ms=30)
     missing = worker.submit(req("x", adapter="reimu"))
     fine = worker.submit(req("y", adapter="marisa"))
     with pytest.raises(GenerationError, match="not loaded"):
         await missing.result()
-    assert (await fine.result()).text == "re:y"
+    assert (await fine.result()).new_tokens == 8
     await worker.stop()
 
 
-async def test_pieces_stream_before_the_result():
-    worker = await started(FakeEngine())
-    ticket = worker.submit(req("abc"))
-    pieces = [p async for p in ticket]
-    assert "".join(pieces) == (await ticket.result()).text == "re:abc"
+async def test_pieces_stream_before_the_result_and_add_up_to_it(tiny_llama, random_adapters):
+    engine = Engine.from_settings(ModelSettings(base_model=str(tiny_llama)))
+    engine.load_adapter("marisa", AdapterSource(str(random_adapters["llama"]["marisa"]), "v1", True))
+    worker = await started(engine, batch_window_ms=0)
+    ticket = worker.submit(req("ユーザー: こんにちは\nマリサ: ", "marisa", params=forced(60)))
+    pieces, done_at_first_piece = [], None
+    async for piece in ticket:
+        if done_at_first_piece is None:
+            done_at_first_piece = ticket.state == "done"
+        pieces.append(piece)
+    result = await ticket.result()
+    assert done_at_first_piece is False and len(pieces) > 1
+    assert "".join(pieces) == result.text and not any("\ufffd" in p for p in pieces)
     await worker.stop()
 
 
-async def test_stop_fails_what_is_left_and_refuses_new_work():
-    engine = FakeEngine()
-    engine.release.clear()
-    worker = await started(engine, max_batch_size=1, batch_window_ms=0)
-    running = worker.submit(req("running"))
-    await asyncio.sleep(0.05)
+async def test_stop_fails_what_is_left_and_refuses_new_work(real_engine):
+    worker = await started(real_engine, max_batch_size=1, batch_window_ms=0)
+    running = worker.submit(req("running", params=forced(1500)))
+    while running.first_token_at is None:
+        await asyncio.sleep(0.005)
     queued = worker.submit(req("queued"))
-    stopping = asyncio.create_task(worker.stop(drain_timeout=0.2))
-    await asyncio.sleep(0.3)
-    engine.release.set()
-    await stopping
+    await worker.stop(drain_timeout=0.2)
     for ticket in (running, queued):
         with pytest.raises(GenerationError, match="shutting down"):
             await ticket.result()
     with pytest.raises(GenerationError, match="shutting down"):
         worker.submit(req("late"))
-
-
-@pytest.fixture(scope="module")
-def real_engine(tiny_neox, random_adapters) -> Engine:
-    engine = Engine.from_settings(ModelSettings(base_model=str(tiny_neox)))
-    for name, path in random_adapters["gpt-neox"].items():
-        engine.load_adapter(name, AdapterSource(str(path), "v1", True))
-    return engine
 
 
 async def test_event_loop_is_not_blocked_while_a_real_batch_runs(real_engine):
@@ -253,16 +255,16 @@ async def test_worker_results_match_the_engine_run_directly(real_engine):
     await worker.stop()
 
 
-async def test_launch_builds_the_engine_on_the_worker_thread_and_reports_a_failed_build():
+async def test_launch_builds_the_engine_on_the_worker_thread_and_reports_a_failed_build(tiny_neox):
     built_on: list[str] = []
 
     def build():
         built_on.append(threading.current_thread().name)
-        return FakeEngine()
+        return Engine.from_settings(ModelSettings(base_model=str(tiny_neox)))
 
     worker = await GenerationWorker.launch(build, WorkerSettings())
     assert built_on == ["generation-worker"]
-    assert (await worker.submit(req("hi")).result()).text == "re:hi"
+    assert (await worker.submit(req("hi")).result()).new_tokens == 8
     await worker.stop()
 
     def broken():

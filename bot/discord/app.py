@@ -301,7 +301,15 @@ def _report_connect_error(exc: BaseException, token: str) -> int:
 
 
 def run(settings: Settings, token: str) -> int:
-    """Run the bot until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the bot until SIGTERM/SIGINT; returns the process exit code (2: a setting is wrong)."""
+    if settings.schedule.enabled:
+        from bot.cron import cron_trigger
+
+        try:
+            cron_trigger(settings.schedule.cron)  # fails now, not after the model has loaded
+        except ValueError as exc:
+            print(f"error: [schedule] {exc}", file=sys.stderr)
+            return 2
     install_token_redaction(token)
     apply_api_base_from_env()
 

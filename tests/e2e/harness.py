@@ -199,6 +199,9 @@ class BotProcess:
         if self.fault_injection:
             paths.insert(0, str(FAULT_PATH))
             env["E2E_DB_STALL_FILE"] = str(self.stall_reads_file)
+        # A folder with a sitecustomize.py to instrument the bot (docs/memory.md's probe).
+        if probe := os.environ.get("E2E_BOT_PYTHONPATH"):
+            paths.insert(0, probe)
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join(paths),

@@ -1,4 +1,5 @@
-"""``schedule [--once]``: retrain personas with enough new approved replies, on the config's cron."""
+"""``schedule [--once | --next N]``: retrain personas with enough new approved replies, on the
+config's cron line; ``--next N`` only prints when that line would fire."""
 
 from __future__ import annotations
 
@@ -6,17 +7,63 @@ import argparse
 import asyncio
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
+
+from tzlocal import get_localzone
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--once", action="store_true", help="run the check now and exit")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--once", action="store_true", help="run the check now and exit")
+    what.add_argument(
+        "--next",
+        type=int,
+        metavar="N",
+        help="print the next N times the cron line fires (and the timezone) and exit; starts nothing",
+    )
+    parser.add_argument("--cron", metavar="LINE", help="use this crontab line instead of schedule.cron")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        type=_aware_datetime,
+        metavar="TIME",
+        help="with --next: count from this ISO time (e.g. 2025-01-01T00:00) instead of now",
+    )
     parser.add_argument("--train-config", type=Path, help="training TOML passed to each train run")
     parser.add_argument(
         "--min-new-approved", type=int, help="override schedule.min_new_approved for this process"
     )
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO time such as 2025-01-01T04:00") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=get_localzone())
+
+
+def print_next(line: str, count: int, start: datetime | None = None) -> None:
+    """Print what ``line`` means and the next ``count`` times it fires after ``start`` (default:
+    now), in the local timezone the scheduler uses. Raises CronLineError for a bad line."""
+    from cronsim import CronSim
+
+    from bot.cron import next_times, normalize
+
+    zone = get_localzone()
+    start = (start or datetime.now(zone)).astimezone(zone)
+    five = normalize(line)
+    meaning = CronSim(five, start).explain()
+    shown = line if five == " ".join(line.split()) else f"{line} = {five}"
+    print(f"cron {shown!r}: {meaning}")
+    print(
+        f"timezone {zone} (the machine's local time; set TZ to change it); after {start:%Y-%m-%d %H:%M %Z}:"
+    )
+    for when in next_times(five, start, count):
+        print(f"  {when:%a %Y-%m-%d %H:%M %Z (%z)}")
 
 
 async def _report_new(persona: str, version: str) -> None:
@@ -51,7 +98,16 @@ def run(args: argparse.Namespace) -> int:
             settings = replace(
                 settings, schedule=replace(settings.schedule, min_new_approved=args.min_new_approved)
             )
+        if args.cron is not None:
+            settings = replace(settings, schedule=replace(settings.schedule, cron=args.cron))
         cron_trigger(settings.schedule.cron)  # a bad cron line fails here, not at 4 a.m.
+        if args.start is not None and args.next is None:
+            raise ValueError("--from only goes with --next N (it says where to count run times from)")
+        if args.next is not None:
+            if args.next < 1:
+                raise ValueError(f"--next {args.next}: give how many run times to print (1 or more)")
+            print_next(settings.schedule.cron, args.next, args.start)
+            return 0
     except (ConfigError, ValueError) as exc:
         print(f"schedule: {exc}", file=sys.stderr)
         return 1

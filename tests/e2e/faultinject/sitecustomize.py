@@ -1,18 +1,20 @@
 """Test-only fault injection for the bot subprocess; never on the import path of a real run.
 
 The e2e harness puts this folder first on the bot's PYTHONPATH, so Python imports this file at
-start-up (``site`` imports ``sitecustomize``). It wraps ``bot.engine.Engine.generate`` once that
-module is imported, so the production code has no test hooks:
+start-up (``site`` imports ``sitecustomize``). It wraps ``bot.engine.RunningBatch.step`` (every
+step of the worker's continuous batching, and of ``Engine.generate``) and ``bot.store.Store``'s
+reads once those modules are imported, so the production code has no test hooks:
 
-* a prompt containing ``E2E-MODEL-FAULT`` makes the whole batch raise RuntimeError, as a CUDA
-  error or a bad adapter would;
-* a prompt containing ``E2E-SLOW-MODEL`` makes the batch take ``E2E_SLOW_S`` seconds longer
-  (default 3), to edit, delete or restart while a reply is being generated;
+* a prompt containing ``E2E-MODEL-FAULT`` makes the step that holds it raise RuntimeError, as a
+  CUDA error or a bad adapter would (every row in that step fails);
+* a prompt containing ``E2E-SLOW-MODEL`` makes the first step that holds it take ``E2E_SLOW_S``
+  seconds longer (default 3), to edit, delete or restart while a reply is being generated;
 * a prompt containing ``E2E-SCRIPTED-REPLY`` is answered from the JSON file named by
   ``E2E_SCRIPT_FILE`` instead of the model: ``{"pieces": [...], "gap_s": 0.05, "fail_after":
-  null}`` streams those pieces with that gap (raising RuntimeError after ``fail_after`` pieces
-  when set), so streaming tests choose exactly what arrives when: a blocked word split across
-  pieces, a reply past 2,000 characters, a failure half-way.
+  null}`` streams one piece per step with that gap (raising RuntimeError after ``fail_after``
+  pieces when set), so streaming tests choose exactly what arrives when: a blocked word split
+  across pieces, a reply past 2,000 characters, a failure half-way. The scripted row never
+  reaches the model; the other rows of the batch step on the model as usual;
 * while the file named by ``E2E_DB_STALL_FILE`` exists, every read of ``bot.store.Store`` waits
   (a stalled disk, or a process recovering the WAL): what a read that does not come back does
   to the bot's interactions.
@@ -27,6 +29,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from typing import Any
 
 FAULT_MARKER = "E2E-MODEL-FAULT"
@@ -36,22 +39,90 @@ STALL_ENV = "E2E_DB_STALL_FILE"
 
 
 def _wrap(module: Any) -> None:
-    engine = module.Engine
-    original = engine.generate
+    batch = module.RunningBatch
+    original = batch.step
     slow_s = float(os.environ.get("E2E_SLOW_S", "3"))
+    slowed: weakref.WeakSet = weakref.WeakSet()  # sequences already slowed down once
 
-    def generate(self: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
-        prompts = [getattr(r, "prompt", "") for r in requests]
-        if any(FAULT_MARKER in p for p in prompts):
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seqs = self.sequences()
+        if any(FAULT_MARKER in s.request.prompt for s in seqs):
             raise RuntimeError(f"injected model failure ({FAULT_MARKER})")
-        if any(SLOW_MARKER in p for p in prompts):
+        slow = [s for s in seqs if SLOW_MARKER in s.request.prompt and s not in slowed]
+        if slow:
+            for s in slow:
+                slowed.add(s)
             time.sleep(slow_s)
-        if any(SCRIPT_MARKER in p for p in prompts):
-            return _scripted(self, original, requests, *args, **kwargs)
-        return original(self, requests, *args, **kwargs)
+        if any(SCRIPT_MARKER in s.request.prompt for s in seqs):
+            return _scripted_step(self, original, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    engine.generate = generate
-    print("e2e fault injection armed on bot.engine.Engine.generate", file=sys.stderr, flush=True)
+    def rows(self: Any) -> int:
+        return original_rows(self) + len(_side(self))
+
+    def sequences(self: Any) -> list[Any]:
+        return original_sequences(self) + list(_side(self))
+
+    def abort(self: Any) -> list[Any]:
+        dropped = original_abort(self)  # its sequences() already lists the scripted rows
+        _side(self).clear()
+        return dropped
+
+    original_rows = batch.rows.fget
+    original_sequences = batch.sequences
+    original_abort = batch.abort
+    batch.step = step
+    batch.rows = property(rows)
+    batch.sequences = sequences
+    batch.abort = abort
+    print("e2e fault injection armed on bot.engine.RunningBatch.step", file=sys.stderr, flush=True)
+
+
+def _side(batch: Any) -> list[Any]:
+    """The batch's scripted rows, kept beside the model's rows so that no forward sees them."""
+    if not hasattr(batch, "_e2e_scripted"):
+        batch._e2e_scripted = []
+    return batch._e2e_scripted
+
+
+def _scripted_step(batch: Any, original: Any, *args: Any, **kwargs: Any) -> Any:
+    """Scripted rows take one piece of the script each; the other rows step on the model."""
+    with open(os.environ["E2E_SCRIPT_FILE"], encoding="utf-8") as f:
+        script = json.load(f)
+    side = _side(batch)
+    side += [s for s in batch.waiting if SCRIPT_MARKER in s.request.prompt]
+    batch.waiting = [s for s in batch.waiting if SCRIPT_MARKER not in s.request.prompt]
+    finished = []
+    for seq in list(side):
+        done = getattr(seq, "_e2e_pieces", 0)
+        if seq.is_cancelled is not None and seq.is_cancelled():
+            seq.finish("cancelled")
+        elif script.get("fail_after") is not None and done >= script["fail_after"]:
+            raise RuntimeError(f"injected model failure ({FAULT_MARKER}) after {done} pieces")
+        elif done >= len(script["pieces"]):
+            seq.finish("stop")
+        else:
+            time.sleep(float(script.get("gap_s", 0.05)))
+            piece = script["pieces"][done]
+            seq._e2e_pieces = done + 1
+            now = time.monotonic()
+            seq.first_token_at = seq.first_token_at or now
+            if seq.on_token is not None:
+                seq.on_token(now)
+            seq.generated.append(0)
+            seq.text += piece
+            if seq.on_piece is not None:
+                seq.on_piece(piece)
+            seq.emitted = len(seq.text)
+        if seq.finished:
+            side.remove(seq)
+            finished.append(seq)
+    # The model's step must not see the scripted rows (through rows/sequences) at all.
+    batch._e2e_scripted = []
+    try:
+        return finished + original(batch, *args, **kwargs)
+    finally:
+        batch._e2e_scripted = side
 
 
 def _wrap_store(module: Any) -> None:
@@ -71,51 +142,6 @@ def _wrap_store(module: Any) -> None:
 
 
 TARGETS = {"bot.engine": _wrap, "bot.store": _wrap_store}
-
-
-def _scripted(engine: Any, original: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
-    """Scripted rows stream the script; the other rows of the batch run on the model."""
-    from bot.generation import GenerationResult
-
-    on_piece = kwargs.get("on_piece") or (lambda i, text: None)
-    is_cancelled = kwargs.get("is_cancelled") or (lambda i: False)
-    with open(os.environ["E2E_SCRIPT_FILE"], encoding="utf-8") as f:
-        script = json.load(f)
-    results: list[Any] = [None] * len(requests)
-    others = [i for i, r in enumerate(requests) if SCRIPT_MARKER not in r.prompt]
-    if others:
-        done = original(
-            engine,
-            [requests[i] for i in others],
-            *args,
-            on_piece=lambda j, text: on_piece(others[j], text),
-            is_cancelled=lambda j: is_cancelled(others[j]),
-        )
-        for i, result in zip(others, done, strict=True):
-            results[i] = result
-    for i, request in enumerate(requests):
-        if i in others:
-            continue
-        started, text, reason = time.monotonic(), "", "stop"
-        for n, piece in enumerate(script["pieces"]):
-            if script.get("fail_after") is not None and n >= script["fail_after"]:
-                raise RuntimeError(f"injected model failure ({FAULT_MARKER}) after {n} pieces")
-            if is_cancelled(i):
-                reason = "cancelled"
-                break
-            time.sleep(float(script.get("gap_s", 0.05)))
-            text += piece
-            on_piece(i, piece)
-        results[i] = GenerationResult(
-            text=text,
-            new_tokens=len(text),
-            finish_reason=reason,
-            adapter=request.adapter,
-            adapter_version=None,
-            seconds=time.monotonic() - started,
-            batch_size=len(requests),
-        )
-    return results
 
 
 class _Loader(importlib.abc.Loader):

@@ -1,0 +1,224 @@
+"""Reply latency under load: Poisson arrivals through ``GenerationWorker.submit``.
+
+    python -m benchmarks.load --out load.json                      # continuous batching (default)
+    python -m benchmarks.load --scheduler static --out static.json # the old static batches
+    python -m benchmarks.load --scheduler both --out both.json     # the two, interleaved per rate
+    python -m benchmarks.load --shape tiny --requests 6            # a quick look
+
+The CPU shape of issue 8: GPT-NeoX 12 layers x 768 with random weights, 4 personas each with
+an r=8 adapter, 48-token prompts, 32 forced new tokens, greedy, ``max_batch_size`` 8.
+
+First it measures one request alone (``single_latency_s``) and the capacity (requests per
+second when a full batch is submitted at once), then it offers Poisson arrivals at 25 %,
+50 % and 80 % of that capacity. Time to first token is taken from token events
+(``Ticket.first_token_at``), not from text: the random-weight model decodes many tokens to
+empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
+With ``--scheduler both`` one model serves both schedulers, alternating at each rate with
+the same arrival times, so a machine whose load drifts (other processes) biases neither;
+each row of ``rates`` then names its ``scheduler``.
+
+Figures, not assertions: targets are judged by reading them, never in timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.hotswap import NEW_TOKENS, PERSONAS, SHAPES, prompt_of
+from bot.adapters import AdapterSource
+from bot.config import ModelSettings, WorkerSettings
+from bot.engine import Engine
+from bot.generation import GenerationRequest
+from bot.worker import GenerationWorker, Ticket
+from personas.card import GenerationParams
+from trainer.tiny import build_random_adapter, build_tiny_model
+
+LOADS = (0.25, 0.5, 0.8)
+MAX_BATCH_SIZE = 8
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Bench:
+    def __init__(self, worker: GenerationWorker, new_tokens: int) -> None:
+        self.worker = worker
+        tok = worker.engine.tokenizer
+        params = GenerationParams(
+            temperature=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, repetition_penalty=1.0
+        )
+        self.requests = [
+            GenerationRequest(p, prompt_of(tok, 7 * i), params, adapter=p) for i, p in enumerate(PERSONAS * 4)
+        ]
+        self.new_tokens = new_tokens
+
+    def request(self, i: int) -> GenerationRequest:
+        return self.requests[i % len(self.requests)]
+
+    async def single_latency(self, repeats: int = 3) -> float:
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            await self.worker.submit(self.request(i)).result()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    async def capacity(self) -> float:
+        """Requests per second with a full batch submitted at once (two rounds)."""
+        n = 2 * MAX_BATCH_SIZE
+        start = time.perf_counter()
+        tickets = [self.worker.submit(self.request(i)) for i in range(n)]
+        for t in tickets:
+            await t.result()
+        return n / (time.perf_counter() - start)
+
+    async def poisson(self, rate: float, count: int, seed: int) -> dict[str, float]:
+        rng = random.Random(seed)
+        tickets: list[tuple[float, Ticket]] = []
+        done: dict[int, float] = {}
+
+        async def finish(ticket: Ticket) -> None:
+            result = await ticket.result()
+            assert result.new_tokens == self.new_tokens, result.new_tokens
+            done[ticket.id] = time.monotonic()
+
+        waits = []
+        start = time.monotonic()
+        for i in range(count):
+            ticket = self.worker.submit(self.request(i))
+            tickets.append((ticket.submitted_at, ticket))
+            waits.append(asyncio.ensure_future(finish(ticket)))
+            await asyncio.sleep(rng.expovariate(rate))
+        await asyncio.gather(*waits)
+        end = max(done.values())
+        latencies = [done[t.id] - submitted for submitted, t in tickets]
+        ttfts = [t.first_token_at - submitted for submitted, t in tickets]
+        return {
+            "rate_per_s": rate,
+            "tok_s": count * self.new_tokens / (end - start),
+            "ttft_p50_s": statistics.median(ttfts),
+            "ttft_p99_s": percentile(ttfts, 99),
+            "latency_p50_s": statistics.median(latencies),
+            "latency_p99_s": percentile(latencies, 99),
+        }
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict:
+    def build() -> Engine:
+        model_dir = build_tiny_model(workdir / "model", "gpt-neox", seed=0, shape=SHAPES[args.shape])
+        engine = Engine.from_settings(ModelSettings(base_model=str(model_dir), device=args.device))
+        for i, persona in enumerate(PERSONAS, 1):
+            path = build_random_adapter(model_dir, workdir / persona, seed=i, r=8)
+            engine.load_adapter(persona, AdapterSource(str(path), "bench", True))
+        return engine
+
+    settings = WorkerSettings(
+        max_batch_size=MAX_BATCH_SIZE,
+        batch_window_ms=10,
+        queue_size=1024,
+        scheduler="continuous" if args.scheduler == "both" else args.scheduler,
+        request_timeout_s=3600,  # a slow machine must give figures, not timeouts
+    )
+    worker = await GenerationWorker.launch(build, settings)
+    try:
+        bench = Bench(worker, args.new_tokens)
+        await bench.single_latency(1)  # warm-up
+        single = await bench.single_latency()
+        capacity = await bench.capacity()
+        rates = args.rates or [round(load * capacity, 3) for load in LOADS]
+        rows = []
+        schedulers = ["continuous", "static"] if args.scheduler == "both" else [args.scheduler]
+        for k, rate in enumerate(rates):
+            order = schedulers if k % 2 == 0 else schedulers[::-1]
+            for scheduler in order:
+                worker.settings = dataclasses.replace(worker.settings, scheduler=scheduler)
+                row = await bench.poisson(rate, args.requests, args.seed + k)
+                row["single_latency_s"] = single
+                row["p99_over_single"] = row["latency_p99_s"] / single
+                if args.scheduler == "both":
+                    row["scheduler"] = scheduler
+                rows.append(row)
+                print(
+                    f"{scheduler:10s} rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
+                    f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
+                    f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}",
+                    flush=True,
+                )
+        device = worker.engine.device
+    finally:
+        await worker.stop()
+    return {
+        "rates": rows,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu_model()})",
+        "shape": args.shape,
+        "scheduler": args.scheduler,
+        "capacity_req_s": capacity,
+        "single_latency_s": single,
+        "requests_per_rate": args.requests,
+        "new_tokens": args.new_tokens,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="neox-12x768")
+    parser.add_argument("--scheduler", choices=("continuous", "static", "both"), default="continuous")
+    parser.add_argument("--requests", type=int, default=40, help="requests per arrival rate")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument(
+        "--rates", type=float, nargs="+", help="arrival rates per second (default: 25/50/80 %% of capacity)"
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="oshaberi-load-") as tmp:
+        result = asyncio.run(run(args, Path(tmp)))
+    print(
+        f"device {result['device']}, shape {args.shape}, scheduler {args.scheduler}, "
+        f"one request alone {result['single_latency_s']:.2f}s, capacity {result['capacity_req_s']:.2f} req/s"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

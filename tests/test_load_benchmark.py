@@ -1,0 +1,43 @@
+"""The load benchmark runs end to end at a tiny shape and writes every key issue 8 names.
+
+Only the script's plumbing is tested; speed is measured by running it, never asserted."""
+
+import json
+
+from benchmarks.load import main, percentile
+
+RATE_KEYS = {
+    "rate_per_s",
+    "tok_s",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "latency_p50_s",
+    "latency_p99_s",
+    "single_latency_s",
+    "p99_over_single",
+}
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0 and percentile([3.0], 99) == 3.0
+
+
+def test_load_benchmark_writes_its_figures(tmp_path, capsys):
+    scheduler = "both"  # continuous and static, alternating per rate
+    out = tmp_path / "load.json"
+    args = ["--shape", "tiny", "--requests", "3", "--new-tokens", "3", "--scheduler", scheduler]
+    assert main([*args, "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert {"rates", "device", "shape", "scheduler"} <= set(figures)
+    assert figures["scheduler"] == scheduler and figures["shape"] == "tiny"
+    assert figures["device"].startswith("cpu") and len(figures["rates"]) == 6
+    order = [row["scheduler"] for row in figures["rates"]]
+    assert order == ["continuous", "static", "static", "continuous", "continuous", "static"]
+    for row in figures["rates"]:
+        assert set(row) == RATE_KEYS | {"scheduler"}
+        assert row["ttft_p50_s"] <= row["latency_p50_s"] and row["tok_s"] > 0
+        assert abs(row["p99_over_single"] - row["latency_p99_s"] / row["single_latency_s"]) < 1e-9
+    rates = [row["rate_per_s"] for row in figures["rates"]][::2]
+    assert rates == sorted(rates) and abs(rates[1] / rates[0] - 2) < 0.05
+    assert "p99/single" in capsys.readouterr().out
