@@ -11,8 +11,8 @@ A full queue is refused at once rather than letting waits grow without bound; a
 cancelled or expired request that has not started is never computed; a failing step
 fails only its own rows and the worker goes on.
 
-The request handle (:class:`Ticket`) has a final result, an async iterator of text pieces
-(whole characters only; their concatenation is the final text) and token events
+The request handle (:class:`bot.ticket.Ticket`) has a final result, an async iterator of text
+pieces (whole characters only; their concatenation is the final text) and token events
 (:attr:`Ticket.first_token_at`) for time-to-first-token figures.
 """
 
@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -37,126 +36,17 @@ from bot.generation import (
     AdapterError,
     GenerationError,
     GenerationRequest,
-    GenerationResult,
     QueueFullError,
     RequestCancelledError,
     RequestTimeoutError,
     WorkerStats,
     WorkerStoppedError,
 )
+from bot.ticket import Ticket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RECENT_BATCHES = 32
-
-
-class Ticket:
-    """A submitted request: await :meth:`result`, iterate pieces, or :meth:`cancel` it."""
-
-    _ids = itertools.count(1)
-
-    def __init__(
-        self,
-        request: GenerationRequest,
-        loop: asyncio.AbstractEventLoop,
-        timeout_s: float,
-        worker: GenerationWorker,
-    ) -> None:
-        self.id = next(self._ids)
-        self.request = request
-        self.submitted_at = time.monotonic()
-        self.deadline = self.submitted_at + timeout_s
-        self.state = "queued"  # queued | running | done
-        self._loop = loop
-        self._worker = worker
-        self._future: asyncio.Future[GenerationResult] = loop.create_future()
-        # Pieces are buffered here by the worker thread; the loop is only woken for them once
-        # somebody iterates, so a caller that just awaits the result costs no per-token wake-ups.
-        self._buffer: list[str] = []
-        self._buffer_lock = threading.Lock()
-        self._streaming = False
-        self._wake = asyncio.Event()
-        self._cancelled = threading.Event()
-        # Token events, written by the worker thread: when the first token was chosen
-        # (time.monotonic()) and how many so far. A token may decode to no text yet.
-        self.first_token_at: float | None = None
-        self.tokens = 0
-
-    @property
-    def position(self) -> int:
-        """1-based place in the queue; 0 once generation has started."""
-        return self._worker.position_of(self)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        """Cancel: a queued request is never computed; a running one stops at its next token."""
-        self._cancelled.set()
-        self._worker.forget(self)
-        self._finish(exc=RequestCancelledError("The request was cancelled."))
-
-    async def result(self) -> GenerationResult:
-        remaining = self.deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._future), max(remaining, 0.001))
-        except TimeoutError:
-            self._cancelled.set()
-            self._worker.forget(self)
-            self._finish(
-                exc=RequestTimeoutError("The reply took too long and was given up. Please try again.")
-            )
-            return await self._future
-        except asyncio.CancelledError:
-            self.cancel()  # the awaiting task went away: nobody wants this reply
-            raise
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        with self._buffer_lock:
-            self._streaming = True
-        while True:
-            self._wake.clear()
-            finished = self._future.done()  # read before draining: every piece precedes the finish
-            with self._buffer_lock:
-                pieces, self._buffer = self._buffer, []
-            for piece in pieces:
-                yield piece
-            if finished:
-                return
-            await self._wake.wait()
-
-    # Called from the worker thread through the loop.
-    def _finish(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
-        if self._future.done():
-            return
-        self.state = "done"
-        if exc is not None:
-            self._future.set_exception(exc)
-            self._future.exception()  # mark retrieved: a cancelled caller may never await it
-        else:
-            self._future.set_result(result)
-        self._wake.set()
-
-    def _deliver(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self._loop.call_soon_threadsafe(self._finish, result, exc)
-
-    def _token(self, at: float) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = at
-        self.tokens += 1
-
-    def _piece(self, text: str) -> None:
-        with self._buffer_lock:
-            self._buffer.append(text)
-            streaming = self._streaming
-        if streaming:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wake.set)
 
 
 class GenerationWorker:
