@@ -31,10 +31,11 @@ from bot.ratelimit import describe_wait
 from bot.replyflow import Incoming, ReplyFlow, Stopwatch
 from bot.store import Store, StoreError
 from bot.streaming import StreamedReply
-from personas.card import UnknownPersonaError
+from personas.card import PersonaCard, UnknownPersonaError
 from personas.render import InputError, clean_text
 
 if TYPE_CHECKING:
+    from bot.chat import PendingReply
     from bot.discord.app import OshaberiBot
     from bot.discord.review_queue import ReviewQueue
     from bot.runtime import Runtime
@@ -71,10 +72,10 @@ class Chat(commands.Cog):
         )
         self.spool_flusher.before_loop(bot.wait_until_ready)
         # Replies being generated, for a graceful shutdown; keyed by id() (PendingReply is unhashable).
-        self._pending: dict[int, Any] = {}
+        self._pending: dict[int, PendingReply] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # The same replies by the id of the message they answer, and the messages deleted meanwhile.
-        self._answering: dict[int, Any] = {}
+        self._answering: dict[int, PendingReply] = {}
         self._withdrawn: set[int] = set()
         # Streamed replies whose final edit is on its way, by the id of the message they answer.
         self._finishing: dict[int, StreamedReply[Posted]] = {}
@@ -256,7 +257,7 @@ class Chat(commands.Cog):
     async def _await_text(
         self,
         message: discord.Message,
-        pending: Any,
+        pending: PendingReply,
         notice: QueueNotice,
         stream: StreamedReply[Posted] | None,
     ) -> str | None:
@@ -304,7 +305,7 @@ class Chat(commands.Cog):
         return None
 
     def _streamed_reply(
-        self, channel: Any, card: Any, message: discord.Message, pending: Any
+        self, channel: Any, card: PersonaCard, message: discord.Message, pending: PendingReply
     ) -> StreamedReply[Posted]:
         assert self.flow is not None
         return StreamedReply(
@@ -362,7 +363,7 @@ class Chat(commands.Cog):
             await self.reviews.delete_cards(result.review_cards)
 
     async def _conversation(
-        self, message: discord.Message, card: Any, channel_has_persona: bool
+        self, message: discord.Message, card: PersonaCard, channel_has_persona: bool
     ) -> Conversation:
         assert self.store is not None
         return await read_conversation(
