@@ -227,7 +227,12 @@ _PRIVACY_EXCLUSION = """
 
 
 class Store:
-    """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`."""
+    """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
+
+    Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError
+    when the database stays locked through all retries (or fails otherwise); times are UTC ISO 8601
+    strings, ids are Discord snowflakes (int) unless named ``log_id`` (a row of ``logs``).
+    """
 
     def __init__(
         self, conn: aiosqlite.Connection, path: Path, *, max_attempts: int, base_delay_s: float
@@ -254,7 +259,12 @@ class Store:
         max_attempts: int = 8,
         base_delay_s: float = 0.05,
     ) -> Store:
-        """Open (creating if needed) and migrate the database at ``path``."""
+        """Open (creating if needed) and migrate the database at ``path`` (or ``":memory:"``).
+
+        ``busy_timeout_ms`` is SQLite's wait for a lock (ms); a write still locked after it is
+        retried ``max_attempts`` times with backoff from ``base_delay_s`` (s). Raises StoreError
+        for a database newer than this code, sqlite3.Error for a file SQLite cannot open.
+        """
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,9 +412,11 @@ class Store:
     # -- channel state -------------------------------------------------------------------------
 
     async def set_channel_persona(self, channel_id: int, persona_id: str | None) -> None:
+        """The persona that answers every message in ``channel_id``; None: only when addressed."""
         await self._set_channel_field(channel_id, "persona_id", persona_id)
 
     async def channel_persona(self, channel_id: int) -> str | None:
+        """The persona set with :meth:`set_channel_persona`, or None."""
         row = await self._fetchone("SELECT persona_id FROM channel_state WHERE channel_id = ?", (channel_id,))
         return row[0] if row else None
 
@@ -431,6 +443,7 @@ class Store:
         await self._write(body)
 
     async def channel_reset_marker(self, channel_id: int) -> int | None:
+        """The snowflake set by :meth:`reset_channel` (history starts after it), or None."""
         row = await self._fetchone(
             "SELECT reset_after FROM channel_state WHERE channel_id = ?", (channel_id,)
         )
@@ -547,6 +560,7 @@ class Store:
         return log_id
 
     async def get_review(self, log_id: int) -> ReviewItem | None:
+        """The logged reply ``log_id`` with its decision and card, or None if deleted or never logged."""
         row = await self._fetchone(f"SELECT {_LOG_COLUMNS} FROM logs WHERE id = ?", (log_id,))
         return _review_item(row) if row else None
 
@@ -651,6 +665,8 @@ class Store:
         return await self._write(body)
 
     async def mark_posted(self, log_id: int, channel_id: int, message_id: int) -> None:
+        """Record the review card (channel and message snowflakes) posted for ``log_id``."""
+
         async def body() -> None:
             await self._conn.execute(
                 "UPDATE logs SET review_channel_id = ?, review_message_id = ?, review_claimed_at = NULL "
@@ -697,6 +713,8 @@ class Store:
     # -- privacy -------------------------------------------------------------------------------
 
     async def set_opt_out(self, user_id: int, opted_out: bool) -> None:
+        """/optout (True) or /optin (False): an opted-out user's words are never logged or exported."""
+
         async def body() -> None:
             await self._conn.execute(
                 """
@@ -710,10 +728,12 @@ class Store:
         await self._write(body)
 
     async def is_opted_out(self, user_id: int) -> bool:
+        """Whether ``user_id`` opted out (False for a user never seen)."""
         row = await self._fetchone("SELECT opted_out FROM user_prefs WHERE user_id = ?", (user_id,))
         return bool(row and row[0])
 
     async def opted_out_among(self, user_ids: Iterable[int]) -> set[int]:
+        """The subset of ``user_ids`` that opted out (one query for a whole conversation)."""
         ids = sorted(set(user_ids))
         if not ids:
             return set()
