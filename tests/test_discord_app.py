@@ -21,7 +21,7 @@ from bot.discord.app import (
 from bot.discord.checks import channel_allowed, is_moderator, member_allowed
 from bot.discord.cogs.persona import persona_choices
 from personas.card import load_cards
-from tests.discord_harness import FakeWorker
+from tests.fake_runtime import FakeWorker
 
 SECRET = "MTIzNDU2Nzg5.secret-token.abcdef"
 
