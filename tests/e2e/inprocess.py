@@ -279,63 +279,78 @@ async def emulated_bot(
     discord_settings: dict[str, Any] | None = None,
     chat_settings: dict[str, Any] | None = None,
     world: Callable[[DiscordEmulator], None] | None = None,
+    emu: DiscordEmulator | None = None,
 ) -> AsyncIterator[EmulatedBot]:
     """An emulator and a connected bot with the fake runtime; commands synced to the guild.
 
     ``world`` may add users and channels to the emulator before the bot connects. Defaults:
     webhooks off (replies are "**Name**: text" messages from the bot), no streaming (the fake
     runtime answers whole replies; streaming is tested in tests/test_e2e_streaming.py), the
-    review poller idle unless a test calls it.
+    review poller idle unless a test calls it. Pass a running ``emu`` to start a second bot
+    (a restart) in the same Discord; it is left running.
     """
+    if emu is not None:
+        async with _connected(tmp_path, emu, discord_settings, chat_settings) as harness:
+            yield harness
+        return
+    async with DiscordEmulator(token=TOKEN) as own:
+        if world is not None:
+            world(own)
+        async with _connected(tmp_path, own, discord_settings, chat_settings) as harness:
+            yield harness
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    tmp_path: Path,
+    emu: DiscordEmulator,
+    discord_settings: dict[str, Any] | None,
+    chat_settings: dict[str, Any] | None,
+) -> AsyncIterator[EmulatedBot]:
     saved = (
         discord.http.Route.BASE,
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
         discord.asset.Asset.BASE,
     )
-    async with DiscordEmulator(token=TOKEN) as emu:
-        if world is not None:
-            world(emu)
-        point_discord_at(emu.base_url)
-        settings = Settings(
-            paths=PathSettings(
-                database=str(tmp_path / "bot.sqlite3"), adapters_dir=str(tmp_path / "adapters")
-            ),
-            discord=DiscordSettings(
-                **{
-                    "review_channel": int(emu.channel_id("review")),
-                    "use_webhooks": False,
-                    "review_poll_s": 3600,
-                    "shutdown_grace_s": 1.0,
-                    **(discord_settings or {}),
-                }
-            ),
-            chat=ChatSettings(**{"stream_replies": False, **(chat_settings or {})}),
-        )
-        runtime = FakeRuntime(settings)
+    point_discord_at(emu.base_url)
+    settings = Settings(
+        paths=PathSettings(database=str(tmp_path / "bot.sqlite3"), adapters_dir=str(tmp_path / "adapters")),
+        discord=DiscordSettings(
+            **{
+                "review_channel": int(emu.channel_id("review")),
+                "use_webhooks": False,
+                "review_poll_s": 3600,
+                "shutdown_grace_s": 1.0,
+                **(discord_settings or {}),
+            }
+        ),
+        chat=ChatSettings(**{"stream_replies": False, **(chat_settings or {})}),
+    )
+    runtime = FakeRuntime(settings)
 
-        async def factory(_s: Settings) -> FakeRuntime:
-            return runtime
+    async def factory(_s: Settings) -> FakeRuntime:
+        return runtime
 
-        bot = RecordingBot(settings, runtime_factory=factory)
-        task: asyncio.Task[None] | None = None
-        try:
-            await bot.login(TOKEN)
-            guild = discord.Object(int(emu.guild_id))
-            bot.tree.copy_global_to(guild=guild)
-            await bot.tree.sync(guild=guild)
-            task = asyncio.create_task(bot.connect(reconnect=True))
-            await asyncio.wait_for(bot.wait_until_ready(), WAIT_S)
-            harness = EmulatedBot(emu, bot, runtime)
-            await harness.settle()
-            yield harness
-        finally:
-            if not bot.is_closed():
-                await bot.close()
-            if task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, WAIT_S)
-            (
-                discord.http.Route.BASE,
-                discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
-                discord.asset.Asset.BASE,
-            ) = saved
+    bot = RecordingBot(settings, runtime_factory=factory)
+    task: asyncio.Task[None] | None = None
+    try:
+        await bot.login(TOKEN)
+        guild = discord.Object(int(emu.guild_id))
+        bot.tree.copy_global_to(guild=guild)
+        await bot.tree.sync(guild=guild)
+        task = asyncio.create_task(bot.connect(reconnect=True))
+        await asyncio.wait_for(bot.wait_until_ready(), WAIT_S)
+        harness = EmulatedBot(emu, bot, runtime)
+        await harness.settle()
+        yield harness
+    finally:
+        if not bot.is_closed():
+            await bot.close()
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, WAIT_S)
+        (
+            discord.http.Route.BASE,
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
+            discord.asset.Asset.BASE,
+        ) = saved
