@@ -286,7 +286,7 @@ async def emulated_bot(
     ``world`` may add users and channels to the emulator before the bot connects. Defaults:
     webhooks off (replies are "**Name**: text" messages from the bot), no streaming (the fake
     runtime answers whole replies; streaming is tested in tests/test_e2e_streaming.py), the
-    review poller idle unless a test calls it. Pass a running ``emu`` to start a second bot
+    review poller stopped after its start-up round (a test runs a round by calling it). Pass a running ``emu`` to start a second bot
     (a restart) in the same Discord; it is left running.
     """
     if emu is not None:
@@ -335,6 +335,13 @@ async def _connected(
     task: asyncio.Task[None] | None = None
     try:
         await bot.login(TOKEN)
+        # The review poller would run a round as soon as the bot is ready, then every
+        # review_poll_s; a background round would race what a test does. It is stopped while it
+        # still waits for READY (cancelling a round mid-write would leave a transaction open),
+        # and its start-up round is run below instead; tests run more with ``Review.poller()``.
+        review = bot.get_cog("Review")
+        if review is not None:
+            review.stop_polling()
         guild = discord.Object(int(emu.guild_id))
         bot.tree.copy_global_to(guild=guild)
         await bot.tree.sync(guild=guild)
@@ -342,6 +349,8 @@ async def _connected(
         await asyncio.wait_for(bot.wait_until_ready(), WAIT_S)
         harness = EmulatedBot(emu, bot, runtime)
         await harness.settle()
+        if review is not None:
+            await review.poller()  # the start-up round, to its end
         yield harness
     finally:
         if not bot.is_closed():
