@@ -24,7 +24,7 @@ from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
 from bot.discord.app import OshaberiBot, point_discord_at
 from bot.discord.cogs.review import TEXT_INPUT_ID
 from tests.discord_emulator import Call, DiscordEmulator
-from tests.discord_harness import FakeRuntime, Script
+from tests.fake_runtime import FakeRuntime, Script
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-secret-token-do-not-log"
