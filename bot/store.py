@@ -27,8 +27,8 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -39,6 +39,7 @@ from bot.migrations import LATEST_VERSION, MIGRATIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 Decision = Literal["approved", "rejected", "edited"]
 DECISIONS: tuple[str, ...] = ("approved", "rejected", "edited")
@@ -187,11 +188,26 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-_LOG_COLUMNS = (
-    "id, created_at, guild_id, channel_id, message_id, user_id, persona_id, adapter_version, prompt, "
-    "user_text, reply, params, latency_ms, status, origin, reply_message_id, blocked_words, decision, "
-    "edited_text, decided_by, decided_at, review_channel_id, review_message_id"
-)
+# Review items and export rows are read by column NAME (sqlite3.Row), never by position: a
+# migration that adds a column, or a SELECT that lists them in another order, cannot shift a
+# value into the wrong field. Each dataclass field is a column; the aliases say which it is read from.
+_REVIEW_ITEM_SOURCES: dict[str, str] = {"log_id": "id"}
+_EXPORT_ROW_SOURCES: dict[str, str] = {
+    "log_id": "l.id",
+    "question": "l.user_text",
+    "reply": "COALESCE(l.edited_text, l.reply)",
+    "original_reply": "l.reply",
+}
+
+
+def _select_list(row_type: type, sources: dict[str, str], table_alias: str = "") -> str:
+    """``expr AS field`` for every field of the dataclass ``row_type``, for a SELECT list."""
+    prefix = f"{table_alias}." if table_alias else ""
+    return ", ".join(f"{sources.get(f.name, prefix + f.name)} AS {f.name}" for f in fields(row_type))
+
+
+_LOG_COLUMNS = _select_list(ReviewItem, _REVIEW_ITEM_SOURCES)
+_EXPORT_COLUMNS = _select_list(ExportRow, _EXPORT_ROW_SOURCES, "l")
 
 # Rows no export may contain: someone in them opted out, or asked to be forgotten after they spoke.
 _PRIVACY_EXCLUSION = """
@@ -211,7 +227,12 @@ _PRIVACY_EXCLUSION = """
 
 
 class Store:
-    """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`."""
+    """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
+
+    Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError
+    when the database stays locked through all retries (or fails otherwise); times are UTC ISO 8601
+    strings, ids are Discord snowflakes (int) unless named ``log_id`` (a row of ``logs``).
+    """
 
     def __init__(
         self, conn: aiosqlite.Connection, path: Path, *, max_attempts: int, base_delay_s: float
@@ -238,12 +259,18 @@ class Store:
         max_attempts: int = 8,
         base_delay_s: float = 0.05,
     ) -> Store:
-        """Open (creating if needed) and migrate the database at ``path``."""
+        """Open (creating if needed) and migrate the database at ``path`` (or ``":memory:"``).
+
+        ``busy_timeout_ms`` is SQLite's wait for a lock (ms); a write still locked after it is
+        retried ``max_attempts`` times with backoff from ``base_delay_s`` (s). Raises StoreError
+        for a database newer than this code, sqlite3.Error for a file SQLite cannot open.
+        """
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit; transactions are explicit BEGIN IMMEDIATE … COMMIT.
         conn = await aiosqlite.connect(str(path), isolation_level=None)
+        conn.row_factory = sqlite3.Row  # rows are read by column name (see _from_row)
         store = cls(conn, path, max_attempts=max_attempts, base_delay_s=base_delay_s)
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -262,6 +289,7 @@ class Store:
 
     async def _open_reader(self, busy_timeout_ms: int) -> None:
         reader = await aiosqlite.connect(str(self.path), isolation_level=None)
+        reader.row_factory = sqlite3.Row
         try:
             await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await reader.execute("PRAGMA query_only = ON")  # a read path can never write by mistake
@@ -384,9 +412,11 @@ class Store:
     # -- channel state -------------------------------------------------------------------------
 
     async def set_channel_persona(self, channel_id: int, persona_id: str | None) -> None:
+        """The persona that answers every message in ``channel_id``; None: only when addressed."""
         await self._set_channel_field(channel_id, "persona_id", persona_id)
 
     async def channel_persona(self, channel_id: int) -> str | None:
+        """The persona set with :meth:`set_channel_persona`, or None."""
         row = await self._fetchone("SELECT persona_id FROM channel_state WHERE channel_id = ?", (channel_id,))
         return row[0] if row else None
 
@@ -413,6 +443,7 @@ class Store:
         await self._write(body)
 
     async def channel_reset_marker(self, channel_id: int) -> int | None:
+        """The snowflake set by :meth:`reset_channel` (history starts after it), or None."""
         row = await self._fetchone(
             "SELECT reset_after FROM channel_state WHERE channel_id = ?", (channel_id,)
         )
@@ -529,6 +560,7 @@ class Store:
         return log_id
 
     async def get_review(self, log_id: int) -> ReviewItem | None:
+        """The logged reply ``log_id`` with its decision and card, or None if deleted or never logged."""
         row = await self._fetchone(f"SELECT {_LOG_COLUMNS} FROM logs WHERE id = ?", (log_id,))
         return _review_item(row) if row else None
 
@@ -565,7 +597,14 @@ class Store:
                 row = await read.fetchone()
             if row is None:
                 raise ReviewNotFoundError(f"review item {log_id} does not exist (deleted or never logged)")
-            return DecisionOutcome(log_id, row[0], int(row[1]), row[2], row[3], already_decided=not won)
+            return DecisionOutcome(
+                log_id,
+                decision=row["decision"],
+                moderator_id=int(row["decided_by"]),
+                decided_at=row["decided_at"],
+                edited_text=row["edited_text"],
+                already_decided=not won,
+            )
 
         return await self._write(body)
 
@@ -626,6 +665,8 @@ class Store:
         return await self._write(body)
 
     async def mark_posted(self, log_id: int, channel_id: int, message_id: int) -> None:
+        """Record the review card (channel and message snowflakes) posted for ``log_id``."""
+
         async def body() -> None:
             await self._conn.execute(
                 "UPDATE logs SET review_channel_id = ?, review_message_id = ?, review_claimed_at = NULL "
@@ -646,29 +687,13 @@ class Store:
             params.append(persona_id)
         rows = await self._fetchall(
             f"""
-            SELECT l.id, l.persona_id, l.user_text, COALESCE(l.edited_text, l.reply), l.reply, l.decision,
-                   l.prompt, l.origin, l.adapter_version, l.decided_at, l.params
+            SELECT {_EXPORT_COLUMNS}
             FROM logs l WHERE {where} AND {_PRIVACY_EXCLUSION}
             ORDER BY l.id
             """,
             params,
         )
-        return [
-            ExportRow(
-                log_id=r[0],
-                persona_id=r[1],
-                question=r[2],
-                reply=r[3],
-                original_reply=r[4],
-                decision=r[5],
-                prompt=r[6],
-                origin=r[7],
-                adapter_version=r[8],
-                decided_at=r[9],
-                params=json.loads(r[10] or "{}"),
-            )
-            for r in rows
-        ]
+        return [_export_row(r) for r in rows]
 
     async def count_approved_since(self, persona_id: str | None, since_iso: str | None) -> int:
         """How many exportable approvals a persona gained after ``since_iso`` (all of them if None)."""
@@ -688,6 +713,8 @@ class Store:
     # -- privacy -------------------------------------------------------------------------------
 
     async def set_opt_out(self, user_id: int, opted_out: bool) -> None:
+        """/optout (True) or /optin (False): an opted-out user's words are never logged or exported."""
+
         async def body() -> None:
             await self._conn.execute(
                 """
@@ -701,10 +728,12 @@ class Store:
         await self._write(body)
 
     async def is_opted_out(self, user_id: int) -> bool:
+        """Whether ``user_id`` opted out (False for a user never seen)."""
         row = await self._fetchone("SELECT opted_out FROM user_prefs WHERE user_id = ?", (user_id,))
         return bool(row and row[0])
 
     async def opted_out_among(self, user_ids: Iterable[int]) -> set[int]:
+        """The subset of ``user_ids`` that opted out (one query for a whole conversation)."""
         ids = sorted(set(user_ids))
         if not ids:
             return set()
@@ -768,51 +797,50 @@ class Store:
         """Delete the rows ``select_sql`` finds (id, review channel, review message), inside a write."""
         async with self._conn.execute(select_sql, params) as cur:
             rows = list(await cur.fetchall())
-        ids = [r[0] for r in rows]
+        ids = [r["id"] for r in rows]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             await self._conn.execute(f"DELETE FROM log_participants WHERE log_id IN ({marks})", chunk)
             await self._conn.execute(f"DELETE FROM logs WHERE id IN ({marks})", chunk)
-        cards = tuple((int(r[1]), int(r[2])) for r in rows if r[1] is not None and r[2] is not None)
+        cards = tuple(
+            (int(r["review_channel_id"]), int(r["review_message_id"]))
+            for r in rows
+            if r["review_channel_id"] is not None and r["review_message_id"] is not None
+        )
         return ForgetResult(len(ids), cards)
 
     async def stats(self) -> dict[str, int]:
         """Counts for /status: logged, awaiting decision, decided."""
         row = await self._fetchone(
-            "SELECT COUNT(*), SUM(decision IS NULL), SUM(decision IS NOT NULL), SUM(status = 'blocked') FROM logs"
+            "SELECT COUNT(*) AS logged, SUM(decision IS NULL) AS undecided, "
+            "SUM(decision IS NOT NULL) AS decided, SUM(status = 'blocked') AS blocked FROM logs"
         )
-        return {
-            "logged": int(row[0] or 0),
-            "undecided": int(row[1] or 0),
-            "decided": int(row[2] or 0),
-            "blocked": int(row[3] or 0),
-        }
+        return {name: int(row[name] or 0) for name in ("logged", "undecided", "decided", "blocked")}
 
 
-def _review_item(row: Sequence[Any]) -> ReviewItem:
-    return ReviewItem(
-        log_id=row[0],
-        created_at=row[1],
-        guild_id=row[2],
-        channel_id=row[3],
-        message_id=row[4],
-        user_id=row[5],
-        persona_id=row[6],
-        adapter_version=row[7],
-        prompt=row[8],
-        user_text=row[9],
-        reply=row[10],
-        params=json.loads(row[11] or "{}"),
-        latency_ms=row[12],
-        status=row[13],
-        origin=row[14],
-        reply_message_id=row[15],
-        blocked_words=tuple(json.loads(row[16] or "[]")),
-        decision=row[17],
-        edited_text=row[18],
-        decided_by=row[19],
-        decided_at=row[20],
-        review_channel_id=row[21],
-        review_message_id=row[22],
+def _from_row(row_type: type[R], row: sqlite3.Row, decoded: dict[str, Any]) -> R:
+    """Build ``row_type`` from ``row`` by column name; ``decoded`` overrides fields parsed from JSON.
+
+    Raises IndexError naming the column when the SELECT lacks one of the dataclass's fields.
+    """
+    return row_type(
+        **{f.name: decoded[f.name] if f.name in decoded else row[f.name] for f in fields(row_type)}
     )
+
+
+def _review_item(row: sqlite3.Row) -> ReviewItem:
+    """A ``logs`` row selected with :data:`_LOG_COLUMNS` as a :class:`ReviewItem`."""
+    return _from_row(
+        ReviewItem,
+        row,
+        {
+            "params": json.loads(row["params"] or "{}"),
+            "blocked_words": tuple(json.loads(row["blocked_words"] or "[]")),
+        },
+    )
+
+
+def _export_row(row: sqlite3.Row) -> ExportRow:
+    """A ``logs`` row selected with :data:`_EXPORT_COLUMNS` as an :class:`ExportRow`."""
+    return _from_row(ExportRow, row, {"params": json.loads(row["params"] or "{}")})

@@ -17,7 +17,7 @@ from bot.discord.checks import channel_allowed, is_moderator, member_allowed
 from bot.discord.persona_options import persona_choices
 from bot.discord.token_redaction import RedactingFilter, install_token_redaction
 from personas.card import load_cards
-from tests.discord_harness import FakeWorker
+from tests.fake_runtime import FakeWorker
 
 SECRET = "MTIzNDU2Nzg5.secret-token.abcdef"
 
@@ -137,28 +137,24 @@ def test_persona_choices() -> None:
     assert len(persona_choices({f"p{i}": cards["marisa"] for i in range(40)}, "", with_off=True)) == 25
 
 
-async def test_scheduled_retraining_hooks_reload_and_report(tmp_path, monkeypatch) -> None:
+async def test_scheduled_retraining_hooks_reload_and_report(tmp_path) -> None:
     from dataclasses import replace
 
-    import discord.ext.test as dpytest
-
     from bot.config import ScheduleSettings
-    from tests.discord_harness import close_harness, make_harness
+    from tests.e2e.inprocess import emulated_bot
 
-    h = await make_harness(tmp_path, monkeypatch)
-    try:
+    async with emulated_bot(tmp_path) as h:
         h.bot.settings = replace(h.bot.settings, schedule=ScheduleSettings(enabled=True, cron="0 4 * * 1"))
         h.bot.start_retraining()
         assert h.bot.retrainer.next_run_time() is not None
         await h.bot.load_trained_version("marisa", "v20250101-000000")
         assert h.runtime.reloaded == ["marisa"]
+        mark = h.emu.mark()
         await h.bot.report_training_failure("marisa", "CUDA out of memory @everyone")
-        await dpytest.run_all_events()
-        [note] = h.sent(h.review)
+        [note] = h.sent("review")
         assert "marisa" in note.content and "out of memory" in note.content
-        assert h.payloads[-1]["allowed_mentions"]["parse"] == []
-    finally:
-        await close_harness(h)
+        [posted] = [c.json for c in h.calls(mark) if c.method == "POST" and c.path.endswith("/messages")]
+        assert posted["allowed_mentions"]["parse"] == []
     assert h.bot.retrainer.next_run_time() is None  # shut down with the bot
 
 

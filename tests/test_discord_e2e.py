@@ -25,7 +25,7 @@ from bot.discord.api_base import point_discord_at
 from bot.discord.app import OshaberiBot
 from bot.discord.review_views import TEXT_INPUT_ID
 from tests.discord_emulator import Call, DiscordEmulator
-from tests.discord_harness import FakeRuntime, Script
+from tests.fake_runtime import FakeRuntime, Script
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-secret-token-do-not-log"

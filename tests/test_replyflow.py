@@ -15,7 +15,7 @@ from bot.replyflow import Incoming, LogSpool, ReplyFlow
 from bot.store import LogEntry, Store
 from bot.wordfilter import WordFilter
 from personas.card import load_cards
-from tests.discord_harness import FakePending, Script
+from tests.fake_runtime import FakePending, Script
 
 MARISA = load_cards().get("marisa")
 

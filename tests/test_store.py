@@ -13,7 +13,9 @@ import pytest
 
 from bot.migrations import LATEST_VERSION, MIGRATIONS
 from bot.store import (
+    ExportRow,
     LogEntry,
+    ReviewItem,
     ReviewNotFoundError,
     Store,
     StoreBusyError,
@@ -435,3 +437,111 @@ async def test_message_answered_by_links_a_reply_to_its_question(store: Store) -
     await store.log_reply(entry(message_id=500, reply_message_id=501))
     assert await store.message_answered_by(501) == 500
     assert await store.message_answered_by(999) is None
+
+
+# -- rows are read by column name ---------------------------------------------------------------
+# Every field gets a value no other field of its type has, so a value read into the wrong field
+# (two columns swapped in a SELECT, a migration adding a column in the middle) fails an assert.
+
+
+def _distinct_entry() -> LogEntry:
+    return LogEntry(
+        guild_id=101,
+        channel_id=102,
+        message_id=103,
+        user_id=104,
+        persona_id="marisa",
+        adapter_version="v7",
+        prompt="prompt-text",
+        user_text="question-text",
+        reply="reply-text",
+        params={"temperature": 0.5},
+        latency_ms=106,
+        status="blocked",
+        origin="live",
+        reply_message_id=107,
+        blocked_words=("word",),
+    )
+
+
+async def _logged_decided_posted(store: Store) -> int:
+    log_id = await store.log_reply(_distinct_entry())
+    assert log_id is not None
+    [unposted] = await store.unposted_reviews()
+    assert unposted == await store.get_review(log_id)
+    await store.mark_posted(log_id, 108, 109)
+    await store.decide(log_id, 105, "edited", "edited-text")
+    return log_id
+
+
+def _assert_distinct_fields(item: ReviewItem, log_id: int) -> None:
+    assert (item.log_id, item.guild_id, item.channel_id, item.message_id, item.user_id) == (
+        log_id,
+        101,
+        102,
+        103,
+        104,
+    )
+    assert (item.decided_by, item.latency_ms, item.reply_message_id) == (105, 106, 107)
+    assert (item.review_channel_id, item.review_message_id) == (108, 109)
+    assert (item.persona_id, item.adapter_version) == ("marisa", "v7")
+    assert (item.prompt, item.user_text, item.reply, item.edited_text) == (
+        "prompt-text",
+        "question-text",
+        "reply-text",
+        "edited-text",
+    )
+    assert (item.status, item.origin, item.decision) == ("blocked", "live", "edited")
+    assert item.params == {"temperature": 0.5} and item.blocked_words == ("word",)
+    assert item.created_at < item.decided_at  # both timestamps, in the order they happened
+
+
+def _assert_distinct_export(row: ExportRow, item: ReviewItem) -> None:
+    assert row == ExportRow(
+        log_id=item.log_id,
+        persona_id="marisa",
+        question="question-text",
+        reply="edited-text",
+        original_reply="reply-text",
+        decision="edited",
+        prompt="prompt-text",
+        origin="live",
+        adapter_version="v7",
+        decided_at=item.decided_at,
+        params={"temperature": 0.5},
+    )
+
+
+async def test_every_logged_field_reads_back_into_its_own_field(store: Store) -> None:
+    log_id = await _logged_decided_posted(store)
+    item = await store.get_review(log_id)
+    assert item is not None
+    _assert_distinct_fields(item, log_id)
+    [row] = await store.approved_for_export()
+    _assert_distinct_export(row, item)
+
+
+async def test_rows_are_read_by_name_whatever_the_column_order_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    s = await Store.open(path)
+    log_id = await _logged_decided_posted(s)
+    await s.close()
+    # Rebuild ``logs`` with its columns in reverse order, as a table rebuilt by a later migration
+    # (or one that adds a column in the middle) may have them.
+    with sqlite3.connect(path) as raw:
+        columns = [r[1] for r in raw.execute("PRAGMA table_info(logs)")]
+        reversed_list = ", ".join(reversed(columns))
+        raw.execute(f"CREATE TABLE logs_reordered AS SELECT {reversed_list} FROM logs")
+        raw.execute("DROP TABLE logs")
+        raw.execute("ALTER TABLE logs_reordered RENAME TO logs")
+        assert [r[1] for r in raw.execute("PRAGMA table_info(logs)")] == columns[::-1]
+    s = await Store.open(path)
+    try:
+        item = await s.get_review(log_id)
+        assert item is not None
+        _assert_distinct_fields(item, log_id)
+        [row] = await s.approved_for_export()
+        _assert_distinct_export(row, item)
+        assert await s.stats() == {"logged": 1, "undecided": 0, "decided": 1, "blocked": 1}
+    finally:
+        await s.close()

@@ -17,6 +17,7 @@ from trainer.dataset import (
     DataStats,
     Dialogue,
     ExampleEncoder,
+    assistant_only_labels,
     build_datasets,
     read_dialogues,
     split_keys,
@@ -200,3 +201,11 @@ def test_train_config_layers_file_persona_table_and_overrides(tmp_path: Path):
         load_train_config(path, "marisa")
     with pytest.raises(TrainConfigError, match="dropout"):
         load_train_config(None, "marisa", {"dropout": 1.5})
+
+
+def test_assistant_only_labels_keep_only_the_persona_segments() -> None:
+    """TRL's assistant-only (completion-only) loss: context tokens are IGNORE_INDEX."""
+    labels = assistant_only_labels([[1, 2], [3], [4, 5, 6]], [False, True, False])
+    assert labels == [IGNORE_INDEX, IGNORE_INDEX, 3, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
+    with pytest.raises(ValueError):
+        assistant_only_labels([[1], [2]], [True])

@@ -4,7 +4,9 @@ Every dialogue is rendered by the persona's own :class:`PromptRenderer` (the one
 generates with), so the model trains on exactly the text shape it later continues.
 The renderer marks which segments are the persona's; those tokens (each persona turn and
 its end-of-turn mark) keep their ids as labels, every other token gets -100, so the loss
-never teaches the model to write the user's lines.
+never teaches the model to write the user's lines. This is what TRL calls assistant-only loss
+(``SFTConfig(assistant_only_loss=True)``; completion-only loss in its older
+``DataCollatorForCompletionOnlyLM``): see :func:`assistant_only_labels`.
 
 Segments are tokenized one by one and concatenated, so no token ever straddles a
 trainable and an untrained span. The first segment goes through ``encode_prompt`` (BOS
@@ -32,7 +34,7 @@ from personas.render import PromptRenderer, Segment, Turn
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # what torch's cross_entropy (and transformers' loss) skips
+IGNORE_INDEX = -100  # what torch's cross_entropy (and transformers' and TRL's losses) skip
 
 
 class DataError(ValueError):
@@ -57,12 +59,16 @@ class Dialogue:
 
 @dataclass(frozen=True)
 class Example:
+    """One training sequence: ``input_ids`` and ``labels`` have the same length (tokens);
+    ``labels`` is the assistant-only mask (:func:`assistant_only_labels`)."""
+
     input_ids: list[int]
     labels: list[int]
     dialogue_key: str
 
     @property
     def trainable_tokens(self) -> int:
+        """How many tokens the loss is computed on (labels other than IGNORE_INDEX)."""
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
 
@@ -103,6 +109,7 @@ class DataBundle:
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of the file's bytes, read in 1 MiB blocks; raises OSError if unreadable."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -132,7 +139,10 @@ def _parse_line(raw: Any, where: str, file: str) -> Dialogue:
 
 
 def read_dialogues(path: str | Path) -> list[Dialogue]:
-    """Every dialogue in a JSONL file; a bad line is an error naming file and line, never skipped."""
+    """Every dialogue in a JSONL file; a bad line is an error naming file and line, never skipped.
+
+    Raises DataError for a line that is not a dialogue object, OSError if the file is unreadable.
+    """
     out = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -163,7 +173,10 @@ def read_export_time(path: str | Path) -> str | None:
 
 
 def expand_paths(patterns: Iterable[str], *, data_dir: str, persona: str) -> list[Path]:
-    """Fill in {data_dir}/{persona}, expand globs; a plain path that does not exist is an error."""
+    """Fill in {data_dir}/{persona}, expand globs; a plain path that does not exist is an error.
+
+    Returns the files in pattern order, each once. Raises DataError naming a missing plain path.
+    """
     paths: list[Path] = []
     for pattern in patterns:
         text = pattern.format(data_dir=data_dir, persona=persona)
@@ -206,8 +219,23 @@ def continuation_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def assistant_only_labels(pieces: Sequence[Sequence[int]], trainable: Sequence[bool]) -> list[int]:
+    """The labels of TRL's assistant-only (completion-only) loss for concatenated ``pieces``.
+
+    ``pieces[i]`` are one segment's token ids; a trainable segment (a persona turn with its
+    end-of-turn mark) keeps its ids as labels, any other becomes IGNORE_INDEX, so the loss only
+    teaches the persona's lines. Returns one label per token, ``sum(len(p) for p in pieces)`` long.
+    Raises ValueError if ``pieces`` and ``trainable`` differ in length.
+    """
+    labels: list[int] = []
+    for piece, keep in zip(pieces, trainable, strict=True):
+        labels.extend(piece if keep else [IGNORE_INDEX] * len(piece))
+    return labels
+
+
 class ExampleEncoder:
-    """Turns rendered segments into (input_ids, labels), fitting them into ``max_length``."""
+    """Turns rendered segments into (input_ids, labels), fitting them into ``max_length`` tokens;
+    the labels are the assistant-only mask (:func:`assistant_only_labels`)."""
 
     def __init__(self, renderer: PromptRenderer, tokenizer, max_length: int) -> None:
         self.renderer = renderer
@@ -216,16 +244,14 @@ class ExampleEncoder:
         self._warned_empty_turn_end = False
 
     def encode_segments(self, segments: Sequence[Segment]) -> tuple[list[int], list[int]]:
-        ids: list[int] = []
-        labels: list[int] = []
-        for i, seg in enumerate(segments):
-            piece = (
-                encode_prompt(self.tokenizer, seg.text)
-                if i == 0
-                else continuation_ids(self.tokenizer, seg.text)
-            )
-            ids.extend(piece)
-            labels.extend(piece if seg.trainable else [IGNORE_INDEX] * len(piece))
+        """(input_ids, labels) of equal length for ``segments`` in order, with TRL's
+        assistant-only loss mask: only the persona's (trainable) segments keep labels."""
+        pieces = [
+            encode_prompt(self.tokenizer, seg.text) if i == 0 else continuation_ids(self.tokenizer, seg.text)
+            for i, seg in enumerate(segments)
+        ]
+        ids = [token for piece in pieces for token in piece]
+        labels = assistant_only_labels(pieces, [seg.trainable for seg in segments])
         if not self._warned_empty_turn_end and self.renderer.turn_end.strip() == "":
             with_end = continuation_ids(self.tokenizer, "a" + self.renderer.turn_end)
             if len(with_end) <= len(continuation_ids(self.tokenizer, "a")):
@@ -380,7 +406,9 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int, epoch: int)
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; padding is masked out of attention and labels."""
+    """Right-padded long tensors ``input_ids``, ``attention_mask``, ``labels``, each
+    (len(examples), longest example in tokens); padding is masked out of attention and labels.
+    Raises ValueError on an empty ``examples``."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)

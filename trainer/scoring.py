@@ -25,10 +25,11 @@ def autocast_for(device: torch.device, dtype: torch.dtype):
 
 
 def row_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (sum of negative log-likelihood, labelled token count).
+    """Per-row (sum of negative log-likelihood in nats, labelled token count), each of shape (batch,).
 
-    Position t predicts token t+1, so logits and labels are shifted by one; labels of
-    IGNORE_INDEX (context, padding) contribute nothing.
+    ``logits`` is (batch, seq, vocab), ``labels`` (batch, seq). Position t predicts token t+1, so
+    logits and labels are shifted by one; labels of IGNORE_INDEX (context, padding: the
+    assistant-only loss mask) contribute nothing.
     """
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]

@@ -1,0 +1,144 @@
+"""A stand-in for the model runtime (``bot.runtime.Runtime``): a chat service that validates and
+renders like the real one and answers from scripts, a worker with fixed stats, reload on cue.
+
+Discord-free: the Discord tests drive the real bot through the loopback emulator
+(``tests/e2e/inprocess.py``) with this runtime, so no model is needed and a reply can be held,
+failed or made long at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+
+from bot.config import Settings
+from bot.generation import (
+    AdapterInfo,
+    GenerationResult,
+    QueueFullError,
+    RequestCancelledError,
+    WorkerStats,
+)
+from personas.card import CardSet, PersonaCard, load_cards
+from personas.render import PromptRenderer, Turn, validate_user_message
+
+
+@dataclass
+class Script:
+    """What the fake model does for one request."""
+
+    reply: str | BaseException = "おう、元気だぜ！"
+    positions: list[int] = field(default_factory=lambda: [0])  # reported queue positions, in order
+    gate: asyncio.Event | None = None  # generation waits for it (to hold a request in flight)
+
+
+class FakePending:
+    def __init__(self, card: PersonaCard, prompt: str, script: Script) -> None:
+        self.card = card
+        self.prompt = prompt
+        self.script = script
+        self.result: GenerationResult | None = None
+        self.cancelled = False
+        self._positions = collections.deque(script.positions)
+        self._cancel_event = asyncio.Event()
+
+    @property
+    def params(self):
+        return self.card.generation
+
+    @property
+    def position(self) -> int:
+        if len(self._positions) > 1:
+            return self._positions.popleft()
+        return self._positions[0] if self._positions else 0
+
+    async def text(self) -> str:
+        if self.script.gate is not None:
+            gate = asyncio.ensure_future(self.script.gate.wait())
+            cancel = asyncio.ensure_future(self._cancel_event.wait())
+            await asyncio.wait({gate, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            gate.cancel()
+            cancel.cancel()
+        else:
+            await asyncio.sleep(0)
+        if self.cancelled:
+            raise RequestCancelledError("The request was cancelled.")
+        if isinstance(self.script.reply, BaseException):
+            raise self.script.reply
+        self.result = GenerationResult(
+            text=self.script.reply,
+            new_tokens=12,
+            finish_reason="stop",
+            adapter=self.card.id,
+            adapter_version="v20250101-000000",
+            seconds=0.25,
+            batch_size=2,
+        )
+        return self.script.reply
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._cancel_event.set()
+
+
+class FakeChat:
+    """Validates and renders like the real chat service; answers from a queue of scripts."""
+
+    def __init__(self, cards: CardSet) -> None:
+        self.cards = cards
+        self.scripts: collections.deque[Script] = collections.deque()
+        self.submitted: list[tuple[str, list[Turn]]] = []
+        self.pending: list[FakePending] = []
+        self.full = False
+
+    def submit(self, persona_id: str, history: list[Turn]) -> FakePending:
+        card = self.cards.get(persona_id)
+        if not history:
+            validate_user_message("")
+        newest = history[-1]
+        checked = Turn(newest.speaker, validate_user_message(newest.text), newest.is_persona)
+        if self.full:
+            raise QueueFullError(64, 64)
+        rendered = PromptRenderer(card).render_prompt([*history[:-1], checked])
+        self.submitted.append((persona_id, list(history)))
+        pending = FakePending(card, rendered.text, self.scripts.popleft() if self.scripts else Script())
+        self.pending.append(pending)
+        return pending
+
+
+class FakeWorker:
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            queue_depth=3,
+            queue_capacity=64,
+            in_flight=2,
+            recent_batch_sizes=[1, 4, 2],
+            tokens_per_s=42.5,
+            batches_run=17,
+            requests_failed=1,
+            adapters=[AdapterInfo("marisa", "/adapters/marisa/v2", "v2", 1234)],
+            device="cuda:0",
+            device_memory_mb=5120.0,
+        )
+
+
+class FakeRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cards = load_cards()
+        self.chat = FakeChat(self.cards)
+        self.worker = FakeWorker()
+        self.reload_error: Exception | None = None
+        self.reloaded: list[str | None] = []
+        self.closed = False
+
+    async def reload(self, persona_id: str | None = None) -> list[str]:
+        self.reloaded.append(persona_id)
+        if self.reload_error is not None:
+            raise self.reload_error
+        ids = [persona_id] if persona_id else sorted(self.cards.cards)
+        return [f"{pid}: adapter v3" for pid in ids]
+
+    async def close(self) -> None:
+        self.closed = True
