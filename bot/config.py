@@ -29,7 +29,10 @@ ENV_ALIASES = {
     "OSHABERI_DB": ("paths", "database"),
     "OSHABERI_ADAPTERS_DIR": ("paths", "adapters_dir"),
     "OSHABERI_DEFAULT_PERSONA": ("chat", "default_persona"),
+    "OSHABERI_BACKEND": ("engine", "backend"),
+    "OSHABERI_VLLM_URLS": ("engine", "vllm_urls"),
 }
+BACKENDS = ("local", "vllm")
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,18 @@ class ModelSettings:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (compute dtype when quantized)
     revision: str = ""
     local_files_only: bool = False
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which serving backend generates: the in-process engine, or one or more vLLM servers."""
+
+    backend: str = "local"  # local | vllm
+    vllm_urls: tuple[str, ...] = ()  # base URLs of vLLM OpenAI-compatible servers
+    # The adapters folder as the servers see it (a shared volume); empty: the same path as the bot's.
+    vllm_adapters_dir: str = ""
+    vllm_health_interval_s: float = 5.0
+    vllm_connect_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,7 @@ class ScheduleSettings:
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
@@ -219,6 +235,19 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"model.device: {m.device!r} is not one of auto, cpu, cuda, cuda:N")
     if w.max_batch_size < 1 or w.queue_size < 1 or w.request_timeout_s <= 0 or w.batch_window_ms < 0:
         raise ConfigError("worker: max_batch_size and queue_size must be >= 1, request_timeout_s > 0")
+    e = settings.engine
+    if e.backend not in BACKENDS:
+        raise ConfigError(f"engine.backend: {e.backend!r} is not one of {', '.join(BACKENDS)}")
+    if e.backend == "vllm" and not e.vllm_urls:
+        raise ConfigError(
+            "engine.backend is 'vllm' but engine.vllm_urls is empty; "
+            "set OSHABERI_VLLM_URLS=http://HOST:8000 (or --vllm-url)"
+        )
+    for url in e.vllm_urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"engine.vllm_urls: {url!r} is not an http:// or https:// URL")
+    if e.vllm_health_interval_s <= 0 or e.vllm_connect_timeout_s <= 0:
+        raise ConfigError("engine: vllm_health_interval_s and vllm_connect_timeout_s must be > 0")
 
 
 def discord_token(environ: dict[str, str] | None = None, dotenv_path: str | Path = ".env") -> str | None:
