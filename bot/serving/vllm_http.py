@@ -127,32 +127,32 @@ class VllmClient:
     async def load_lora(self, name: str, path: str) -> None:
         """Register an adapter folder (read by the server itself) under ``name``.
 
-        Raises ServerError with the server's reason (LoRA disabled, rank too high, bad path).
+        An adapter the server already has under that name counts as loaded. Raises
+        ServerUnavailable when the server cannot be reached, else ServerError with the
+        server's reason (runtime loading off, LoRA disabled, rank too high, folder not found).
         """
         try:
             await self._request(
                 "POST", "/v1/load_lora_adapter", self._load, json={"lora_name": name, "lora_path": path}
             )
-        except ModelNotFound as exc:
-            if (
-                "load_lora_adapter" in str(exc)
-                and "not found" in str(exc).lower()
-                and "lora" not in _tail(exc)
-            ):
+        except ServerError as exc:
+            reason = _tail(exc)
+            if exc.status is None:
+                raise  # not reachable: the pool marks the server down
+            if exc.status == 400 and "already been loaded" in reason:
+                return
+            if exc.status == 404 and reason.strip() == "Not Found":
+                # The route itself is missing: vLLM registers it only with runtime updating on.
                 raise ServerError(
                     self.url,
                     "runtime adapter loading is off: start the server with --enable-lora and "
                     "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
                     404,
                 ) from None
+            # A refusal (rank above --max-lora-rank comes back as a 500) is about this adapter,
+            # not the server's health: report it as a plain ServerError.
             raise ServerError(
-                self.url, f"could not load adapter {name!r} from {path}: {_tail(exc)}", 404
-            ) from None
-        except ServerUnavailable:
-            raise
-        except ServerError as exc:
-            raise ServerError(
-                self.url, f"could not load adapter {name!r} from {path}: {_tail(exc)}", exc.status
+                self.url, f"could not load adapter {name!r} from {path}: {reason}", exc.status
             ) from None
 
     async def unload_lora(self, name: str) -> None:
@@ -161,10 +161,6 @@ class VllmClient:
             await self._request("POST", "/v1/unload_lora_adapter", self._short, json={"lora_name": name})
         except ModelNotFound:
             return
-        except ServerError as exc:
-            if exc.status == 400 and "not" in str(exc).lower() and "found" in str(exc).lower():
-                return
-            raise
 
     async def stream_completion(self, payload: dict[str, Any]) -> AsyncIterator[CompletionChunk]:
         """POST /v1/completions with ``stream: true``; yields chunks as they arrive.
@@ -222,6 +218,10 @@ async def _sse_chunks(resp: aiohttp.ClientResponse, url: str) -> AsyncIterator[C
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
