@@ -221,11 +221,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         settings = replace(
             settings, **{section: apply_overrides(getattr(settings, section), values, "environment")}
         )
-    _validate(settings)
+    validate(settings)
     return settings
 
 
-def _validate(settings: Settings) -> None:
+def validate(settings: Settings) -> None:
+    """Raise ConfigError naming the first setting that cannot be used."""
     m, w = settings.model, settings.worker
     if m.quantization not in ("auto", "4bit", "8bit", "none"):
         raise ConfigError(f"model.quantization: {m.quantization!r} is not one of auto, 4bit, 8bit, none")

@@ -58,5 +58,12 @@ class Runtime:
             self.cards.get(pid)
         return await self.backend.reload(persona_id)
 
+    def backend_problem(self) -> str | None:
+        """Why nothing can be generated right now (every vLLM server down), or None."""
+        servers = self.backend.stats().servers
+        if servers and not any(s.healthy for s in servers):
+            return "no vLLM server can be used: " + "; ".join(s.problem or s.url for s in servers)
+        return None
+
     async def close(self, drain_timeout: float = 30.0) -> None:
         await self.backend.stop(drain_timeout)

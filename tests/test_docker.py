@@ -125,3 +125,19 @@ def test_the_token_is_never_baked_into_the_image() -> None:
     assert not any("DISCORD_TOKEN" in rest for _, rest in instructions())
     compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     assert "DISCORD_TOKEN" not in compose["services"]["bot"].get("environment", {})
+
+
+def test_the_vllm_profile_serves_lora_from_the_bots_adapters_volume() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    vllm, bot = compose["services"]["vllm"], compose["services"]["bot"]
+    assert vllm["profiles"] == ["vllm"]  # only with --profile vllm; the plain `up` is unchanged
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    assert "--enable-lora" in vllm["command"] and any(
+        a.startswith("--max-lora-rank=") for a in vllm["command"]
+    )
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # The server reads adapter folders by the path the bot registers: same volume, same path.
+    adapters = bot["environment"]["OSHABERI_ADAPTERS_DIR"]
+    bot_volume = next(v.split(":")[0] for v in bot["volumes"] if v.split(":")[1] == adapters)
+    assert f"{bot_volume}:{adapters}:ro" in vllm["volumes"]
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

@@ -90,6 +90,8 @@ class VllmServer:
                 str(self.max_loras),
                 "--max-lora-rank",
                 str(self.max_lora_rank),
+                "--max-cpu-loras",
+                "16",  # the session's server sees many tests' adapters
             ]
         return cmd
 
@@ -160,4 +162,28 @@ def build_vllm_model(root: Path, arch: str) -> Path:
         root / arch,
         arch,
         shape=TinyShape(hidden_size=128, num_heads=2, intermediate_size=256, max_positions=1024),
+    )
+
+
+def install_adapter(adapters_dir: Path, persona_id: str, version: str, source: Path) -> None:
+    """Copy an adapter in as ``<persona>/<version>/`` and make it current, as the trainer does."""
+    import shutil
+
+    from bot.adapters import set_current
+
+    shutil.copytree(source, adapters_dir / persona_id / version)
+    set_current(adapters_dir, persona_id, version)
+
+
+def backend_settings(model: Path, adapters_dir: Path, urls: tuple[str, ...] = (), **engine):
+    """Settings for either backend over the same model and adapters (``urls`` empty: local)."""
+    from bot.config import EngineSettings, ModelSettings, PathSettings, Settings, WorkerSettings
+
+    return Settings(
+        model=ModelSettings(base_model=str(model), device="cpu"),
+        engine=EngineSettings(
+            backend="vllm" if urls else "local", vllm_urls=urls, **{"vllm_health_interval_s": 1.0, **engine}
+        ),
+        worker=WorkerSettings(batch_window_ms=50, request_timeout_s=120.0),
+        paths=PathSettings(adapters_dir=str(adapters_dir), database=str(adapters_dir.parent / "db.sqlite3")),
     )

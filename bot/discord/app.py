@@ -56,8 +56,12 @@ def intents() -> discord.Intents:
     return wanted
 
 
-class OshaberiBot(commands.Bot):
-    """The bot; ``runtime_factory`` and ``store`` are injectable so tests run without a model."""
+class OshaberiBot(commands.AutoShardedBot):
+    """The bot; ``runtime_factory`` and ``store`` are injectable so tests run without a model.
+
+    AutoSharded: Discord says how many shards the bot needs (``GET /gateway/bot``) and discord.py
+    runs them all in this process, so a bot in thousands of servers shards without code changes.
+    """
 
     def __init__(
         self,

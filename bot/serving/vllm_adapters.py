@@ -1,4 +1,4 @@
-"""Persona adapters on vLLM servers, under versioned names (``marisa@v20261130-083008``).
+"""Persona adapters on vLLM servers, under versioned names (``marisa@v20261130-083008+1a2b3c``).
 
 Publishing a new version loads it on every healthy server first; only then do new requests
 use the new name, and the old name is unloaded once no request holds it any more. A server
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import logging
 import struct
@@ -126,9 +127,13 @@ class AdapterRegistry:
             except (FileNotFoundError, CardError) as exc:
                 raise AdapterError(f"adapter for {persona_id!r} not loaded: {exc}") from None
             parameters = _parameter_count(Path(source.path))
-        version = source.version or "hub"
+        server_path = self._server_path(source)
         published = PublishedAdapter(
-            persona_id, f"{persona_id}@{version}", self._server_path(source), source.version, parameters
+            persona_id,
+            versioned_name(persona_id, source.version, server_path),
+            server_path,
+            source.version,
+            parameters,
         )
         healthy = self.pool.healthy()
         if not healthy:
@@ -215,6 +220,13 @@ class AdapterRegistry:
             if path.is_relative_to(root):
                 return str(Path(mapped) / path.relative_to(root))
         return str(path)
+
+
+def versioned_name(persona_id: str, version: str | None, server_path: str) -> str:
+    """``marisa@v20261130-083008+1a2b3c``: the version, and a hash of the folder so that two bots
+    (or two test runs) sharing a server never mistake one adapter for another of the same version."""
+    digest = hashlib.sha1(server_path.encode()).hexdigest()[:6]
+    return f"{persona_id}@{version or 'hub'}+{digest}"
 
 
 def _parameter_count(folder: Path) -> int:
