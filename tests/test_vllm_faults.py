@@ -68,7 +68,7 @@ async def test_a_server_without_runtime_lora_is_one_line_and_serves_the_base(
             len(lines) == 1 and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in lines[0] and "\n" not in lines[0]
         )
         a, b = backend.stats().servers
-        assert a.healthy and b.healthy and b.adapter_problems == (lines[0],)
+        assert a.healthy and b.healthy and len(b.adapter_problems) == 1 and b.adapter_problems[0] in lines[0]
         results = await answer_all(backend, greedy_cards(), [("marisa", "やあ")] * 2 + BASE_PROMPTS[:2])
         assert [r.adapter_version for r, _ in results] == ["v1", "v1", None, None]
         a, b = backend.stats().servers

@@ -119,14 +119,18 @@ class AdapterRegistry:
         if source is None:
             self._retire(self.current.pop(persona_id, None))
             return f"{persona_id}: prompt-only (no adapter)"
-        parameters = 0
         if source.is_local:
             try:
                 check_adapter_files(Path(source.path))
                 check_adapter_base(card, Path(source.path), self.settings.model.base_model)
             except (FileNotFoundError, CardError) as exc:
                 raise AdapterError(f"adapter for {persona_id!r} not loaded: {exc}") from None
-            parameters = _parameter_count(Path(source.path))
+        return await self.publish_source(persona_id, source)
+
+    async def publish_source(self, persona_id: str, source: AdapterSource) -> str:
+        """Publish an adapter folder (or hub id) for ``persona_id``, cards aside (benchmarks use
+        this directly). Same result and errors as :meth:`publish`."""
+        parameters = _parameter_count(Path(source.path)) if source.is_local else 0
         server_path = self._server_path(source)
         published = PublishedAdapter(
             persona_id,
@@ -149,13 +153,16 @@ class AdapterRegistry:
         line = f"{persona_id}: adapter {source.version or source.path}"
         if failures:
             line += f" (not on {len(failures)} of {len(healthy)} servers: {'; '.join(failures)})"
+            log.error("%s; the other servers serve it", line)
         return line
 
     async def ensure_on(self, server: Server) -> None:
         """Load every current adapter the server lacks (after a restart); failures are recorded."""
         for published in list(self.current.values()):
             if published.name not in server.adapters and published.name not in server.adapter_problems:
-                await self._load(server, published)
+                problem = await self._load(server, published)
+                if problem is not None and server.healthy:
+                    log.error("%s; %s is served by the other servers only", problem, published.persona_id)
 
     async def _load(self, server: Server, published: PublishedAdapter) -> str | None:
         """Load on one server; None on success, else the one-line reason (also logged)."""
@@ -169,7 +176,6 @@ class AdapterRegistry:
                 return str(exc)
             except ServerError as exc:
                 server.adapter_problems[published.name] = str(exc)
-                log.error("%s; %s is served by the other servers only", exc, published.persona_id)
                 return str(exc)
             server.adapters.add(published.name)
             server.adapter_problems.pop(published.name, None)

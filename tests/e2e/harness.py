@@ -51,6 +51,8 @@ class BotConfig:
     request_timeout_s: float = 120.0
     default_persona: str = "marisa"
     max_new_tokens: int = 16  # in the test copies of the persona cards
+    backend: str = "local"
+    vllm_urls: tuple[str, ...] = ()
 
     def toml(self, personas_dir: Path) -> str:
         channels = ", ".join(str(c) for c in self.allowed_channels)
@@ -82,8 +84,15 @@ class BotConfig:
                 f"review_poll_s = {float(self.review_poll_s)}",
                 f"shutdown_grace_s = {float(self.shutdown_grace_s)}",
                 "",
+                *self._engine_toml(),
             ]
         )
+
+    def _engine_toml(self) -> list[str]:
+        if self.backend == "local":
+            return []
+        urls = ", ".join(_toml_str(u) for u in self.vllm_urls)
+        return ["[engine]", f"backend = {_toml_str(self.backend)}", f"vllm_urls = [{urls}]", ""]
 
 
 def _toml_str(value: str) -> str:
