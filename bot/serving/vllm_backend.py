@@ -273,11 +273,13 @@ class VllmBackend:
             self.registry.hold(name)
             started = time.perf_counter()
             try:
-                async for chunk in server.client.stream_completion(payload):
-                    ticket._piece(decoder.feed(chunk.token_ids))
-                    if chunk.finish_reason is not None:
-                        ticket._piece(decoder.finish(chunk.finish_reason))
-                        break
+                # aclosing: leaving the loop early closes the stream at once, so the server stops.
+                async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
+                    async for chunk in stream:
+                        ticket._piece(decoder.feed(chunk.token_ids))
+                        if decoder.finish_reason is not None or chunk.finish_reason is not None:
+                            ticket._piece(decoder.finish(chunk.finish_reason))
+                            break
                 if decoder.finish_reason is None:
                     ticket._piece(decoder.finish(None))
                 server.served += 1

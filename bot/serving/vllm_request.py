@@ -17,6 +17,7 @@ from bot.model_loading import encode_prompt
 
 # Persona settings vLLM has no per-request equivalent for: documented in docs/vllm.md.
 NOT_APPLIED = ("no_repeat_ngram_size",)
+MAX_SERVER_STOPS = 4
 
 
 def prompt_ids(tokenizer: Any, request: GenerationRequest, max_positions: int) -> list[int]:
@@ -38,7 +39,9 @@ def completion_payload(model: str, ids: Sequence[int], request: GenerationReques
         "top_p": p.top_p if 0 < p.top_p <= 1 else 1.0,
         "top_k": p.top_k if p.top_k > 0 else -1,
         "repetition_penalty": p.repetition_penalty,
-        "stop": list(request.stop),
+        # vLLM accepts at most 4 stop strings; the decoder here applies all of them and closes
+        # the stream at the first, so the rest only cost a few tokens of lookahead.
+        "stop": list(request.stop[:MAX_SERVER_STOPS]),
         "bad_words": list(request.banned_words),
         "return_token_ids": True,
         "skip_special_tokens": True,
