@@ -21,7 +21,7 @@ from discord.ext.test import factories as dpy_factories
 from discord.webhook.async_ import AsyncWebhookAdapter
 
 from bot.config import DiscordSettings, PathSettings, Settings
-from bot.discord.app import OshaberiBot
+from bot.discord.app import UnshardedOshaberiBot as OshaberiBot
 from bot.discord.app import intents as OshaberiBot_intents
 from bot.generation import (
     AdapterError,

@@ -56,12 +56,9 @@ def intents() -> discord.Intents:
     return wanted
 
 
-class OshaberiBot(commands.AutoShardedBot):
-    """The bot; ``runtime_factory`` and ``store`` are injectable so tests run without a model.
-
-    AutoSharded: Discord says how many shards the bot needs (``GET /gateway/bot``) and discord.py
-    runs them all in this process, so a bot in thousands of servers shards without code changes.
-    """
+class OshaberiClient:
+    """The bot's behaviour, on either discord.py bot class (see :class:`OshaberiBot`);
+    ``runtime_factory`` and ``store`` are injectable so tests run without a model."""
 
     def __init__(
         self,
@@ -206,6 +203,16 @@ class OshaberiBot(commands.AutoShardedBot):
         log.warning("received %s: shutting down gracefully", sig.name)
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._shutdown())
+
+
+class OshaberiBot(OshaberiClient, commands.AutoShardedBot):
+    """The bot. AutoSharded: Discord says how many shards it needs (``GET /gateway/bot``) and
+    discord.py runs them all in this process, so a bot in thousands of servers shards without
+    code changes."""
+
+
+class UnshardedOshaberiBot(OshaberiClient, commands.Bot):
+    """The same bot on one gateway connection, for test harnesses that cannot drive shards (dpytest)."""
 
 
 def freeze_startup_objects() -> None:
