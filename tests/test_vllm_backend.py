@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from bot.chat import ChatService
 from bot.discord.admin_text import status_lines
@@ -73,14 +72,14 @@ def adapters_for(tmp_path: Path, adapters: dict[str, Path]) -> Path:
     return root
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def llama_server(vllm_models, tmp_path_factory):
-    server = VllmServer(vllm_models["llama"], tmp_path_factory.mktemp("vllm-llama") / "server.log")
-    await asyncio.to_thread(server.start)
+@pytest.fixture(scope="module")
+def llama_server(vllm_models, tmp_path_factory):
+    # A plain (sync) fixture: the parametrized test asks for it by name from inside its event loop.
+    server = VllmServer(vllm_models["llama"], tmp_path_factory.mktemp("vllm-llama") / "server.log").start()
     try:
         yield server
     finally:
-        await asyncio.to_thread(server.stop)
+        server.stop()
 
 
 def running_requests(server: VllmServer) -> float:

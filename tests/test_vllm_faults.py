@@ -11,7 +11,6 @@ import asyncio
 import time
 
 import pytest
-import pytest_asyncio
 
 from bot.chat import ChatService
 from bot.generation import GenerationError, QueueFullError
@@ -24,16 +23,15 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")
 BASE_PROMPTS = [("ojousama", f"お話しましょう{i}") for i in range(6)]  # no adapter: any server serves them
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def server_b(vllm_models, tmp_path_factory):
+@pytest.fixture(scope="module")
+def server_b(vllm_models, tmp_path_factory):
     server = VllmServer(
         vllm_models["gpt-neox"], tmp_path_factory.mktemp("vllm-b") / "server.log", runtime_lora=False
-    )
-    await asyncio.to_thread(server.start)
+    ).start()
     try:
         yield server
     finally:
-        await asyncio.to_thread(server.stop)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
