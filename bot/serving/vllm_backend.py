@@ -157,7 +157,8 @@ class VllmBackend:
         tokenizer, max_positions = await asyncio.to_thread(_load_tokenizer, settings)
         probe = tokenizer(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"]
         engine = settings.engine
-        session = aiohttp.ClientSession()
+        # No connection cap: every outstanding stream holds one (the queue size bounds them).
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         clients = [VllmClient(url, session, engine.vllm_connect_timeout_s) for url in engine.vllm_urls]
         pool = ServerPool(clients, probe, settings.model.base_model, engine.vllm_health_interval_s)
         backend = cls(settings, cards, tokenizer, max_positions, session, pool)
@@ -215,11 +216,12 @@ class VllmBackend:
         deadline = time.monotonic() + drain_timeout
         while self._tickets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for ticket in list(self._tickets):
+        leftovers = list(self._tickets)
+        for ticket in leftovers:
             ticket._cancelled = True
             ticket._task.cancel()
             ticket._finish(exc=WorkerStoppedError("The bot is shutting down; this message was not answered."))
-        await asyncio.gather(*(t._task for t in self._tickets), return_exceptions=True)
+        await asyncio.gather(*(t._task for t in leftovers), return_exceptions=True)
         await self.pool.stop()
         await self.registry.drain()
         await self.session.close()

@@ -15,8 +15,7 @@ from typing import Any
 from bot.generation import GenerationRequest, GenerationResult
 from bot.model_loading import encode_prompt
 
-# Persona settings vLLM has no per-request equivalent for: documented in docs/vllm.md.
-NOT_APPLIED = ("no_repeat_ngram_size",)
+# no_repeat_ngram_size has no per-request equivalent in vLLM: not applied (docs/vllm.md).
 MAX_SERVER_STOPS = 4
 
 
