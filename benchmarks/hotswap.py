@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,7 +330,8 @@ def main_vllm(args: argparse.Namespace) -> int:
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
-    print(f"(server command for this model: {server_command(model_dir)})")
+    port = urllib.parse.urlsplit(args.vllm_url).port or 8000
+    print(f"(server command for this model: {server_command(model_dir, port)})")
     return 0
 
 

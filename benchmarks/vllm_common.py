@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+import urllib.parse
 from pathlib import Path
 
 from bot.adapters import AdapterSource
@@ -64,7 +65,8 @@ async def connect_vllm(
     problem = next((s.problem for s in backend.stats().servers if not s.healthy), None)
     if problem is not None:
         await backend.stop(drain_timeout=0)
-        raise BenchmarkSetupError(f"{problem}. Start it with: {server_command(model_dir)}")
+        port = urllib.parse.urlsplit(url).port or 8000
+        raise BenchmarkSetupError(f"{problem}. Start it with: {server_command(model_dir, port)}")
     for persona, folder in adapters.items():
         await backend.registry.publish_source(persona, AdapterSource(str(folder.resolve()), "bench", True))
     return backend
