@@ -39,3 +39,15 @@ def test_benchmark_writes_its_figures(tmp_path, capsys):
     assert all(figures[k] > 0 for k in ("serial_tok_s", "mixed_tok_s", "single_adapter_tok_s", "load_ms"))
     assert abs(figures["mixed_over_serial"] - figures["mixed_tok_s"] / figures["serial_tok_s"]) < 1e-9
     assert "B/A" in capsys.readouterr().out
+
+
+def test_the_vllm_backend_without_a_server_says_how_to_start_one(tmp_path, capsys):
+    from tests.vllm_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    code = main(["--backend", "vllm", "--vllm-url", url, "--workdir", str(tmp_path), "--shape", "tiny"])
+    assert code == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert url in line and "not reachable" in line
+    assert f"--model {tmp_path / 'model'}" in line and f"--port {url.rsplit(':', 1)[1]}" in line
+    assert (tmp_path / "model" / "config.json").is_file()  # the model the server is to run is there
