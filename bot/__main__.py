@@ -2,6 +2,7 @@
 
 python -m bot                       # Discord if a token is set, else console chat
 python -m bot chat [--persona ID] [--model HUB_ID_OR_DIR]
+python -m bot chat --backend vllm --vllm-url http://HOST:8000   # generate on vLLM servers
 python -m bot run                   # Discord only; fails without a token
 python -m bot sync-commands [--guild ID]   # register the slash commands (an explicit step)
 """
@@ -20,7 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bot.config import ConfigError, Settings, discord_token, load_settings
+from bot.config import ConfigError, Settings, discord_token, load_settings, validate
 from bot.quiet import quiet_libraries
 from personas.card import UnknownPersonaError
 
@@ -41,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=argparse.SUPPRESS,
         help="base model: a hub id or a local folder (overrides the config)",
+    )
+    common.add_argument(
+        "--backend",
+        choices=("local", "vllm"),
+        default=argparse.SUPPRESS,
+        help="serving backend: the in-process engine or vLLM servers (overrides engine.backend)",
+    )
+    common.add_argument(
+        "--vllm-url",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="a vLLM server's base URL; repeat for several (overrides engine.vllm_urls)",
     )
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
@@ -86,6 +100,23 @@ def check_personas(settings: Settings, persona_ids: list[tuple[str, str]]) -> No
             raise UnknownPersonaError(f"{where}: {exc}") from None
 
 
+def apply_cli_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The command line's --model, --backend and --vllm-url over the configured settings."""
+    if getattr(args, "model", None):
+        settings = replace(settings, model=replace(settings.model, base_model=args.model))
+    engine = settings.engine
+    if getattr(args, "vllm_url", None):
+        engine = replace(engine, vllm_urls=tuple(args.vllm_url))
+        if not hasattr(args, "backend"):
+            engine = replace(engine, backend="vllm")  # a server named on the command line means: use it
+    if getattr(args, "backend", None):
+        engine = replace(engine, backend=args.backend)
+    if engine != settings.engine:
+        settings = replace(settings, engine=engine)
+        validate(settings)
+    return settings
+
+
 def run_chat(settings: Settings, persona_id: str | None) -> int:
     from bot.console import run_console
     from bot.runtime import Runtime
@@ -93,6 +124,10 @@ def run_chat(settings: Settings, persona_id: str | None) -> int:
     async def main() -> int:
         runtime = await Runtime.start(settings)
         try:
+            problem = runtime.backend_problem()
+            if problem is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return 2
             return await run_console(runtime, persona_id or settings.chat.default_persona)
         finally:
             await runtime.close(drain_timeout=5)
@@ -130,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from bot.model_loading import ModelLoadError  # imports torch: after bot/allocator.py's setting
 
     try:
-        settings = load_settings(getattr(args, "config", None))
-        if getattr(args, "model", None):
-            settings = replace(settings, model=replace(settings.model, base_model=args.model))
+        settings = apply_cli_overrides(load_settings(getattr(args, "config", None)), args)
         token = discord_token()
         if args.command != "sync-commands":
             # chat.default_persona answers mentions in Discord and starts the console: check it first.

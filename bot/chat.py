@@ -1,7 +1,7 @@
 """The chat service: from a persona id and a conversation to a cleaned reply.
 
 This is the one path both front ends (console and Discord) take: validate the user's
-text, render the persona's prompt, queue it on the worker, clean what comes back.
+text, render the persona's prompt, queue it on the serving backend, clean what comes back.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from bot.generation import BASE_ADAPTER, GenerationRequest, GenerationResult
-from bot.worker import GenerationWorker, Ticket
+from bot.backend import ServingBackend, TicketLike
+from bot.generation import GenerationRequest, GenerationResult
 from personas.card import CardSet, PersonaCard
 from personas.render import InputError, PromptRenderer, TokenizerFacts, Turn, validate_user_message
 
@@ -22,7 +22,7 @@ class PendingReply:
 
     card: PersonaCard
     prompt: str
-    ticket: Ticket
+    ticket: TicketLike
     renderer: PromptRenderer
     result: GenerationResult | None = field(default=None, init=False)
 
@@ -65,9 +65,9 @@ class PendingReply:
 
 
 class ChatService:
-    def __init__(self, cards: CardSet, worker: GenerationWorker, facts: TokenizerFacts) -> None:
+    def __init__(self, cards: CardSet, backend: ServingBackend, facts: TokenizerFacts) -> None:
         self.cards = cards
-        self.worker = worker
+        self.backend = backend
         self._renderers = {pid: PromptRenderer(card, facts) for pid, card in cards.cards.items()}
 
     def renderer(self, persona_id: str) -> PromptRenderer:
@@ -89,9 +89,9 @@ class ChatService:
             # Only template markers (</s>, <NL>, ### 応答:): the prompt would hold an empty turn.
             raise InputError("That message holds nothing but formatting markers: there is nothing to answer.")
         rendered = renderer.render_prompt([*history[:-1], checked])
-        adapter = persona_id if self.worker.engine.has_adapter(persona_id) else BASE_ADAPTER
+        adapter = self.backend.adapter_for(persona_id)
         request = GenerationRequest.for_card(card, rendered, adapter)
-        return PendingReply(card, rendered.text, self.worker.submit(request), renderer)
+        return PendingReply(card, rendered.text, self.backend.submit(request), renderer)
 
     async def reply(self, persona_id: str, history: Sequence[Turn]) -> str:
         return await self.submit(persona_id, history).text()

@@ -30,7 +30,10 @@ ENV_ALIASES = {
     "OSHABERI_DB": ("paths", "database"),
     "OSHABERI_ADAPTERS_DIR": ("paths", "adapters_dir"),
     "OSHABERI_DEFAULT_PERSONA": ("chat", "default_persona"),
+    "OSHABERI_BACKEND": ("engine", "backend"),
+    "OSHABERI_VLLM_URLS": ("engine", "vllm_urls"),
 }
+BACKENDS = ("local", "vllm")
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,18 @@ class ModelSettings:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (compute dtype when quantized)
     revision: str = ""
     local_files_only: bool = False
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which serving backend generates: the in-process engine, or one or more vLLM servers."""
+
+    backend: str = "local"  # local | vllm
+    vllm_urls: tuple[str, ...] = ()  # base URLs of vLLM OpenAI-compatible servers
+    # The adapters folder as the servers see it (a shared volume); empty: the same path as the bot's.
+    vllm_adapters_dir: str = ""
+    vllm_health_interval_s: float = 5.0
+    vllm_connect_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class ScheduleSettings:
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
@@ -217,11 +233,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             raise ConfigError(f"environment variable {var}: unknown setting (known: {known})")
         coerced = _coerce(value, _section_types(type(current))[key], var)
         settings = replace(settings, **{section: replace(current, **{key: coerced})})
-    _validate(settings)
+    validate(settings)
     return settings
 
 
-def _validate(settings: Settings) -> None:
+def validate(settings: Settings) -> None:
+    """Raise ConfigError naming the first setting that cannot be used."""
     m = settings.model
     if m.quantization not in ("auto", "4bit", "8bit", "none"):
         raise ConfigError(f"model.quantization: {m.quantization!r} is not one of auto, 4bit, 8bit, none")
@@ -250,6 +267,17 @@ def _validate(settings: Settings) -> None:
             f"worker.scheduler (OSHABERI_WORKER__SCHEDULER): {settings.worker.scheduler!r} "
             "is not one of continuous, static"
         )
+    e = settings.engine
+    if e.backend not in BACKENDS:
+        raise ConfigError(f"engine.backend: {e.backend!r} is not one of {', '.join(BACKENDS)}")
+    if e.backend == "vllm" and not e.vllm_urls:
+        raise ConfigError(
+            "engine.backend is 'vllm' but engine.vllm_urls is empty; "
+            "set OSHABERI_VLLM_URLS=http://HOST:8000 (or --vllm-url)"
+        )
+    for url in e.vllm_urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"engine.vllm_urls: {url!r} is not an http:// or https:// URL")
 
 
 def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
@@ -274,6 +302,8 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("discord.review_poll_s", s.discord.review_poll_s, 0, False, " (seconds)"),
         ("discord.shutdown_grace_s", s.discord.shutdown_grace_s, 0, True, " (seconds)"),
         ("schedule.min_new_approved", s.schedule.min_new_approved, 0, True, " (0: every tick)"),
+        ("engine.vllm_health_interval_s", s.engine.vllm_health_interval_s, 0, False, " (seconds)"),
+        ("engine.vllm_connect_timeout_s", s.engine.vllm_connect_timeout_s, 0, False, " (seconds)"),
     ]
 
 

@@ -67,6 +67,20 @@ class AdapterInfo:
     parameters: int
 
 
+@dataclass(frozen=True)
+class ServerStatus:
+    """One serving server's health and load, for /status (vLLM backend)."""
+
+    url: str
+    healthy: bool
+    outstanding: int
+    served: int
+    failed: int
+    adapters: int
+    problem: str | None = None
+    adapter_problems: tuple[str, ...] = ()
+
+
 @dataclass
 class WorkerStats:
     queue_depth: int
@@ -79,6 +93,7 @@ class WorkerStats:
     adapters: list[AdapterInfo] = field(default_factory=list)
     device: str = "cpu"
     device_memory_mb: float | None = None
+    servers: list[ServerStatus] = field(default_factory=list)  # empty for the local engine
 
 
 class GenerationError(RuntimeError):

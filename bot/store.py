@@ -379,9 +379,22 @@ class Store:
         raise AssertionError("unreachable")
 
     async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
-        """Run ``body`` inside BEGIN IMMEDIATE … COMMIT; rolled back on any error."""
+        """Run ``body`` inside BEGIN IMMEDIATE … COMMIT; rolled back on any error.
+
+        A transaction once started always ends, even when its caller is cancelled (the caller
+        still gets its CancelledError at once): aiosqlite's thread runs a BEGIN it was sent
+        whether or not anybody still awaits it, so a cancellation at the wrong moment would
+        otherwise leave the connection inside a transaction and every later write failing.
+        """
         if self._closed:
             raise StoreError("the store is closed")
+        task = asyncio.ensure_future(self._run_transaction(body))
+        # A caller that was cancelled never reads the outcome; reading it here keeps asyncio from
+        # reporting "exception was never retrieved" (the error itself is logged by whoever retries).
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
+
+    async def _run_transaction(self, body: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:

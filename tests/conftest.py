@@ -50,6 +50,48 @@ def random_adapters(tiny_models, tmp_path_factory) -> dict[str, dict[str, Path]]
     return out
 
 
+# -- a real vLLM server (the CPU build) for the vLLM backend's tests: see tests/vllm_server.py --
+
+
+@pytest.fixture(scope="session")
+def vllm_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models with head size 64 (vLLM's CPU attention needs it), one per architecture."""
+    from tests.vllm_server import build_vllm_model, require_vllm
+
+    require_vllm()
+    root = tmp_path_factory.mktemp("vllm-models")
+    return {arch: build_vllm_model(root, arch) for arch in ("gpt-neox", "llama")}
+
+
+@pytest.fixture(scope="session")
+def vllm_adapters(vllm_models, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Random adapters per architecture: two personas, a second marisa version, and one of
+    rank 16 (above the test servers' --max-lora-rank 8)."""
+    from trainer.tiny import build_random_adapter
+
+    root = tmp_path_factory.mktemp("vllm-adapters")
+    plan = {"marisa": (1, 4), "zundamon": (2, 4), "marisa-v2": (3, 4), "wide": (4, 16)}
+    return {
+        arch: {
+            name: build_random_adapter(base, root / arch / name, seed=seed, r=r)
+            for name, (seed, r) in plan.items()
+        }
+        for arch, base in vllm_models.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_models, tmp_path_factory):
+    """One GPT-NeoX vLLM server with runtime LoRA loading, shared by the whole session."""
+    from tests.vllm_server import VllmServer
+
+    server = VllmServer(vllm_models["gpt-neox"], tmp_path_factory.mktemp("vllm-a") / "server.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():

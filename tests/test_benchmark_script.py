@@ -49,3 +49,15 @@ def test_benchmark_writes_its_figures(tmp_path, capsys):
         assert stage in captured.err
     assert f"{stage_count(1)}/{stage_count(1)}" in captured.err
     assert "run/s" not in captured.out and "B/A" in captured.out
+
+
+def test_the_vllm_backend_without_a_server_says_how_to_start_one(tmp_path, capsys):
+    from tests.vllm_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    code = main(["--backend", "vllm", "--vllm-url", url, "--workdir", str(tmp_path), "--shape", "tiny"])
+    assert code == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert url in line and "not reachable" in line
+    assert f"--model {tmp_path / 'model'}" in line and f"--port {url.rsplit(':', 1)[1]}" in line
+    assert (tmp_path / "model" / "config.json").is_file()  # the model the server is to run is there

@@ -96,7 +96,7 @@ async def test_missing_adapter_leaves_the_persona_prompt_only_and_reload_reports
     (adapters / "marisa" / "CURRENT").write_text("v1\n")  # points at a folder without weights
     rt = await Runtime.start(settings_for(tiny_neox, adapters))
     try:
-        assert not rt.engine.has_adapter("marisa")
+        assert not rt.backend.engine.has_adapter("marisa")
         assert "marisa" in caplog.text and "prompt-only" in caplog.text
         from bot.generation import AdapterError
 
@@ -120,7 +120,7 @@ async def test_reload_picks_up_a_new_version(tiny_neox, random_adapters, tmp_pat
         set_current(adapters, "marisa", "v2")
         lines = await rt.reload("marisa")
         assert lines == ["marisa: adapter v2"]
-        assert rt.engine.adapter_version("marisa") == "v2"
+        assert rt.backend.engine.adapter_version("marisa") == "v2"
         assert await rt.chat.reply("marisa", [Turn("ユーザー", "やあ")]) != before
     finally:
         await rt.close(drain_timeout=1)

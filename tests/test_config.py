@@ -125,3 +125,57 @@ def test_token_from_environment_or_dotenv_and_redaction(tmp_path):
     assert discord_token({}, dotenv) == "from-dotenv"
     assert discord_token({}, tmp_path / "none.env") is None
     assert redact("login with from-dotenv failed", "from-dotenv") == "login with [REDACTED] failed"
+
+
+def test_backend_from_file_environment_and_command_line(tmp_path):
+    from bot.__main__ import apply_cli_overrides, build_parser
+
+    path = tmp_path / "oshaberi.toml"
+    path.write_text('[engine]\nbackend = "vllm"\nvllm_urls = ["http://gpu1:8000"]\n')
+    settings = load_settings(path, environ={})
+    assert settings.engine.backend == "vllm" and settings.engine.vllm_urls == ("http://gpu1:8000",)
+    env = load_settings(environ={"OSHABERI_BACKEND": "vllm", "OSHABERI_VLLM_URLS": "http://a:1, http://b:2"})
+    assert env.engine.vllm_urls == ("http://a:1", "http://b:2")
+    args = build_parser().parse_args(["chat", "--vllm-url", "http://x:1", "--vllm-url", "http://y:2"])
+    cli = apply_cli_overrides(load_settings(environ={}), args)
+    assert cli.engine.backend == "vllm" and cli.engine.vllm_urls == ("http://x:1", "http://y:2")
+    back = apply_cli_overrides(settings, build_parser().parse_args(["--backend", "local", "chat"]))
+    assert back.engine.backend == "local"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OSHABERI_BACKEND": "tgi"}, "engine.backend: 'tgi' is not one of local, vllm"),
+        ({"OSHABERI_BACKEND": "vllm"}, "engine.vllm_urls is empty; set OSHABERI_VLLM_URLS"),
+        ({"OSHABERI_BACKEND": "vllm", "OSHABERI_VLLM_URLS": "gpu1:8000"}, "'gpu1:8000' is not an http"),
+    ],
+)
+def test_bad_backend_settings_say_what_to_set(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=environ)
+
+
+def test_the_console_chat_names_an_unusable_vllm_server_in_one_line(tiny_neox, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    url = f"http://127.0.0.1:{port}"
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OSHABERI_CONFIG": "", "DISCORD_TOKEN": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "chat", "--model", str(tiny_neox), "--vllm-url", url],
+        input="こんにちは\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0] and "not reachable" in errors[0]
+    assert "Traceback" not in proc.stderr

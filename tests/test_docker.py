@@ -221,3 +221,19 @@ def test_the_documented_docker_commands_parse() -> None:
             trainer_parser().parse_args(args)  # SystemExit (a failure) on a wrong flag or command
         elif service == "bot":
             bot_parser().parse_args(args)
+
+
+def test_the_vllm_profile_serves_lora_from_the_bots_adapters_volume() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    vllm, bot = compose["services"]["vllm"], compose["services"]["bot"]
+    assert vllm["profiles"] == ["vllm"]  # only with --profile vllm; the plain `up` is unchanged
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    assert "--enable-lora" in vllm["command"] and any(
+        a.startswith("--max-lora-rank=") for a in vllm["command"]
+    )
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # The server reads adapter folders by the path the bot registers: same volume, same path.
+    adapters = bot["environment"]["OSHABERI_ADAPTERS_DIR"]
+    bot_volume = next(v.split(":")[0] for v in bot["volumes"] if v.split(":")[1] == adapters)
+    assert f"{bot_volume}:{adapters}:ro" in vllm["volumes"]
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

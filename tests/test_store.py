@@ -545,3 +545,41 @@ async def test_rows_are_read_by_name_whatever_the_column_order_on_disk(tmp_path:
         assert await s.stats() == {"logged": 1, "undecided": 0, "decided": 1, "blocked": 1}
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("cut", ["while BEGIN waits for the lock", "inside the transaction"])
+async def test_a_write_cancelled_midway_leaves_the_connection_usable(tmp_path: Path, cut: str) -> None:
+    """A caller cancelled at any point of a write (the review poller at shutdown, a reply's task)
+    must not leave the write connection inside a transaction: aiosqlite's thread runs a sent
+    BEGIN whether or not anybody still awaits it, and every later write would then fail with
+    "cannot start a transaction within a transaction"."""
+    path = tmp_path / "cancel.sqlite3"
+    s = await Store.open(path, busy_timeout_ms=60_000)
+    held = sqlite3.connect(path, isolation_level=None)
+    try:
+        if cut == "while BEGIN waits for the lock":
+            held.execute("BEGIN IMMEDIATE")
+            write = asyncio.create_task(s.log_reply(entry(reply="取り消された書き込み")))
+            await asyncio.sleep(0.3)
+            assert not write.done()
+            write.cancel()
+            held.execute("COMMIT")
+        else:
+            started = asyncio.Event()
+
+            async def body() -> None:
+                started.set()
+                await asyncio.sleep(5)
+
+            write = asyncio.create_task(s._write(body))
+            await asyncio.wait_for(started.wait(), 5)
+            write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        log_id = await asyncio.wait_for(s.log_reply(entry(reply="次の書き込み")), 20)
+        assert (await s.get_review(log_id)).reply == "次の書き込み"
+    finally:
+        if held.in_transaction:
+            held.execute("ROLLBACK")
+        held.close()
+        await s.close()

@@ -32,6 +32,7 @@ def status_lines(
     lines.append(
         f"**Device**: {stats.device}" + (f", {memory:,.0f} MiB in use" if memory is not None else "")
     )
+    lines += server_lines(getattr(stats, "servers", []) or [])
     adapters = getattr(stats, "adapters", []) or []
     labels = persona_adapter_labels(persona_ids, adapters)
     if labels:
@@ -56,4 +57,21 @@ def status_lines(
         )
     if spooled:
         lines.append(f"⚠️ {spooled} log entries are waiting for the database")
+    return lines
+
+
+def server_lines(servers: list[Any]) -> list[str]:
+    """One line per serving server (vLLM backend): health, load, and each problem named."""
+    if not servers:
+        return []
+    lines = ["**Servers**:"]
+    for s in servers:
+        if s.healthy:
+            lines.append(
+                f"• `{s.url}`: ✅ healthy, {s.outstanding} in flight, {s.served} served, {s.failed} failed, "
+                f"{s.adapters} adapters"
+            )
+        else:
+            lines.append(f"• `{s.url}`: ❌ {s.problem or 'down'}")
+        lines += [f"  ⚠️ {problem}" for problem in s.adapter_problems]
     return lines

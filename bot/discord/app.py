@@ -64,8 +64,9 @@ def intents() -> discord.Intents:
     return wanted
 
 
-class OshaberiBot(commands.Bot):
-    """The bot; ``runtime_factory`` and ``store`` are injectable so tests run without a model."""
+class OshaberiClient:
+    """The bot's behaviour, on either discord.py bot class (see :class:`OshaberiBot`);
+    ``runtime_factory`` and ``store`` are injectable so tests run without a model."""
 
     def __init__(
         self,
@@ -265,6 +266,12 @@ class OshaberiBot(commands.Bot):
         log.warning("received %s: shutting down gracefully", sig.name)
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._shutdown())
+
+
+class OshaberiBot(OshaberiClient, commands.AutoShardedBot):
+    """The bot. AutoSharded: Discord says how many shards it needs (``GET /gateway/bot``) and
+    discord.py runs them all in this process, so a bot in thousands of servers shards without
+    code changes."""
 
 
 def freeze_startup_objects() -> None:

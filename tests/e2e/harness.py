@@ -55,6 +55,8 @@ class BotConfig:
     max_new_tokens: int = 16  # in the test copies of the persona cards
     stream_replies: bool = True
     stream_edit_interval_s: float = 1.5
+    backend: str = "local"
+    vllm_urls: tuple[str, ...] = ()
 
     def toml(self, personas_dir: Path) -> str:
         channels = ", ".join(str(c) for c in self.allowed_channels)
@@ -88,8 +90,15 @@ class BotConfig:
                 f"review_poll_s = {float(self.review_poll_s)}",
                 f"shutdown_grace_s = {float(self.shutdown_grace_s)}",
                 "",
+                *self._engine_toml(),
             ]
         )
+
+    def _engine_toml(self) -> list[str]:
+        if self.backend == "local":
+            return []
+        urls = ", ".join(_toml_str(u) for u in self.vllm_urls)
+        return ["[engine]", f"backend = {_toml_str(self.backend)}", f"vllm_urls = [{urls}]", ""]
 
 
 def _toml_str(value: str) -> str:

@@ -1,0 +1,56 @@
+"""The one interface the chat service and the front ends use to generate: a serving backend.
+
+Two backends satisfy it: :class:`bot.serving.local_backend.LocalBackend` (the in-process engine on its worker thread)
+and :class:`bot.serving.vllm_backend.VllmBackend` (one or more vLLM servers over HTTP).
+Callers submit a :class:`~bot.generation.GenerationRequest` and get a :class:`TicketLike`
+back: an async stream of text pieces, a final result, and a cancel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from bot.generation import GenerationRequest, GenerationResult, WorkerStats
+from personas.render import TokenizerFacts
+
+
+@runtime_checkable
+class TicketLike(Protocol):
+    """A submitted request. ``position`` is its 1-based queue place (0 once it runs)."""
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    async def result(self) -> GenerationResult: ...
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+@runtime_checkable
+class ServingBackend(Protocol):
+    """Generates replies for rendered prompts; shared by the console, Discord and benchmarks."""
+
+    facts: TokenizerFacts  # what the renderer needs to know about the tokenizer
+    base_model: str
+
+    def submit(self, request: GenerationRequest, timeout_s: float | None = None) -> TicketLike:
+        """Queue a request; raises QueueFullError (busy) or WorkerStoppedError at once."""
+        ...
+
+    def adapter_for(self, persona_id: str) -> str:
+        """The adapter name to put in a request for this persona, or BASE_ADAPTER if it has none."""
+        ...
+
+    def stats(self) -> WorkerStats: ...
+
+    async def reload(self, persona_id: str | None = None) -> list[str]:
+        """(Re)load adapters from disk; one line per persona. AdapterError for a single named persona."""
+        ...
+
+    async def stop(self, drain_timeout: float = 30.0) -> None: ...

@@ -1,0 +1,1 @@
+"""Serving backends: the in-process engine and vLLM servers over HTTP."""

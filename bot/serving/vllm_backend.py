@@ -1,0 +1,337 @@
+"""The vLLM serving backend: the bot's requests served by one or more vLLM servers.
+
+The bot process loads the tokenizer only (no weights). Each request is one streamed
+completion on the healthy server with the fewest outstanding requests that has the persona's
+adapter. A server that fails before any of the reply was shown has the request retried on
+another; one that fails after gives that user a clear "try again" (never a second, different
+answer); no healthy server at all gives the same busy answer as a full queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from bot.config import Settings
+from bot.generation import (
+    BASE_ADAPTER,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    QueueFullError,
+    RequestCancelledError,
+    RequestTimeoutError,
+    WorkerStats,
+    WorkerStoppedError,
+)
+from bot.model_loading import ModelLoadError, load_tokenizer
+from bot.serving.vllm_adapters import AdapterRegistry
+from bot.serving.vllm_http import ModelNotFound, ServerError, ServerUnavailable, VllmClient
+from bot.serving.vllm_pool import TOKENIZER_PROBE, Server, ServerPool
+from bot.serving.vllm_request import StreamDecoder, completion_payload, prompt_ids
+from personas.card import CardSet
+from personas.render import TokenizerFacts
+
+log = logging.getLogger(__name__)
+
+MID_STREAM = "The model server stopped while writing this reply. Please try again."
+RECENT = 64
+
+
+class VllmTicket:
+    """A request on its way through a vLLM server; the same API as the local worker's Ticket."""
+
+    def __init__(self, backend: VllmBackend, request: GenerationRequest, timeout_s: float) -> None:
+        self.request = request
+        self.submitted_at = time.monotonic()
+        self.deadline = self.submitted_at + timeout_s
+        loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[GenerationResult] = loop.create_future()
+        self._buffer: list[str] = []
+        self._wake = asyncio.Event()
+        self._cancelled = False
+        self._task = loop.create_task(backend._serve(self))
+
+    @property
+    def position(self) -> int:
+        """Always 0: requests wait in the servers' own schedulers, not in a queue here."""
+        return 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel: the stream is closed, which makes the server abort the request."""
+        self._cancelled = True
+        self._task.cancel()
+        self._finish(exc=RequestCancelledError("The request was cancelled."))
+
+    async def result(self) -> GenerationResult:
+        """The final result; raises GenerationError subclasses with user-safe messages."""
+        remaining = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), max(remaining, 0.001))
+        except TimeoutError:
+            self._cancelled = True
+            self._task.cancel()
+            self._finish(
+                exc=RequestTimeoutError("The reply took too long and was given up. Please try again.")
+            )
+            return await self._future
+        except asyncio.CancelledError:
+            self.cancel()  # the awaiting task went away: nobody wants this reply
+            raise
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        while True:
+            self._wake.clear()
+            finished = self._future.done()
+            pieces, self._buffer = self._buffer, []
+            for piece in pieces:
+                yield piece
+            if finished:
+                return
+            await self._wake.wait()
+
+    def _piece(self, text: str) -> None:
+        if text and not self._future.done():
+            self._buffer.append(text)
+            self._wake.set()
+
+    def _finish(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
+        if self._future.done():
+            return
+        if exc is not None:
+            self._future.set_exception(exc)
+            self._future.exception()  # mark retrieved: a cancelled caller may never await it
+        else:
+            self._future.set_result(result)
+        self._wake.set()
+
+
+class VllmBackend:
+    """A :class:`~bot.backend.ServingBackend` over vLLM OpenAI-compatible servers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cards: CardSet,
+        tokenizer: Any,
+        max_positions: int,
+        session: aiohttp.ClientSession,
+        pool: ServerPool,
+    ) -> None:
+        self.settings = settings
+        self.cards = cards
+        self.tokenizer = tokenizer
+        self.facts = TokenizerFacts.from_tokenizer(tokenizer)
+        self.base_model = settings.model.base_model
+        self.max_positions = max_positions
+        self.session = session
+        self.pool = pool
+        self.registry = AdapterRegistry(pool, settings, cards)
+        self._accepting = True
+        self._tickets: set[VllmTicket] = set()
+        self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT)
+        self._served = 0
+        self._failed = 0
+
+    @classmethod
+    async def start(cls, settings: Settings, cards: CardSet) -> VllmBackend:
+        """Load the tokenizer, check every server, publish every persona's adapter.
+
+        Servers that cannot be used are logged one line each and retried by the health loop;
+        raises ModelLoadError when the tokenizer cannot be loaded.
+        """
+        tokenizer, max_positions = await asyncio.to_thread(_load_tokenizer, settings)
+        probe = tokenizer(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"]
+        engine = settings.engine
+        # No connection cap: every outstanding stream holds one (the queue size bounds them).
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        clients = [VllmClient(url, session, engine.vllm_connect_timeout_s) for url in engine.vllm_urls]
+        pool = ServerPool(clients, probe, settings.model.base_model, engine.vllm_health_interval_s)
+        backend = cls(settings, cards, tokenizer, max_positions, session, pool)
+        await pool.check_all()
+        if pool.healthy():
+            await backend.registry.publish_all()
+        else:
+            log.error(
+                "no vLLM server is usable yet; replies wait for one (checked every %.0f s)", pool.interval_s
+            )
+        pool.start()
+        return backend
+
+    # -- ServingBackend ----------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, timeout_s: float | None = None) -> VllmTicket:
+        """Send a request; raises QueueFullError at once when no server is healthy or all are full."""
+        if not self._accepting:
+            raise WorkerStoppedError("The bot is shutting down and takes no new messages.")
+        healthy = len(self.pool.healthy())
+        capacity = self.settings.worker.queue_size * max(healthy, 1)
+        if not healthy or len(self._tickets) >= capacity:
+            raise QueueFullError(len(self._tickets), capacity)
+        ticket = VllmTicket(self, request, timeout_s or self.settings.worker.request_timeout_s)
+        self._tickets.add(ticket)
+        return ticket
+
+    def adapter_for(self, persona_id: str) -> str:
+        return persona_id if self.registry.has(persona_id) else BASE_ADAPTER
+
+    def stats(self) -> WorkerStats:
+        tokens = sum(t for t, _ in self._recent)
+        seconds = sum(s for _, s in self._recent)
+        healthy = len(self.pool.healthy())
+        return WorkerStats(
+            queue_depth=0,
+            queue_capacity=self.settings.worker.queue_size * max(healthy, 1),
+            in_flight=len(self._tickets),
+            tokens_per_s=tokens / seconds if seconds else 0.0,
+            batches_run=self._served,
+            requests_failed=self._failed,
+            adapters=self.registry.infos(),
+            device=f"vLLM, {healthy} of {len(self.pool.servers)} servers healthy",
+            servers=[s.status() for s in self.pool.servers],
+        )
+
+    async def reload(self, persona_id: str | None = None) -> list[str]:
+        if persona_id is not None:
+            return [await self.registry.publish(persona_id)]
+        return await self.registry.publish_all()
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop taking requests, let running ones finish for up to ``drain_timeout``, fail the rest."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        while self._tickets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        leftovers = list(self._tickets)
+        for ticket in leftovers:
+            ticket._cancelled = True
+            ticket._task.cancel()
+            ticket._finish(exc=WorkerStoppedError("The bot is shutting down; this message was not answered."))
+        await asyncio.gather(*(t._task for t in leftovers), return_exceptions=True)
+        await self.pool.stop()
+        await self.registry.drain()
+        await self.session.close()
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _serve(self, ticket: VllmTicket) -> None:
+        try:
+            result = await self._generate(ticket)
+        except asyncio.CancelledError:
+            ticket._finish(exc=RequestCancelledError("The request was cancelled."))
+        except GenerationError as exc:
+            self._failed += 1
+            ticket._finish(exc=exc)
+        except Exception as exc:
+            log.exception("a vLLM request failed")
+            self._failed += 1
+            error = GenerationError("The model failed while writing this reply. Please try again.")
+            error.__cause__ = exc
+            ticket._finish(exc=error)
+        else:
+            self._served += 1
+            self._recent.append((result.new_tokens, result.seconds))
+            ticket._finish(result=result)
+        finally:
+            self._tickets.discard(ticket)
+
+    async def _generate(self, ticket: VllmTicket) -> GenerationResult:
+        request = ticket.request
+        ids = prompt_ids(self.tokenizer, request, self.max_positions)
+        tried: set[Server] = set()
+        refreshed: set[Server] = set()
+        while True:
+            name = self.registry.serving_name(request.adapter)
+            server = self.pool.pick(name, tried)
+            if server is None and name is not None and self.pool.healthy():
+                # Healthy servers exist but none has this adapter (all restarted?): register, retry.
+                for candidate in self.pool.healthy():
+                    if candidate not in refreshed:
+                        refreshed.add(candidate)
+                        await self.registry.ensure_on(candidate)
+                server = self.pool.pick(self.registry.serving_name(request.adapter), tried)
+                name = self.registry.serving_name(request.adapter)
+            if server is None:
+                raise QueueFullError(
+                    len(self._tickets), self.settings.worker.queue_size * max(len(self.pool.healthy()), 1)
+                )
+            decoder = StreamDecoder(self.tokenizer, request)
+            payload = completion_payload(name or server.base_model or self.base_model, ids, request)
+            server.outstanding += 1
+            self.registry.hold(name)
+            started = time.perf_counter()
+            try:
+                # aclosing: leaving the loop early closes the stream at once, so the server stops.
+                async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
+                    async for chunk in stream:
+                        ticket._piece(decoder.feed(chunk.token_ids))
+                        if decoder.finish_reason is not None or chunk.finish_reason is not None:
+                            ticket._piece(decoder.finish(chunk.finish_reason))
+                            break
+                if decoder.finish_reason is None:
+                    ticket._piece(decoder.finish(None))
+                server.served += 1
+                return decoder.result(
+                    request.adapter, self.registry.version_of(name), time.perf_counter() - started
+                )
+            except ModelNotFound as exc:
+                server.failed += 1
+                if decoder.emitted:
+                    raise GenerationError(MID_STREAM) from exc
+                # The adapter vanished there (a restart between health checks): re-check, retry.
+                if server in refreshed:
+                    tried.add(server)
+                refreshed.add(server)
+                server.adapters.discard(name or "")
+                await self.pool.check(server)
+            except ServerUnavailable as exc:
+                server.failed += 1
+                self.pool.mark_down(server, str(exc))
+                if decoder.emitted:
+                    log.warning("%s while a reply was streaming; the user is asked to try again", exc)
+                    raise GenerationError(MID_STREAM) from exc
+                tried.add(server)  # nothing was shown yet: another server may answer instead
+            except ServerError as exc:
+                server.failed += 1
+                log.error("%s", exc)
+                raise GenerationError(
+                    "The model server refused this request. Please try again later."
+                ) from exc
+            finally:
+                server.outstanding -= 1
+                self.registry.release(name)
+
+
+def _load_tokenizer(settings: Settings) -> tuple[Any, int]:
+    """The base model's tokenizer and its context length, from the model folder's small files."""
+    from transformers import AutoConfig
+
+    name = settings.model.base_model
+    try:
+        tokenizer = load_tokenizer(name, settings.model)
+    except (OSError, ValueError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"could not load the tokenizer of {name!r} (the vLLM backend needs it to render prompts): {reason}"
+        ) from exc
+    max_positions = 2048
+    with contextlib.suppress(OSError, ValueError):
+        config = AutoConfig.from_pretrained(
+            name, revision=settings.model.revision or None, local_files_only=settings.model.local_files_only
+        )
+        max_positions = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+    return tokenizer, max_positions

@@ -1,0 +1,179 @@
+"""Several vLLM servers: health checks, least-outstanding routing, per-server adapter sets.
+
+A server is *healthy* when ``/v1/models`` answers and its tokenizer gives the bot's token ids
+for a probe text (so the prompts the bot renders mean the same thing there). A request goes to
+the healthy server with the fewest outstanding requests among those that have its adapter.
+A server that fails a request is taken out of rotation at once and put back by the next health
+check that passes; a server whose adapters vanished (it restarted) gets them registered again
+through the ``on_ready`` callback before it serves requests that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from bot.generation import ServerStatus
+from bot.serving.vllm_http import ServerError, VllmClient
+
+log = logging.getLogger(__name__)
+
+# Japanese and ASCII both, so a tokenizer for another language or vocabulary differs here.
+TOKENIZER_PROBE = "こんにちは、魔理沙だぜ。ずんだ餅なのだ！ Hello 123"
+
+
+@dataclass(eq=False)
+class Server:
+    """One server's state as this process sees it."""
+
+    client: VllmClient
+    healthy: bool = False
+    problem: str | None = "not checked yet"
+    base_model: str | None = None  # the id the server serves its base model under
+    max_model_len: int | None = None
+    outstanding: int = 0
+    served: int = 0
+    failed: int = 0
+    adapters: set[str] = field(default_factory=set)  # versioned adapter names loaded there
+    adapter_problems: dict[str, str] = field(default_factory=dict)  # versioned name -> one line
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one adapter change at a time per server
+    last_pick: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            url=self.url,
+            healthy=self.healthy,
+            outstanding=self.outstanding,
+            served=self.served,
+            failed=self.failed,
+            adapters=len(self.adapters),
+            problem=self.problem,
+            adapter_problems=tuple(self.adapter_problems.values()),
+        )
+
+
+class ServerPool:
+    """The servers, their health loop and the routing rule."""
+
+    def __init__(
+        self,
+        clients: Sequence[VllmClient],
+        probe_ids: Sequence[int],
+        bot_base_model: str,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.servers = [Server(c) for c in clients]
+        self._probe_ids = list(probe_ids)
+        self._bot_base_model = bot_base_model
+        self.interval_s = interval_s
+        self.on_ready: Callable[[Server], Awaitable[None]] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._picks = itertools.count(1)
+        self._checking: dict[Server, asyncio.Task[None]] = {}
+
+    def healthy(self) -> list[Server]:
+        return [s for s in self.servers if s.healthy]
+
+    def pick(
+        self, adapter: str | None, exclude: set[Server] | frozenset[Server] = frozenset()
+    ) -> Server | None:
+        """The healthy server with the fewest outstanding requests that has ``adapter``
+        (None: the base model, any healthy server); ties go to the least recently picked."""
+        candidates = [
+            s
+            for s in self.servers
+            if s.healthy and s not in exclude and (adapter is None or adapter in s.adapters)
+        ]
+        if not candidates:
+            return None
+        server = min(candidates, key=lambda s: (s.outstanding, s.last_pick))
+        server.last_pick = next(self._picks)
+        return server
+
+    def mark_down(self, server: Server, reason: str) -> None:
+        """Take a server out of rotation until a health check passes again."""
+        if server.healthy:
+            log.warning("%s; its requests go to the other servers until it answers again", reason)
+        server.healthy = False
+        server.problem = reason
+        self.check_soon(server)
+
+    def check_soon(self, server: Server) -> None:
+        """Start a health check of one server now, unless one is already running."""
+        task = self._checking.get(server)
+        if task is None or task.done():
+            self._checking[server] = asyncio.get_running_loop().create_task(self.check(server))
+
+    async def check(self, server: Server) -> None:
+        """Probe one server: reachable, same tokenizer, adapters still there (else re-register)."""
+        try:
+            models = await server.client.models()
+            if models.base != server.base_model or not server.healthy:
+                ids = await server.client.tokenize(models.base, TOKENIZER_PROBE)
+                if ids != self._probe_ids:
+                    self._set_down(
+                        server,
+                        f"vLLM server {server.url}: serves {models.base!r}, whose tokenizer differs from the "
+                        f"bot's base model {self._bot_base_model!r}; start it with the same model",
+                    )
+                    return
+        except ServerError as exc:
+            self._set_down(server, str(exc))
+            return
+        lost = server.adapters - models.adapters
+        if lost:
+            log.warning(
+                "vLLM server %s lost adapters %s (restarted?); registering them again",
+                server.url,
+                sorted(lost),
+            )
+        # The server's own listing is the truth: it survives our marking it down, not its restart.
+        server.adapters = set(models.adapters)
+        server.base_model = models.base
+        server.max_model_len = models.max_model_len
+        if not server.healthy:
+            log.warning("vLLM server %s is serving (%s)", server.url, models.base)
+            server.adapter_problems.clear()  # a restarted server may now accept what it refused
+        server.healthy = True
+        server.problem = None
+        if self.on_ready is not None:
+            await self.on_ready(server)
+
+    def _set_down(self, server: Server, reason: str) -> None:
+        if server.healthy or server.problem != reason:
+            log.error("%s", reason)
+        server.healthy = False
+        server.problem = reason
+        server.adapters.clear()  # unknown until it answers again; then the listing decides
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(s) for s in self.servers))
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="vllm-health")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.check_all()
+            except Exception:  # a bug in one check must not stop health checking for good
+                log.exception("vLLM health check failed")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._loop_task, *self._checking.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loop_task = None

