@@ -4,6 +4,8 @@
     python -m benchmarks.load --scheduler static --out static.json # the old static batches
     python -m benchmarks.load --scheduler both --out both.json     # the two, interleaved per rate
     python -m benchmarks.load --shape tiny --requests 6            # a quick look
+    python -m benchmarks.load --backend vllm --vllm-url http://127.0.0.1:8000 --workdir bench-model
+                                      # the same arrivals through a vLLM server (docs/vllm.md)
 
 The CPU shape of issue 8: GPT-NeoX 12 layers x 768 with random weights, 4 personas each with
 an r=8 adapter, 48-token prompts, 32 forced new tokens, greedy, ``max_batch_size`` 8.
@@ -15,7 +17,9 @@ second when a full batch is submitted at once), then it offers Poisson arrivals 
 empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
 With ``--scheduler both`` one model serves both schedulers, alternating at each rate with
 the same arrival times, so a machine whose load drifts (other processes) biases neither;
-each row of ``rates`` then names its ``scheduler``.
+each row of ``rates`` then names its ``scheduler``. With ``--backend vllm`` the model and
+adapters are written to ``--workdir`` and the server must run on that folder (the first run
+prints the command); time to first token comes from the first streamed token ids.
 
 Figures, not assertions: targets are judged by reading them, never in timed tests.
 """
@@ -33,7 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +48,7 @@ from bot.adapters import AdapterSource
 from bot.config import ModelSettings, WorkerSettings
 from bot.engine import Engine
 from bot.generation import GenerationRequest
-from bot.worker import GenerationWorker, Ticket
+from bot.worker import GenerationWorker
 from personas.card import GenerationParams
 from trainer.tiny import build_random_adapter, build_tiny_model
 
@@ -68,9 +74,11 @@ def cpu_model() -> str:
 
 
 class Bench:
-    def __init__(self, worker: GenerationWorker, new_tokens: int) -> None:
-        self.worker = worker
-        tok = worker.engine.tokenizer
+    """The same requests through either backend: ``submit`` is ``GenerationWorker.submit`` or
+    ``VllmBackend.submit``; tickets must carry ``submitted_at`` and ``first_token_at``."""
+
+    def __init__(self, submit: Callable[[GenerationRequest], Any], tok: Any, new_tokens: int) -> None:
+        self.submit = submit
         params = GenerationParams(
             temperature=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, repetition_penalty=1.0
         )
@@ -86,7 +94,7 @@ class Bench:
         times = []
         for i in range(repeats):
             start = time.perf_counter()
-            await self.worker.submit(self.request(i)).result()
+            await self.submit(self.request(i)).result()
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
@@ -94,31 +102,31 @@ class Bench:
         """Requests per second with a full batch submitted at once (two rounds)."""
         n = 2 * MAX_BATCH_SIZE
         start = time.perf_counter()
-        tickets = [self.worker.submit(self.request(i)) for i in range(n)]
+        tickets = [self.submit(self.request(i)) for i in range(n)]
         for t in tickets:
             await t.result()
         return n / (time.perf_counter() - start)
 
     async def poisson(self, rate: float, count: int, seed: int) -> dict[str, float]:
         rng = random.Random(seed)
-        tickets: list[tuple[float, Ticket]] = []
+        tickets: list[tuple[float, Any]] = []
         done: dict[int, float] = {}
 
-        async def finish(ticket: Ticket) -> None:
+        async def finish(ticket: Any) -> None:
             result = await ticket.result()
             assert result.new_tokens == self.new_tokens, result.new_tokens
-            done[ticket.id] = time.monotonic()
+            done[id(ticket)] = time.monotonic()
 
         waits = []
         start = time.monotonic()
         for i in range(count):
-            ticket = self.worker.submit(self.request(i))
+            ticket = self.submit(self.request(i))
             tickets.append((ticket.submitted_at, ticket))
             waits.append(asyncio.ensure_future(finish(ticket)))
             await asyncio.sleep(rng.expovariate(rate))
         await asyncio.gather(*waits)
         end = max(done.values())
-        latencies = [done[t.id] - submitted for submitted, t in tickets]
+        latencies = [done[id(t)] - submitted for submitted, t in tickets]
         ttfts = [t.first_token_at - submitted for submitted, t in tickets]
         return {
             "rate_per_s": rate,
@@ -148,29 +156,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
     )
     worker = await GenerationWorker.launch(build, settings)
     try:
-        bench = Bench(worker, args.new_tokens)
-        await bench.single_latency(1)  # warm-up
-        single = await bench.single_latency()
-        capacity = await bench.capacity()
-        rates = args.rates or [round(load * capacity, 3) for load in LOADS]
-        rows = []
+        bench = Bench(worker.submit, worker.engine.tokenizer, args.new_tokens)
         schedulers = ["continuous", "static"] if args.scheduler == "both" else [args.scheduler]
-        for k, rate in enumerate(rates):
-            order = schedulers if k % 2 == 0 else schedulers[::-1]
-            for scheduler in order:
-                worker.settings = dataclasses.replace(worker.settings, scheduler=scheduler)
-                row = await bench.poisson(rate, args.requests, args.seed + k)
-                row["single_latency_s"] = single
-                row["p99_over_single"] = row["latency_p99_s"] / single
-                if args.scheduler == "both":
-                    row["scheduler"] = scheduler
-                rows.append(row)
-                print(
-                    f"{scheduler:10s} rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
-                    f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
-                    f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}",
-                    flush=True,
-                )
+
+        def use(scheduler: str) -> None:
+            worker.settings = dataclasses.replace(worker.settings, scheduler=scheduler)
+
+        single, capacity, rows = await measure(bench, args, schedulers, use)
         device = worker.engine.device
     finally:
         await worker.stop()
@@ -186,6 +178,62 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         "max_batch_size": MAX_BATCH_SIZE,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+async def run_vllm(args: argparse.Namespace) -> dict:
+    """The same arrivals through a vLLM server already running on ``--workdir``'s model."""
+    from benchmarks.hotswap import build_bench_model
+    from benchmarks.vllm_common import connect_vllm
+
+    model_dir, adapters = build_bench_model(args.shape, args.workdir)
+    backend = await connect_vllm(args.vllm_url, model_dir, adapters, queue_size=1024)
+    try:
+        bench = Bench(backend.submit, backend.tokenizer, args.new_tokens)
+        single, capacity, rows = await measure(bench, args, ["vllm"], lambda _name: None)
+    finally:
+        await backend.stop(drain_timeout=5)
+    return {
+        "rates": rows,
+        "device": f"vllm at {args.vllm_url} (bot on cpu: {cpu_model()})",
+        "shape": args.shape,
+        "scheduler": "vllm",
+        "backend": "vllm",
+        "capacity_req_s": capacity,
+        "single_latency_s": single,
+        "requests_per_rate": args.requests,
+        "new_tokens": args.new_tokens,
+        "max_batch_size": MAX_BATCH_SIZE,
+    }
+
+
+async def measure(
+    bench: Bench, args: argparse.Namespace, schedulers: list[str], use: Callable[[str], None]
+) -> tuple[float, float, list[dict]]:
+    """One request alone (seconds), the capacity (requests/s), then Poisson arrivals at each rate
+    for each scheduler, alternating their order per rate so a drifting machine load biases
+    neither. ``use(name)`` switches the backend to that scheduler."""
+    await bench.single_latency(1)  # warm-up
+    single = await bench.single_latency()
+    capacity = await bench.capacity()
+    rates = args.rates or [round(load * capacity, 3) for load in LOADS]
+    rows = []
+    for k, rate in enumerate(rates):
+        order = schedulers if k % 2 == 0 else schedulers[::-1]
+        for scheduler in order:
+            use(scheduler)
+            row = await bench.poisson(rate, args.requests, args.seed + k)
+            row["single_latency_s"] = single
+            row["p99_over_single"] = row["latency_p99_s"] / single
+            if len(schedulers) > 1:
+                row["scheduler"] = scheduler
+            rows.append(row)
+            print(
+                f"{scheduler:10s} rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
+                f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
+                f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}",
+                flush=True,
+            )
+    return single, capacity, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,11 +253,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--backend", choices=("local", "vllm"), default="local")
+    parser.add_argument("--vllm-url", help="base URL of a vLLM server running on --workdir's model")
+    parser.add_argument("--workdir", type=Path, help="keep the model and adapters here (needed with vllm)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="oshaberi-load-") as tmp:
-        result = asyncio.run(run(args, Path(tmp)))
+    if args.backend == "vllm":
+        from benchmarks.vllm_common import BenchmarkSetupError
+
+        if not args.vllm_url or not args.workdir:
+            print("error: --backend vllm needs --vllm-url URL and --workdir DIR", file=sys.stderr)
+            return 2
+        try:
+            result = asyncio.run(run_vllm(args))
+        except BenchmarkSetupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        with tempfile.TemporaryDirectory(prefix="oshaberi-load-") as tmp:
+            result = asyncio.run(run(args, Path(tmp)))
     print(
         f"device {result['device']}, shape {args.shape}, scheduler {args.scheduler}, "
         f"one request alone {result['single_latency_s']:.2f}s, capacity {result['capacity_req_s']:.2f} req/s"

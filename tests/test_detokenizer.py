@@ -144,3 +144,21 @@ def test_a_stop_string_before_min_new_tokens_is_kept_and_the_stream_matches_the_
     feed(seq, [*ids, tok.eos_token_id], tok.eos_token_id)
     assert seq.finish_reason == "stop"
     assert seq.text == whole_characters(tok, ids).rsplit("。", 1)[0] and "".join(pieces) == seq.text
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_vllm_stream_decoder_never_shows_part_of_a_character(tok, text):
+    """The vLLM backend decodes the server's streamed token ids itself: the same rule at every
+    cut (the server's length limit, EOS) and in every streamed piece."""
+    from bot.serving.vllm_request import StreamDecoder
+
+    ids = ids_of(tok, text)
+    params = GenerationParams(temperature=0, max_new_tokens=100, repetition_penalty=1.0)
+    for k in range(1, len(ids) + 1):
+        for end in ("length", "eos"):
+            decoder = StreamDecoder(tok, GenerationRequest("p", "x", params))
+            pieces = [decoder.feed([t]) for t in ids[:k]]
+            pieces.append(decoder.feed([tok.eos_token_id]) if end == "eos" else decoder.finish("length"))
+            assert decoder.finish_reason == end
+            assert not any(REPLACEMENT in p for p in pieces)
+            assert decoder.text == whole_characters(tok, ids[:k]) == "".join(pieces)

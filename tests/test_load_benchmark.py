@@ -41,3 +41,15 @@ def test_load_benchmark_writes_its_figures(tmp_path, capsys):
     rates = [row["rate_per_s"] for row in figures["rates"]][::2]
     assert rates == sorted(rates) and abs(rates[1] / rates[0] - 2) < 0.05
     assert "p99/single" in capsys.readouterr().out
+
+
+def test_the_vllm_backend_without_a_server_says_how_to_start_one(tmp_path, capsys):
+    from tests.vllm_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    args = ["--backend", "vllm", "--vllm-url", url, "--workdir", str(tmp_path), "--shape", "tiny"]
+    assert main(args) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert url in line and "not reachable" in line and f"--model {tmp_path / 'model'}" in line
+    assert main(["--backend", "vllm"]) == 2  # without a URL and a folder: says what it needs
+    assert "--vllm-url URL and --workdir DIR" in capsys.readouterr().err

@@ -52,6 +52,7 @@ class VllmTicket:
         self.request = request
         self.submitted_at = time.monotonic()
         self.deadline = self.submitted_at + timeout_s
+        self.first_token_at: float | None = None  # time.monotonic() of the first token, text or not
         loop = asyncio.get_running_loop()
         self._future: asyncio.Future[GenerationResult] = loop.create_future()
         self._buffer: list[str] = []
@@ -278,6 +279,8 @@ class VllmBackend:
                 # aclosing: leaving the loop early closes the stream at once, so the server stops.
                 async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
                     async for chunk in stream:
+                        if chunk.token_ids and ticket.first_token_at is None:
+                            ticket.first_token_at = time.monotonic()
                         ticket._piece(decoder.feed(chunk.token_ids))
                         if decoder.finish_reason is not None or chunk.finish_reason is not None:
                             ticket._piece(decoder.finish(chunk.finish_reason))

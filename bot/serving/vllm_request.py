@@ -3,8 +3,9 @@ token ids back to text the way the local engine makes it.
 
 The prompt is sent as token ids (encoded here with the bot's tokenizer, over-long prompts cut
 from the front like the engine does), and the reply's text is decoded here from the token ids
-the server streams, with the same stop-string cut and hold-back as the engine. So both
-backends give identical text for identical tokens, whatever the server's own detokenizer does.
+the server streams, with the engine's incremental detokenizer and the same stop-string cut and
+hold-back. So both backends give identical text for identical tokens, whatever the server's own
+detokenizer does, and neither ever shows part of a character.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bot.detokenizer import IncrementalDetokenizer, held_back
 from bot.generation import GenerationRequest, GenerationResult
 from bot.model_loading import encode_prompt
 
@@ -51,12 +53,14 @@ def completion_payload(model: str, ids: Sequence[int], request: GenerationReques
 
 
 class StreamDecoder:
-    """Turns streamed token ids into the engine's text: decode, cut at a stop string, hold back
-    a tail that could still become one. ``feed`` returns the new text safe to show."""
+    """Turns streamed token ids into the engine's text: incremental detokenization (whole
+    characters only, :class:`~bot.detokenizer.IncrementalDetokenizer`), the cut at a stop
+    string, and a held-back tail that could still become one. ``feed`` returns the new text
+    safe to show; the pieces concatenate to :attr:`text`."""
 
     def __init__(self, tokenizer: Any, request: GenerationRequest) -> None:
-        self.tokenizer = tokenizer
         self.request = request
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.generated: list[int] = []
         self.text = ""
         self.emitted = 0
@@ -65,35 +69,53 @@ class StreamDecoder:
 
     def feed(self, token_ids: Sequence[int]) -> str:
         """Add tokens; returns the text newly safe to stream (may be empty)."""
-        stops = self.request.stop
         for token in token_ids:
             if self.finish_reason is not None:
                 break
             if token == self._eos:
-                self.finish_reason = "eos"
+                self._end("eos")
                 break
             self.generated.append(token)
-            self.text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
-            if len(self.generated) >= self.request.params.min_new_tokens:
-                for stop in stops:
-                    at = self.text.find(stop)
-                    if at != -1:
-                        self.text = self.text[:at]
-                        self.finish_reason = "stop"
-                        break
-        safe = len(self.text) if self.finish_reason else len(self.text) - _held_back(self.text, stops)
-        if safe <= self.emitted:
-            return ""
-        piece, self.emitted = self.text[self.emitted : safe], safe
-        return piece
+            piece = self.detokenizer.push(token)
+            if piece:
+                before = len(self.text)
+                self.text += piece
+                self._cut_at_stop(before)
+        return self._safe_piece()
 
     def finish(self, server_reason: str | None) -> str:
         """The server ended the stream: settle the reason; returns any text still held back."""
         if self.finish_reason is None:
             # The server stops on the same rules; what it calls "stop" without a stop string
             # found here was the end-of-sequence token.
-            self.finish_reason = "length" if server_reason == "length" else "eos"
-        piece, self.emitted = self.text[self.emitted :], len(self.text)
+            self._end("length" if server_reason == "length" else "eos")
+        return self._safe_piece()
+
+    def _end(self, reason: str) -> None:
+        """End without a stop string: the last whole characters are flushed (a partial one is
+        dropped), and may themselves complete a stop string."""
+        self.finish_reason = reason
+        before = len(self.text)
+        self.text += self.detokenizer.flush()
+        self._cut_at_stop(before)
+
+    def _cut_at_stop(self, before: int) -> None:
+        """Search only the region the new text can complete, so nothing streamed is taken back."""
+        if len(self.generated) < self.request.params.min_new_tokens:
+            return
+        for stop in self.request.stop:
+            at = self.text.find(stop, max(0, before - len(stop) + 1))
+            if at != -1:
+                self.text = self.text[:at]
+                self.finish_reason = "stop"
+                return
+
+    def _safe_piece(self) -> str:
+        stops = self.request.stop
+        safe = len(self.text) if self.finish_reason else len(self.text) - held_back(self.text, stops)
+        if safe <= self.emitted:
+            return ""
+        piece, self.emitted = self.text[self.emitted : safe], safe
         return piece
 
     def result(self, adapter: str, version: str | None, seconds: float) -> GenerationResult:
@@ -106,14 +128,3 @@ class StreamDecoder:
             seconds=seconds,
             batch_size=1,
         )
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of text that is a proper prefix of a stop string."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest

@@ -1,0 +1,168 @@
+"""What leaves the store for training, and what users' privacy choices remove from it.
+
+Privacy is enforced where data leaves: :meth:`PrivacyStore.approved_for_export` never returns a
+row in which an opted-out or forgotten user took part, whatever else happened before. ``/forget``
+and a deleted message remove rows (and say which review cards showed them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bot.sqlite_db import SqliteDatabase
+from bot.store_rows import EXPORT_COLUMNS, ExportRow, ForgetResult, export_row, normalize_iso, utc_now
+
+# Rows no export may contain: someone in them opted out, or asked to be forgotten after they spoke.
+_PRIVACY_EXCLUSION = """
+    NOT EXISTS (
+        SELECT 1 FROM user_prefs up
+        WHERE up.opted_out = 1
+          AND (up.user_id = l.user_id
+               OR up.user_id IN (SELECT p.user_id FROM log_participants p WHERE p.log_id = l.id))
+    )
+    AND NOT EXISTS (
+        SELECT 1 FROM forgotten_users f
+        WHERE (f.user_id = l.user_id
+               OR f.user_id IN (SELECT p.user_id FROM log_participants p WHERE p.log_id = l.id))
+          AND f.forgotten_at >= COALESCE(l.requested_at, l.created_at)
+    )
+"""
+
+
+class PrivacyStore(SqliteDatabase):
+    """The export and privacy half of :class:`bot.store.Store` (same database, same connections)."""
+
+    # -- export --------------------------------------------------------------------------------
+
+    async def approved_for_export(self, persona_id: str | None = None) -> list[ExportRow]:
+        """Approved and edited replies for training, never with an opted-out or forgotten user in them."""
+        where = "l.decision IN ('approved', 'edited')"
+        params: list[Any] = []
+        if persona_id is not None:
+            where += " AND l.persona_id = ?"
+            params.append(persona_id)
+        rows = await self._fetchall(
+            f"""
+            SELECT {EXPORT_COLUMNS}
+            FROM logs l WHERE {where} AND {_PRIVACY_EXCLUSION}
+            ORDER BY l.id
+            """,
+            params,
+        )
+        return [export_row(r) for r in rows]
+
+    async def count_approved_since(self, persona_id: str | None, since_iso: str | None) -> int:
+        """How many exportable approvals a persona gained after ``since_iso`` (all of them if None)."""
+        where = "l.decision IN ('approved', 'edited')"
+        params: list[Any] = []
+        if persona_id is not None:
+            where += " AND l.persona_id = ?"
+            params.append(persona_id)
+        if since_iso:
+            where += " AND l.decided_at > ?"
+            params.append(normalize_iso(since_iso))
+        row = await self._fetchone(
+            f"SELECT COUNT(*) FROM logs l WHERE {where} AND {_PRIVACY_EXCLUSION}", params
+        )
+        return int(row[0])
+
+    # -- privacy -------------------------------------------------------------------------------
+
+    async def set_opt_out(self, user_id: int, opted_out: bool) -> None:
+        """/optout (True) or /optin (False): an opted-out user's words are never logged or exported."""
+
+        async def body() -> None:
+            await self._conn.execute(
+                """
+                INSERT INTO user_prefs (user_id, opted_out, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT (user_id) DO UPDATE SET opted_out = excluded.opted_out,
+                                                    updated_at = excluded.updated_at
+                """,
+                (user_id, int(opted_out), utc_now()),
+            )
+
+        await self._write(body)
+
+    async def is_opted_out(self, user_id: int) -> bool:
+        """Whether ``user_id`` opted out (False for a user never seen)."""
+        row = await self._fetchone("SELECT opted_out FROM user_prefs WHERE user_id = ?", (user_id,))
+        return bool(row and row[0])
+
+    async def opted_out_among(self, user_ids: Iterable[int]) -> set[int]:
+        """The subset of ``user_ids`` that opted out (one query for a whole conversation)."""
+        ids = sorted(set(user_ids))
+        if not ids:
+            return set()
+        rows = await self._fetchall(
+            f"SELECT user_id FROM user_prefs WHERE opted_out = 1 AND user_id IN ({','.join('?' * len(ids))})",
+            ids,
+        )
+        return {int(r[0]) for r in rows}
+
+    async def forget_user(self, user_id: int) -> int:
+        """Delete every row the user wrote or spoke in; returns how many rows went."""
+        return (await self.forget_user_detailed(user_id)).deleted
+
+    async def forget_user_detailed(self, user_id: int) -> ForgetResult:
+        """Like :meth:`forget_user`, also naming the review cards that showed the deleted rows.
+
+        The tombstone stays: a reply that was generating during the forget and logs afterwards is
+        refused by :meth:`log_reply` and, should it slip in, never exported.
+        """
+
+        async def body() -> ForgetResult:
+            result = await self._delete_rows(
+                """
+                SELECT id, review_channel_id, review_message_id FROM logs
+                WHERE user_id = ? OR id IN (SELECT log_id FROM log_participants WHERE user_id = ?)
+                """,
+                (user_id, user_id),
+            )
+            await self._conn.execute(
+                """
+                INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)
+                ON CONFLICT (user_id) DO UPDATE SET forgotten_at = excluded.forgotten_at
+                """,
+                (user_id, utc_now()),
+            )
+            return result
+
+        return await self._write(body)
+
+    async def forget_message(self, message_id: int) -> ForgetResult:
+        """Delete the rows that answered ``message_id``: its author deleted it on Discord.
+
+        Words taken back must not stay in the review queue or reach training data, whether or not
+        the reply was already approved.
+        """
+
+        # Discord reports every deleted message, the bot's own notices included: most match no
+        # row, and a read answers that without taking the write lock.
+        if await self._fetchone("SELECT 1 FROM logs WHERE message_id = ? LIMIT 1", (message_id,)) is None:
+            return ForgetResult(0, ())
+
+        async def body() -> ForgetResult:
+            return await self._delete_rows(
+                "SELECT id, review_channel_id, review_message_id FROM logs WHERE message_id = ?",
+                (message_id,),
+            )
+
+        return await self._write(body)
+
+    async def _delete_rows(self, select_sql: str, params: tuple[Any, ...]) -> ForgetResult:
+        """Delete the rows ``select_sql`` finds (id, review channel, review message), inside a write."""
+        async with self._conn.execute(select_sql, params) as cur:
+            rows = list(await cur.fetchall())
+        ids = [r["id"] for r in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            await self._conn.execute(f"DELETE FROM log_participants WHERE log_id IN ({marks})", chunk)
+            await self._conn.execute(f"DELETE FROM logs WHERE id IN ({marks})", chunk)
+        cards = tuple(
+            (int(r["review_channel_id"]), int(r["review_message_id"]))
+            for r in rows
+            if r["review_channel_id"] is not None and r["review_message_id"] is not None
+        )
+        return ForgetResult(len(ids), cards)
