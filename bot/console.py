@@ -95,13 +95,15 @@ class ConsoleChat:
             name = self.runtime.cards.get(self.persona_id).display_name
             self._say(f"talking with {name} (adapter: {self.adapter_labels()[self.persona_id]}). {HELP}")
         while True:
-            if self.interactive:
+            if self.interactive and stdin is sys.stdin:
                 try:
                     # input() edits the line with readline (arrow keys, history) once it is imported.
                     line = await asyncio.to_thread(input, f"{self.persona_id}> ")
                 except EOFError:
                     return 0
             else:
+                if self.interactive:  # a terminal-like session on another stream: prompt, no readline
+                    print(f"{self.persona_id}> ", end="", file=self.out, flush=True)
                 line = await asyncio.to_thread(stdin.readline)
                 if not line:
                     return 0
