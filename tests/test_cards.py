@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from personas.card import CardError, check_adapter_base, load_card, load_cards
+from personas.card import AdapterFileError, CardError, check_adapter_base, load_card, load_cards
 
 SHIPPED = {"marisa", "zundamon", "ojousama", "nucc"}
 
@@ -83,5 +83,8 @@ def test_adapter_for_another_base_model_is_refused(tmp_path):
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "cyberagent/open-calm-7b"}')
     with pytest.raises(CardError) as info:
         check_adapter_base(card, adapter, "rinna/japanese-gpt-neox-3.6b-instruction-ppo")
-    assert info.value.field == "adapter" and "open-calm-7b" in str(info.value)
+    # The fault is in the adapter, not in persona.toml: the error names the adapter's file
+    # (issue 11 item 6), and is still a CardError so every caller refuses the adapter.
+    assert isinstance(info.value, AdapterFileError) and info.value.path == str(adapter / "adapter_config.json")
+    assert "open-calm-7b" in str(info.value) and str(adapter / "adapter_config.json") in str(info.value)
     check_adapter_base(card, adapter, "/models/open-calm-7b")  # a local copy of the same model is fine

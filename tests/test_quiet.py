@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def restore_logging_and_warnings():
     loggers = [logging.getLogger(name) for name in ("bitsandbytes", "discord.client")]
     saved = [(lg.level, list(lg.filters)) for lg in loggers]
+    for lg in loggers:  # start clean: an in-process entry point run earlier may have quieted them
+        lg.setLevel(logging.NOTSET)
+        lg.filters[:] = []
     with warnings.catch_warnings():
         # Start from "show everything" (pytest's own config ignores FutureWarning for the suite).
         warnings.resetwarnings()
