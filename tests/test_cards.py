@@ -85,6 +85,8 @@ def test_adapter_for_another_base_model_is_refused(tmp_path):
         check_adapter_base(card, adapter, "rinna/japanese-gpt-neox-3.6b-instruction-ppo")
     # The fault is in the adapter, not in persona.toml: the error names the adapter's file
     # (issue 11 item 6), and is still a CardError so every caller refuses the adapter.
-    assert isinstance(info.value, AdapterFileError) and info.value.path == str(adapter / "adapter_config.json")
+    assert isinstance(info.value, AdapterFileError) and info.value.path == str(
+        adapter / "adapter_config.json"
+    )
     assert "open-calm-7b" in str(info.value) and str(adapter / "adapter_config.json") in str(info.value)
     check_adapter_base(card, adapter, "/models/open-calm-7b")  # a local copy of the same model is fine

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bot.adapters import set_current
+from trainer.checkpoints import CHECKPOINT_DIR, checkpoint_config
 from trainer.jsonfile import JsonFileError, read_json
-from trainer.train import CHECKPOINT_DIR, checkpoint_config
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ from bot.generation import BASE_ADAPTER, GenerationRequest
 from bot.model_loading import encode_prompt, load_base_model
 from personas.card import GenerationParams, load_cards
 from personas.render import PromptRenderer, Turn
+from trainer.checkpoints import find_resumable
 from trainer.config import TrainConfig
 from trainer.dataset import continuation_ids, sha256_file
-from trainer.train import TrainingInterrupted, find_resumable, train
+from trainer.train import TrainingInterrupted, train
 
 CARD = load_cards().get("marisa")
 QUESTIONS = ["元気？", "おはよう", "今日は何してた？", "魔法って難しい？", "疲れたよ", "好きな食べ物は？"]

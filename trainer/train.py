@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -33,7 +32,6 @@ import torch
 
 from bot.adapters import is_version_name, new_version_name, publish_version, version_dir
 from bot.config import ModelSettings, Settings
-from bot.filemode import respect_umask
 from bot.model_loading import (
     LoadedModel,
     load_base_model,
@@ -43,14 +41,18 @@ from bot.model_loading import (
 )
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, TokenizerFacts
-from trainer.config import TrainConfig, validate
+from trainer.checkpoints import (
+    CHECKPOINT_DIR,
+    TrainState,
+    load_checkpoint,
+    run_dir_for,
+    save_checkpoint,
+)
+from trainer.config import TrainConfig
 from trainer.dataset import DataBundle, DataError, batches, build_datasets, collate, expand_paths, sha256_file
-from trainer.jsonfile import JsonFileError, read_json
 from trainer.scoring import batch_nll, mean_nll, perplexity
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 class TrainingInterrupted(RuntimeError):
@@ -64,19 +66,6 @@ class TrainResult:
     path: Path
     metrics: dict[str, Any]
     activated: bool
-
-
-@dataclass
-class _State:
-    """Where the loop is; saved with every checkpoint."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    window: int = 0  # accumulation windows done in this epoch
-    tokens_seen: int = 0
-    initial_val_loss: float | None = None
-    last_val_loss: float | None = None
-    resumed_from_step: int | None = None
 
 
 # -- data -------------------------------------------------------------------
@@ -178,91 +167,6 @@ def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
 # -- checkpoints ------------------------------------------------------------
 
 
-def run_dir_for(cfg: TrainConfig, persona_id: str, version: str) -> Path:
-    return Path(cfg.runs_dir) / persona_id / version
-
-
-def find_resumable(cfg: TrainConfig, persona_id: str, resume: str) -> Path:
-    """The run folder to resume: ``last`` (newest with a checkpoint), a version name or a path."""
-    if resume == "last":
-        root = Path(cfg.runs_dir) / persona_id
-        runs = sorted(p for p in root.glob("*") if (p / CHECKPOINT_DIR / "state.json").is_file())
-        if not runs:
-            raise FileNotFoundError(f"no checkpoint to resume under {root}")
-        return runs[-1]
-    path = Path(resume)
-    if not (path / CHECKPOINT_DIR).is_dir():
-        path = run_dir_for(cfg, persona_id, resume)
-    if not (path / CHECKPOINT_DIR / "state.json").is_file():
-        raise FileNotFoundError(f"no checkpoint at {path / CHECKPOINT_DIR}")
-    return path
-
-
-def checkpoint_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The config a checkpointed run was started with, plus explicit command-line overrides."""
-    state_path = run_dir / CHECKPOINT_DIR / "state.json"
-    saved = read_json(state_path).get("config")
-    if not isinstance(saved, dict):
-        raise JsonFileError(f"{state_path}: no 'config' object; the checkpoint is incomplete")
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-    return validate(replace(cfg, **(overrides or {})))
-
-
-def _save_checkpoint(
-    run_dir: Path, model, optimizer, scheduler, state: _State, cfg: TrainConfig, files
-) -> None:
-    """Write the checkpoint beside the old one, then swap: a crash mid-write keeps the old one."""
-    tmp = run_dir / (CHECKPOINT_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        tmp / "trainer_state.pt",
-    )
-    (tmp / "state.json").write_text(
-        json.dumps(
-            {"state": asdict(state), "config": cfg.as_dict(), "data_files": [asdict(f) for f in files]},
-            ensure_ascii=False,
-            indent=1,
-        ),
-        encoding="utf-8",
-    )
-    respect_umask(tmp)  # safetensors writes through a 0600 temp file
-    final = run_dir / CHECKPOINT_DIR
-    old = run_dir / (CHECKPOINT_DIR + ".old")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(run_dir: Path, model, optimizer, scheduler, files) -> _State:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    ckpt = run_dir / CHECKPOINT_DIR
-    saved = read_json(ckpt / "state.json")
-    was = {f["path"]: f["sha256"] for f in saved.get("data_files", [])}
-    now = {f.path: f.sha256 for f in files}
-    if was != now:
-        log.warning("the data files changed since the checkpoint; the rest of the run sees the new data")
-    set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
-    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["rng"])
-    if blob.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
-    state = _State(**saved["state"])
-    state.resumed_from_step = state.step
-    return state
-
-
 def _package_versions() -> dict[str, str]:
     import peft
     import transformers
@@ -340,9 +244,9 @@ def train(
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, cfg.warmup_ratio))
 
-    state = _State()
+    state = TrainState()
     if resume is not None:
-        state = _load_checkpoint(run_dir, model, optimizer, scheduler, data.files)
+        state = load_checkpoint(run_dir, model, optimizer, scheduler, data.files)
         log.info("resumed %s at step %d of %d", version, state.step, total_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=state.step or None)
@@ -405,7 +309,7 @@ def train(
                 if state.step % cfg.eval_every == 0 and state.step < total_steps:
                     validate_now()
                 if state.step % cfg.save_every == 0 and state.step < total_steps:
-                    _save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg, data.files)
+                    save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg, data.files)
                 if on_step is not None:
                     on_step(state.step)
                 if state.step >= total_steps:
@@ -414,7 +318,7 @@ def train(
                 state.epoch += 1
                 state.window = 0
     except KeyboardInterrupt:
-        _save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg, data.files)
+        save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg, data.files)
         writer.close()
         bar.close()
         raise TrainingInterrupted(

@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from bot.model_loading import ModelLoadError
     from bot.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
+    from trainer.checkpoints import checkpoint_config, find_resumable
     from trainer.config import TrainConfigError, load_train_config
     from trainer.dataset import DataError
-    from trainer.train import TrainingInterrupted, checkpoint_config, find_resumable, train
+    from trainer.train import TrainingInterrupted, train
 
     try:
         settings = load_settings(args.config)
