@@ -106,28 +106,40 @@ class OshaberiClient:
         self._startup_failed: asyncio.Future[GatewayStartupError] | None = None  # set by connect()
 
     async def connect(self, *, reconnect: bool = True) -> None:
-        """discord.py's ``connect()``, ended with a :class:`GatewayStartupError` when :meth:`dispatch`
-        gives up on the gateway before the first READY.
+        """discord.py's ``connect()``, ended with a :class:`GatewayStartupError` when the gateway
+        fails before the first READY (see :meth:`dispatch`).
 
-        The failure is seen in ``dispatch``, and with ``AutoShardedBot`` that usually runs in a
-        shard's own reader task (``Shard.worker``), where an exception dies unseen while
-        ``connect()`` waits on the shard queue for ever. So ``connect()`` runs as a task of its
-        own and this waits for whichever comes first: its end, or the failure. Raises what
-        ``connect()`` raises, or the :class:`GatewayStartupError`.
+        With ``AutoShardedBot`` the failure shows up in a shard's own reader task
+        (``Shard.worker``), where an exception dies unseen while ``connect()`` waits on the shard
+        queue for ever, or in ``launch_shard``, which logs a traceback and retries the first
+        connection for ever. So ``connect()`` runs as a task of its own and this waits for
+        whichever comes first: its end, or the failure. Raises what ``connect()`` raises, or the
+        :class:`GatewayStartupError`.
         """
         failed: asyncio.Future[GatewayStartupError] = asyncio.get_running_loop().create_future()
         self._startup_failed = failed
+        shard_log = _StartupShardLog(self)
+        logging.getLogger("discord.shard").addFilter(shard_log)
         connecting = asyncio.ensure_future(super().connect(reconnect=reconnect))
+        connecting.add_done_callback(_ignore_outcome)  # read below, unless the failure came first
         try:
             await asyncio.wait((connecting, failed), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not connecting.done():
-                # A shard reconnecting swallows the cancel; close() (async with) then ends it.
-                connecting.cancel()
-                connecting.add_done_callback(_ignore_outcome)  # no "exception never retrieved"
+            logging.getLogger("discord.shard").removeFilter(shard_log)
+            # A shard reconnecting may swallow the cancel; close() (async with) then ends it.
+            connecting.cancel()
         if failed.done():
             raise failed.result()
         await connecting
+
+    def _startup_failure(self, failure: BaseException) -> None:
+        """End start-up with a :class:`GatewayStartupError` caused by ``failure`` (first one wins)."""
+        if self._startup_failed is not None and not self._startup_failed.done():
+            error = GatewayStartupError(
+                f"the gateway connection failed {max(self._startup_disconnects, 1)} times before READY"
+            )
+            error.__cause__ = failure
+            self._startup_failed.set_result(error)
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py's dispatch, plus: a gateway that keeps failing before the first READY ends the start.
@@ -162,11 +174,7 @@ class OshaberiClient:
             self._startup_disconnects += 1
             retry = isinstance(failure, discord.gateway.ReconnectWebSocket)
             if not retry or self._startup_disconnects > STARTUP_RECONNECTS:
-                error = GatewayStartupError(
-                    f"the gateway connection failed {self._startup_disconnects} times before READY"
-                )
-                error.__cause__ = failure
-                self._startup_failed.set_result(error)
+                self._startup_failure(failure)
         super().dispatch(event_name, *args, **kwargs)
 
     # -- start-up ------------------------------------------------------------------------------
@@ -306,6 +314,31 @@ class OshaberiBot(OshaberiClient, commands.AutoShardedBot):
     """The bot. AutoSharded: Discord says how many shards it needs (``GET /gateway/bot``) and
     discord.py runs them all in this process, so a bot in thousands of servers shards without
     code changes."""
+
+
+class _StartupShardLog(logging.Filter):
+    """Before the first READY, a traceback logged by ``discord.shard`` is a start-up failure.
+
+    ``AutoShardedClient.launch_shard`` logs a first connection that failed (gateway unreachable,
+    handshake refused, timeout) with its traceback and retries it every 5 s for ever;
+    ``Shard._handle_disconnect`` logs a lost connection with its traceback after dispatching
+    ``disconnect``. Start-up ends with one ``error:`` line for either, so the record is dropped
+    (``-v`` still logs the whole chain with that line) and its exception ends :meth:`connect`.
+    """
+
+    def __init__(self, client: OshaberiClient) -> None:
+        super().__init__("discord.shard")
+        self.client = client
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        client = self.client
+        if client._was_ready or client._closing is not None or not record.exc_info:
+            return True
+        failure = record.exc_info[1]
+        if failure is None:
+            return True
+        client._startup_failure(failure)
+        return False
 
 
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
