@@ -156,3 +156,18 @@ async def test_gateway_lost_before_ready_is_one_line(tiny_neox: Path, tmp_path: 
     line = outcome.error_line(TOKEN)
     assert "gateway was lost during start-up" in line and "network" in line
     assert outcome.code == 1
+
+
+async def test_gateway_unreachable_at_first_connect_is_one_line(
+    tiny_neox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # REST works, the websocket does not (a firewall, a proxy): GET /gateway/bot names a port
+    # nothing listens on. discord.py's AutoShardedClient would log a traceback and retry for ever.
+    port = closed_port()
+    monkeypatch.setattr(DiscordEmulator, "ws_base", property(lambda _emu: f"ws://127.0.0.1:{port}"))
+    async with DiscordEmulator(token=TOKEN) as emu:
+        bot = _bot_process(emu, tmp_path, tiny_neox)
+        outcome = await run_entry([], bot.env(), tmp_path, timeout=120)
+    line = outcome.error_line(TOKEN)
+    assert "gateway" in line and "refused" in line and "network" in line
+    assert outcome.code == 1

@@ -103,6 +103,43 @@ class OshaberiClient:
         self._closing: asyncio.Task[None] | None = None
         self._was_ready = False
         self._startup_disconnects = 0
+        self._startup_failed: asyncio.Future[GatewayStartupError] | None = None  # set by connect()
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """discord.py's ``connect()``, ended with a :class:`GatewayStartupError` when the gateway
+        fails before the first READY (see :meth:`dispatch`).
+
+        With ``AutoShardedBot`` the failure shows up in a shard's own reader task
+        (``Shard.worker``), where an exception dies unseen while ``connect()`` waits on the shard
+        queue for ever, or in ``launch_shard``, which logs a traceback and retries the first
+        connection for ever. So ``connect()`` runs as a task of its own and this waits for
+        whichever comes first: its end, or the failure. Raises what ``connect()`` raises, or the
+        :class:`GatewayStartupError`.
+        """
+        failed: asyncio.Future[GatewayStartupError] = asyncio.get_running_loop().create_future()
+        self._startup_failed = failed
+        shard_log = _StartupShardLog(self)
+        logging.getLogger("discord.shard").addFilter(shard_log)
+        connecting = asyncio.ensure_future(super().connect(reconnect=reconnect))
+        connecting.add_done_callback(_ignore_outcome)  # read below, unless the failure came first
+        try:
+            await asyncio.wait((connecting, failed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            logging.getLogger("discord.shard").removeFilter(shard_log)
+            # A shard reconnecting may swallow the cancel; close() (async with) then ends it.
+            connecting.cancel()
+        if failed.done():
+            raise failed.result()
+        await connecting
+
+    def _startup_failure(self, failure: BaseException) -> None:
+        """End start-up with a :class:`GatewayStartupError` caused by ``failure`` (first one wins)."""
+        if self._startup_failed is not None and not self._startup_failed.done():
+            error = GatewayStartupError(
+                f"the gateway connection failed {max(self._startup_disconnects, 1)} times before READY"
+            )
+            error.__cause__ = failure
+            self._startup_failed.set_result(error)
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py's dispatch, plus: a gateway that keeps failing before the first READY ends the start.
@@ -111,10 +148,16 @@ class OshaberiClient:
         reconnects forever (a connection lost between HELLO and READY is "resumed", invalidated,
         identified again, lost again...). The cause then is nearly always the operator's (no
         network, a firewall, a portal switch), so start-up stops with one line instead: at once
-        for an error, after ``STARTUP_RECONNECTS`` tries for a lost connection. ``connect()``
-        dispatches ``disconnect`` inside its ``except`` block, which is why the failure is
-        ``sys.exc_info()`` here. Once ready, discord.py's reconnect and resume work as before, and
-        a disconnect caused by our own ``close()`` (SIGTERM) is never a failure.
+        for an error, after ``STARTUP_RECONNECTS`` tries for a lost connection. Once ready,
+        discord.py's reconnect and resume work as before, and a disconnect caused by our own
+        ``close()`` (SIGTERM) is never a failure.
+
+        Where ``disconnect`` comes from (discord.py 2.x): ``Client.connect()`` and the sharded
+        ``Shard._handle_disconnect`` dispatch it inside their ``except`` block, so the failure is
+        ``sys.exc_info()``; ``Shard.reidentify`` dispatches it outside one, and is only ever called
+        for a :class:`~discord.gateway.ReconnectWebSocket` (the connection closed, Discord asked
+        to reconnect or invalidated the session), which then stands in as the cause. Never
+        raises here: the failure goes to :meth:`connect`, whichever task this runs in.
         """
         # "connect" is dispatched on the READY payload itself; "ready" waits for the guilds.
         if event_name in ("connect", "ready", "resumed"):
@@ -124,15 +167,14 @@ class OshaberiClient:
             and not self._was_ready
             and self._closing is None
             and not self.is_closed()
+            and self._startup_failed is not None
+            and not self._startup_failed.done()
         ):
-            failure = sys.exc_info()[1]
-            if failure is not None:
-                self._startup_disconnects += 1
-                retry = isinstance(failure, discord.gateway.ReconnectWebSocket)
-                if not retry or self._startup_disconnects > STARTUP_RECONNECTS:
-                    raise GatewayStartupError(
-                        f"the gateway connection failed {self._startup_disconnects} times before READY"
-                    ) from failure
+            failure = sys.exc_info()[1] or discord.gateway.ReconnectWebSocket(None)
+            self._startup_disconnects += 1
+            retry = isinstance(failure, discord.gateway.ReconnectWebSocket)
+            if not retry or self._startup_disconnects > STARTUP_RECONNECTS:
+                self._startup_failure(failure)
         super().dispatch(event_name, *args, **kwargs)
 
     # -- start-up ------------------------------------------------------------------------------
@@ -272,6 +314,37 @@ class OshaberiBot(OshaberiClient, commands.AutoShardedBot):
     """The bot. AutoSharded: Discord says how many shards it needs (``GET /gateway/bot``) and
     discord.py runs them all in this process, so a bot in thousands of servers shards without
     code changes."""
+
+
+class _StartupShardLog(logging.Filter):
+    """Before the first READY, a traceback logged by ``discord.shard`` is a start-up failure.
+
+    ``AutoShardedClient.launch_shard`` logs a first connection that failed (gateway unreachable,
+    handshake refused, timeout) with its traceback and retries it every 5 s for ever;
+    ``Shard._handle_disconnect`` logs a lost connection with its traceback after dispatching
+    ``disconnect``. Start-up ends with one ``error:`` line for either, so the record is dropped
+    (``-v`` still logs the whole chain with that line) and its exception ends :meth:`connect`.
+    """
+
+    def __init__(self, client: OshaberiClient) -> None:
+        super().__init__("discord.shard")
+        self.client = client
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        client = self.client
+        if client._was_ready or client._closing is not None or not record.exc_info:
+            return True
+        failure = record.exc_info[1]
+        if failure is None:
+            return True
+        client._startup_failure(failure)
+        return False
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """Done callback: fetch a task's exception so asyncio does not log it (its outcome is moot)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def freeze_startup_objects() -> None:
