@@ -29,7 +29,13 @@ from bot.discord.cogs.help import Help
 from bot.discord.cogs.persona import Persona
 from bot.discord.cogs.review import Review
 from bot.discord.command_tree import OshaberiTree
-from bot.discord.connect_errors import CONNECT_ERRORS, GatewayStartupError, describe_connect_error
+from bot.discord.connect_errors import (
+    CONNECT_ERRORS,
+    GatewayStartupError,
+    StartupShardLog,
+    describe_connect_error,
+    ignore_outcome,
+)
 from bot.discord.review_queue import ReviewQueue
 from bot.discord.sender import NO_PINGS, ReplySender
 from bot.discord.token_redaction import install_token_redaction
@@ -118,10 +124,10 @@ class OshaberiClient:
         """
         failed: asyncio.Future[GatewayStartupError] = asyncio.get_running_loop().create_future()
         self._startup_failed = failed
-        shard_log = _StartupShardLog(self)
+        shard_log = StartupShardLog(self)
         logging.getLogger("discord.shard").addFilter(shard_log)
         connecting = asyncio.ensure_future(super().connect(reconnect=reconnect))
-        connecting.add_done_callback(_ignore_outcome)  # read below, unless the failure came first
+        connecting.add_done_callback(ignore_outcome)  # read below, unless the failure came first
         try:
             await asyncio.wait((connecting, failed), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -314,37 +320,6 @@ class OshaberiBot(OshaberiClient, commands.AutoShardedBot):
     """The bot. AutoSharded: Discord says how many shards it needs (``GET /gateway/bot``) and
     discord.py runs them all in this process, so a bot in thousands of servers shards without
     code changes."""
-
-
-class _StartupShardLog(logging.Filter):
-    """Before the first READY, a traceback logged by ``discord.shard`` is a start-up failure.
-
-    ``AutoShardedClient.launch_shard`` logs a first connection that failed (gateway unreachable,
-    handshake refused, timeout) with its traceback and retries it every 5 s for ever;
-    ``Shard._handle_disconnect`` logs a lost connection with its traceback after dispatching
-    ``disconnect``. Start-up ends with one ``error:`` line for either, so the record is dropped
-    (``-v`` still logs the whole chain with that line) and its exception ends :meth:`connect`.
-    """
-
-    def __init__(self, client: OshaberiClient) -> None:
-        super().__init__("discord.shard")
-        self.client = client
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        client = self.client
-        if client._was_ready or client._closing is not None or not record.exc_info:
-            return True
-        failure = record.exc_info[1]
-        if failure is None:
-            return True
-        client._startup_failure(failure)
-        return False
-
-
-def _ignore_outcome(task: asyncio.Future[Any]) -> None:
-    """Done callback: fetch a task's exception so asyncio does not log it (its outcome is moot)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def freeze_startup_objects() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
@@ -154,3 +156,35 @@ def _network_reason(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class StartupShardLog(logging.Filter):
+    """Before the first READY, a traceback logged by ``discord.shard`` is a start-up failure.
+
+    ``AutoShardedClient.launch_shard`` logs a first connection that failed (gateway unreachable,
+    handshake refused, timeout) with its traceback and retries it every 5 s for ever;
+    ``Shard._handle_disconnect`` logs a lost connection with its traceback after dispatching
+    ``disconnect``. Start-up ends with one ``error:`` line for either, so the record is dropped
+    (``-v`` still logs the whole chain with that line) and its exception ends
+    ``OshaberiClient.connect``.
+    """
+
+    def __init__(self, client: Any) -> None:  # an OshaberiClient (bot/discord/app.py)
+        super().__init__("discord.shard")
+        self.client = client
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        client = self.client
+        if client._was_ready or client._closing is not None or not record.exc_info:
+            return True
+        failure = record.exc_info[1]
+        if failure is None:
+            return True
+        client._startup_failure(failure)
+        return False
+
+
+def ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """Done callback: fetch a task's exception so asyncio does not log it (its outcome is moot)."""
+    if not task.cancelled():
+        task.exception()
