@@ -25,11 +25,16 @@ from tests.vllm_server import VllmServer, backend_settings, free_port, install_a
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
+# Chosen so that no greedy step is a near tie. The tiny models are random, and a step whose two
+# best scores differ by ~1e-4 or less (as "ずんだ餅は好き？" had on Llama: 5.6e-5) picks either
+# token depending on float rounding, which differs between the two implementations and, in vLLM,
+# with how the requests were batched (a loaded machine batches them differently). Every prompt here
+# keeps the two best scores at least 3e-4 apart over its 24 greedy tokens with both tiny models.
 MIXED = [
     ("marisa", "こんにちは、今日はいい天気だぜ。"),
-    ("zundamon", "ずんだ餅は好き？"),
+    ("zundamon", "ずんだ餅、好き？"),
     ("ojousama", "紅茶をいただきますわ。"),  # no adapter: the base model
-    ("marisa", "魔法の研究はどう？"),
+    ("marisa", "魔法の研究は順調？"),
     ("zundamon", "今日の授業どうだった？"),
 ]
 
