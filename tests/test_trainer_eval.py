@@ -17,17 +17,8 @@ from personas.card import load_cards
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig
 from trainer.dataset import continuation_ids
-from trainer.evaluate import (
-    RankingContext,
-    evaluate,
-    format_table,
-    ranking_history,
-    ranking_scores,
-    read_ranking,
-    recall_at_k,
-    resolve_target,
-    style_scores,
-)
+from trainer.evaluate import evaluate, format_table, resolve_target, style_scores
+from trainer.ranking import RankingContext, ranking_history, ranking_scores, read_ranking, recall_at_k
 
 CARD = load_cards().get("marisa")
 # Invented rows in the open2ch ranking layout: label, context posts, candidate.
