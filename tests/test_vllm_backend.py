@@ -165,6 +165,12 @@ async def test_cancel_closes_the_stream_and_the_server_aborts(vllm_server, vllm_
         pending = chat.submit("marisa", [chat.user_turn("marisa", "長い話をして")])
         stream = aiter(pending.ticket)
         await asyncio.wait_for(anext(stream), 60)  # it is generating on the server
+        # vLLM's gauge is refreshed from its engine's stats, a moment after the request started:
+        # poll it while the 900-token reply is still being written.
+        for _ in range(100):
+            if running_requests(vllm_server) >= 1:
+                break
+            await asyncio.sleep(0.1)
         assert running_requests(vllm_server) >= 1
         pending.cancel()
         with pytest.raises(RequestCancelledError):
