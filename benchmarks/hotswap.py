@@ -43,12 +43,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bot.adapters import AdapterSource
 from bot.config import ModelSettings, WorkerSettings
-from bot.engine import Engine
-from bot.generation import GenerationRequest
-from bot.model_loading import encode_prompt
-from bot.worker import GenerationWorker
+from bot.model.adapters import AdapterSource
+from bot.model.loading import encode_prompt
+from bot.serving.generation import GenerationRequest
+from bot.serving.local.engine import Engine
+from bot.serving.local.worker import GenerationWorker
 from personas.card import GenerationParams
 from trainer.tiny import TinyShape, build_random_adapter, build_tiny_model
 
@@ -285,7 +285,7 @@ def build_bench_model(shape_name: str, workdir: Path) -> tuple[Path, dict[str, P
 async def run_vllm(url: str, shape_name: str, repeats: int, workdir: Path) -> dict:
     """A-D through the vLLM backend; the same requests as the local run."""
     from benchmarks.vllm_common import connect_vllm, time_adapter_load
-    from bot.model_loading import load_tokenizer
+    from bot.model.loading import load_tokenizer
 
     model_dir, adapter_dirs = build_bench_model(shape_name, workdir)
     tok = load_tokenizer(str(model_dir))

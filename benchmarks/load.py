@@ -44,11 +44,11 @@ from typing import Any
 import torch
 
 from benchmarks.hotswap import NEW_TOKENS, PERSONAS, SHAPES, prompt_of
-from bot.adapters import AdapterSource
 from bot.config import ModelSettings, WorkerSettings
-from bot.engine import Engine
-from bot.generation import GenerationRequest
-from bot.worker import GenerationWorker
+from bot.model.adapters import AdapterSource
+from bot.serving.generation import GenerationRequest
+from bot.serving.local.engine import Engine
+from bot.serving.local.worker import GenerationWorker
 from personas.card import GenerationParams
 from trainer.tiny import build_random_adapter, build_tiny_model
 

@@ -1,4 +1,4 @@
-"""What fixing glibc's mmap threshold (bot/allocator.py) costs and saves, on the CPU engine.
+"""What fixing glibc's mmap threshold (bot/ops/allocator.py) costs and saves, on the CPU engine.
 
     python -m benchmarks.malloc_threshold [--rounds 3] [--batches 40] [--out FILE]
 
@@ -39,12 +39,12 @@ def _rss_mb() -> float:
 def child(model: str, variant: str, batches: int) -> dict[str, float]:
     """One measured run in this process; ``variant`` is 'adaptive' or 'fixed:BYTES'."""
     if variant.startswith("fixed:"):
-        from bot.allocator import fix_mmap_threshold
+        from bot.ops.allocator import fix_mmap_threshold
 
         fix_mmap_threshold(int(variant.split(":")[1]))
     from bot.config import ModelSettings
-    from bot.engine import Engine
-    from bot.generation import GenerationRequest
+    from bot.serving.generation import GenerationRequest
+    from bot.serving.local.engine import Engine
     from personas.card import GenerationParams
 
     engine = Engine.from_settings(ModelSettings(base_model=model, device="cpu"))

@@ -15,9 +15,9 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bot.adapters import AdapterSource
 from bot.config import EngineSettings, ModelSettings, Settings, WorkerSettings
-from bot.serving.vllm_backend import VllmBackend
+from bot.model.adapters import AdapterSource
+from bot.serving.vllm.backend import VllmBackend
 from personas.card import CardSet
 
 

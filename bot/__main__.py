@@ -10,7 +10,7 @@ python -m bot sync-commands [--guild ID]   # register the slash commands (an exp
 from __future__ import annotations
 
 # First, so that outside the venv the user gets one line instead of an import traceback.
-from bot.preflight import require_dependencies
+from bot.ops.preflight import require_dependencies
 
 require_dependencies("python -m bot")
 
@@ -22,11 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, discord_token, load_settings, validate
-from bot.quiet import quiet_libraries
+from bot.ops.quiet import quiet_libraries
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
-malloc_setting: str | None = None  # what bot/allocator.py did, when run as ``python -m bot``
+malloc_setting: str | None = None  # what bot/ops/allocator.py did, when run as ``python -m bot``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
-        # ...but say what a long wait is for: finding and loading the model (bot/model_source.py).
-        for name in ("bot.model_source", "bot.model_loading"):
+        # ...but say what a long wait is for: finding and loading the model (bot/model/source.py).
+        for name in ("bot.model.source", "bot.model.loading"):
             logging.getLogger(name).setLevel(logging.INFO)
-    from bot.model_loading import ModelLoadError  # imports torch: after bot/allocator.py's setting
+    from bot.model.loading import ModelLoadError  # imports torch: after bot/ops/allocator.py's setting
 
     try:
         settings = apply_cli_overrides(load_settings(getattr(args, "config", None)), args)
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Before torch is imported, so all its allocations follow the setting (bot/allocator.py).
-    from bot.allocator import fix_mmap_threshold
+    # Before torch is imported, so all its allocations follow the setting (bot/ops/allocator.py).
+    from bot.ops.allocator import fix_mmap_threshold
 
     malloc_setting = fix_mmap_threshold()
     sys.exit(main())

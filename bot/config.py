@@ -91,7 +91,7 @@ class ChatSettings:
     history_messages: int = 20  # at most this many earlier messages are read before the budget applies
     rate_limit_per_minute: float = 6.0
     rate_limit_burst: int = 3
-    blocked_words_file: str = ""  # empty: the list shipped in bot/blocked_words.txt
+    blocked_words_file: str = ""  # empty: the list shipped in bot/text/blocked_words.txt
     queue_notice_position: int = 4  # tell users their queue position from this place on; 0: never
     stream_replies: bool = True  # show a reply while it is written; false: post it whole at the end
     stream_edit_interval_s: float = 1.5  # at most one edit of a streamed Discord reply this often

@@ -13,9 +13,9 @@ import contextlib
 import sys
 from typing import TextIO
 
-from bot.adapter_labels import persona_adapter_labels
-from bot.generation import GenerationError
 from bot.runtime import Runtime
+from bot.serving.adapter_labels import persona_adapter_labels
+from bot.serving.generation import GenerationError
 from personas.card import UnknownPersonaError
 from personas.render import InputError, Turn
 
@@ -34,7 +34,7 @@ class ConsoleChat:
         self.interactive = interactive
 
     def adapter_labels(self) -> dict[str, str]:
-        """persona id → adapter version or ``prompt-only`` (bot/adapter_labels.py)."""
+        """persona id → adapter version or ``prompt-only`` (bot/serving/adapter_labels.py)."""
         return persona_adapter_labels(self.runtime.cards.cards, self.runtime.worker.stats().adapters)
 
     def _say(self, text: str) -> None:

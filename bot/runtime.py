@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.backend import ServingBackend
-from bot.chat import ChatService
+from bot.chatflow.service import ChatService
 from bot.config import Settings
+from bot.serving.backend import ServingBackend
 from personas.card import CardSet, load_cards
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ class Runtime:
             raise RuntimeError("no persona card could be loaded; see the errors above")
         backend: ServingBackend
         if settings.engine.backend == "vllm":
-            from bot.serving.vllm_backend import VllmBackend
+            from bot.serving.vllm.backend import VllmBackend
 
             backend = await VllmBackend.start(settings, cards)
         else:
-            from bot.serving.local_backend import LocalBackend
+            from bot.serving.local.backend import LocalBackend
 
             backend = await LocalBackend.start(settings, cards)
         return cls(settings, cards, backend, ChatService(cards, backend, backend.facts))

@@ -13,7 +13,7 @@ import collections
 from dataclasses import dataclass, field
 
 from bot.config import Settings
-from bot.generation import (
+from bot.serving.generation import (
     AdapterInfo,
     GenerationResult,
     QueueFullError,

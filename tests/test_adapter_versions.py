@@ -11,12 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot.adapter_labels import PROMPT_ONLY, adapter_label, persona_adapter_labels
-from bot.adapters import set_current
 from bot.console import ConsoleChat
 from bot.discord.admin_text import status_lines
-from bot.generation import AdapterError, AdapterInfo
+from bot.model.adapters import set_current
 from bot.runtime import Runtime
+from bot.serving.adapter_labels import PROMPT_ONLY, adapter_label, persona_adapter_labels
+from bot.serving.generation import AdapterError, AdapterInfo
 from tests.test_chat_and_console import settings_for
 
 
@@ -87,5 +87,5 @@ async def test_the_console_shows_each_personas_adapter(runtime_with_adapters) ->
 
 
 def test_labels_module_does_not_import_discord() -> None:
-    source = Path("bot/adapter_labels.py").read_text(encoding="utf-8")
+    source = Path("bot/serving/adapter_labels.py").read_text(encoding="utf-8")
     assert "discord" not in source.split('"""', 2)[2]

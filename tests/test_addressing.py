@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bot.conversation import strip_markup
+from bot.chatflow.conversation import strip_markup
 from bot.discord.history import mentions_bot
 
 BOT = 900

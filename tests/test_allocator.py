@@ -1,4 +1,4 @@
-"""bot/allocator.py: ``python -m bot`` fixes glibc's mmap threshold, so memory freed after a burst
+"""bot/ops/allocator.py: ``python -m bot`` fixes glibc's mmap threshold, so memory freed after a burst
 goes back to the system instead of staying in the heap (docs/memory.md).
 
 Each case runs in a fresh interpreter: malloc settings are per process, and the experiment
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.allocator import fix_mmap_threshold, operator_choice
+from bot.ops.allocator import fix_mmap_threshold, operator_choice
 
 REPO = Path(__file__).resolve().parents[1]
 glibc_only = pytest.mark.skipif(
@@ -75,7 +75,7 @@ def test_glibc_keeps_freed_burst_memory_by_default() -> None:
 
 @glibc_only
 def test_fixed_threshold_gives_freed_burst_memory_back() -> None:
-    prelude = "from bot.allocator import fix_mmap_threshold\nprint(fix_mmap_threshold())"
+    prelude = "from bot.ops.allocator import fix_mmap_threshold\nprint(fix_mmap_threshold())"
     assert run_child(prelude)["kept_mib"] < 8
 
 
@@ -95,7 +95,7 @@ def test_the_launcher_fixes_the_threshold_before_main_runs() -> None:
 
 @glibc_only
 def test_an_operators_own_malloc_setting_wins() -> None:
-    prelude = "from bot.allocator import fix_mmap_threshold\nprint(fix_mmap_threshold())"
+    prelude = "from bot.ops.allocator import fix_mmap_threshold\nprint(fix_mmap_threshold())"
     # The operator asked for glibc's adaptive behaviour explicitly: it stays.
     assert run_child(prelude, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})["kept_mib"] > 48
 

@@ -5,7 +5,7 @@ Only the script's plumbing is tested here; speed is measured by running it, neve
 import json
 
 from benchmarks.hotswap import PROMPT_TOKENS, main, prompt_of, stage_count
-from bot.model_loading import load_tokenizer
+from bot.model.loading import load_tokenizer
 
 KEYS = {
     "serial_tok_s",
@@ -22,7 +22,7 @@ KEYS = {
 
 
 def test_prompts_have_exactly_the_asked_length(tiny_neox):
-    from bot.model_loading import encode_prompt
+    from bot.model.loading import encode_prompt
 
     tok = load_tokenizer(str(tiny_neox))
     prompts = {prompt_of(tok, 7 * i) for i in range(8)}

@@ -13,8 +13,8 @@ import pytest
 
 from bot.config import ModelSettings, Settings, WorkerSettings
 from bot.console import ConsoleChat
-from bot.generation import QueueFullError
 from bot.runtime import Runtime
+from bot.serving.generation import QueueFullError
 from personas.card import UnknownPersonaError
 from personas.render import InputError, Turn
 
@@ -98,7 +98,7 @@ async def test_missing_adapter_leaves_the_persona_prompt_only_and_reload_reports
     try:
         assert not rt.backend.engine.has_adapter("marisa")
         assert "marisa" in caplog.text and "prompt-only" in caplog.text
-        from bot.generation import AdapterError
+        from bot.serving.generation import AdapterError
 
         with pytest.raises(AdapterError, match="adapter_config.json"):
             await rt.reload("marisa")
@@ -110,7 +110,7 @@ async def test_missing_adapter_leaves_the_persona_prompt_only_and_reload_reports
 async def test_reload_picks_up_a_new_version(tiny_neox, random_adapters, tmp_path):
     import shutil
 
-    from bot.adapters import set_current
+    from bot.model.adapters import set_current
 
     adapters = tmp_path / "adapters"
     rt = await Runtime.start(settings_for(tiny_neox, adapters))

@@ -3,10 +3,10 @@ leave, chunked prefill, cancellation, removed adapters and over-long prompts."""
 
 import pytest
 
-from bot.adapters import AdapterSource
 from bot.config import ModelSettings
-from bot.engine import Engine, RunningBatch
-from bot.generation import BASE_ADAPTER, GenerationRequest, PromptTooLongError
+from bot.model.adapters import AdapterSource
+from bot.serving.generation import BASE_ADAPTER, GenerationRequest, PromptTooLongError
+from bot.serving.local.engine import Engine, RunningBatch
 from personas.card import GenerationParams
 
 

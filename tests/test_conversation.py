@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.conversation import (
+from bot.chatflow.conversation import (
     ChatMessage,
     build_conversation,
     parse_prefixed,

@@ -1,4 +1,4 @@
-"""``[schedule] cron`` means what crontab(5) means (bot/cron.py), and ``python -m trainer
+"""``[schedule] cron`` means what crontab(5) means (bot/ops/cron.py), and ``python -m trainer
 schedule --next N`` shows it. Expected run times are derived from crontab(5)'s wording for each
 field (a predicate over calendar days or clock times), never read back from the code under test."""
 
@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.cron import MACROS, CronLineError, CrontabTrigger, next_times, normalize
+from bot.ops.cron import MACROS, CronLineError, CrontabTrigger, next_times, normalize
 
 START = datetime(2025, 1, 1, tzinfo=UTC)  # a Wednesday
 MON, TUE, WED, THU, FRI, SAT, SUN = range(7)  # date.weekday()

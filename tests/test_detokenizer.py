@@ -4,11 +4,11 @@ tokenizer (tiny llama) and the byte-level BPE one (tiny GPT-NeoX)."""
 
 import pytest
 
-from bot.batch import SequenceState
-from bot.detokenizer import REPLACEMENT, IncrementalDetokenizer
-from bot.generation import GenerationRequest
-from bot.model_loading import load_tokenizer
-from bot.sampling import RowSampling
+from bot.model.loading import load_tokenizer
+from bot.serving.detokenizer import REPLACEMENT, IncrementalDetokenizer
+from bot.serving.generation import GenerationRequest
+from bot.serving.local.batch import SequenceState
+from bot.serving.local.sampling import RowSampling
 from personas.card import GenerationParams
 
 # 😀 and 𠮷 are four UTF-8 bytes, € and ｱ three, é two; 。 and です are single tokens.
@@ -150,7 +150,7 @@ def test_a_stop_string_before_min_new_tokens_is_kept_and_the_stream_matches_the_
 def test_the_vllm_stream_decoder_never_shows_part_of_a_character(tok, text):
     """The vLLM backend decodes the server's streamed token ids itself: the same rule at every
     cut (the server's length limit, EOS) and in every streamed piece."""
-    from bot.serving.vllm_request import StreamDecoder
+    from bot.serving.vllm.request import StreamDecoder
 
     ids = ids_of(tok, text)
     params = GenerationParams(temperature=0, max_new_tokens=100, repetition_penalty=1.0)

@@ -13,8 +13,8 @@ import discord
 import pytest
 
 from bot.discord.cogs.chat import ONLY_TEXT
-from bot.generation import RequestTimeoutError
-from bot.mentions import has_live_mention
+from bot.serving.generation import RequestTimeoutError
+from bot.text.mentions import has_live_mention
 from tests.discord_emulator import DiscordEmulator, StoredMessage
 from tests.e2e.inprocess import EmulatedBot, emulated_bot
 from tests.e2e.world import wait_until

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.generation import AdapterError
+from bot.serving.generation import AdapterError
 from tests.e2e.inprocess import EmulatedBot, emulated_bot
 from tests.fake_runtime import Script
 

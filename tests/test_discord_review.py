@@ -22,7 +22,7 @@ from bot.discord.review_views import (
     review_view,
     submitted_text,
 )
-from bot.store import LogEntry, Store
+from bot.store.store import LogEntry, Store
 from tests.discord_emulator import Call, DiscordEmulator
 from tests.e2e.inprocess import TOKEN, EmulatedBot, Interaction, emulated_bot
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot.adapters import set_current
+from bot.model.adapters import set_current
 from tests.e2e.stack import Stack, running_stack
 from tests.e2e.world import OFFLIMITS, run_command
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.splitter import split_message
-from bot.wordfilter import WordFilter
+from bot.text.splitter import split_message
+from bot.text.wordfilter import WordFilter
 from tests.discord_emulator import Call, DiscordEmulator
 from tests.e2e.harness import FAULT_MARKER, SCRIPT_MARKER
 from tests.e2e.stack import Stack, running_stack

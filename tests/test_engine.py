@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from bot.adapters import AdapterSource
 from bot.config import ModelSettings
-from bot.engine import Engine
-from bot.generation import BASE_ADAPTER, AdapterError, GenerationRequest
-from bot.model_loading import ModelLoadError, load_base_model, lora_target_modules
+from bot.model.adapters import AdapterSource
+from bot.model.loading import ModelLoadError, load_base_model, lora_target_modules
+from bot.serving.generation import BASE_ADAPTER, AdapterError, GenerationRequest
+from bot.serving.local.engine import Engine
 from personas.card import GenerationParams
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=10, repetition_penalty=1.0)
@@ -78,7 +78,7 @@ def test_prompt_only_persona_equals_base_model(engine, tiny_models):
 
 def test_plain_hf_generate_agrees_with_the_decode_loop(engine, tiny_models):
     """The hand-written loop is ordinary greedy decoding: it must match transformers' own generate."""
-    from bot.model_loading import encode_prompt
+    from bot.model.loading import encode_prompt
 
     plain = make_engine(tiny_models["gpt-neox" if engine.loaded.architecture == "gpt_neox" else "llama"], {})
     ids = torch.tensor([encode_prompt(plain.tokenizer, PROMPTS[0])])

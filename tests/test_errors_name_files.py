@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters import set_current
+from bot.model.adapters import set_current
 from trainer.checkpoints import CHECKPOINT_DIR, checkpoint_config
 from trainer.jsonfile import JsonFileError, read_json
 

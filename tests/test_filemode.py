@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.adapters import set_current
-from bot.filemode import current_umask, default_file_mode, respect_umask
+from bot.model.adapters import set_current
+from bot.ops.filemode import current_umask, default_file_mode, respect_umask
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "tests" / "fixtures" / "convert" / "pairs"

@@ -1,4 +1,4 @@
-"""bot/looplag.py: the event-loop lag monitor's statistics, its bounded memory, and that it
+"""bot/ops/looplag.py: the event-loop lag monitor's statistics, its bounded memory, and that it
 really sees a blocked loop."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 import pytest
 
 from bot.discord.admin_text import status_lines
-from bot.generation import WorkerStats
-from bot.looplag import LagSummary, LoopLagMonitor, percentile
+from bot.ops.looplag import LagSummary, LoopLagMonitor, percentile
+from bot.serving.generation import WorkerStats
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.mentions import ZWSP, defuse_mentions, has_live_mention
+from bot.text.mentions import ZWSP, defuse_mentions, has_live_mention
 
 
 @pytest.mark.parametrize(

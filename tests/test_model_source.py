@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bot.config import ModelSettings
-from bot.model_loading import ModelLoadError
-from bot.model_source import hub_reachable, looks_like_path, missing_model_files, resolve_model_source
+from bot.model.loading import ModelLoadError
+from bot.model.source import hub_reachable, looks_like_path, missing_model_files, resolve_model_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

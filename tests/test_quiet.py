@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.quiet import quiet_libraries
+from bot.ops.quiet import quiet_libraries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_library_notices_are_dropped_and_ours_are_kept(restore_logging_and_warni
     quiet_libraries(verbose=False)
     assert _warn_from("transformers.modeling_utils") == []
     assert _warn_from("peft.peft_model") == []
-    assert len(_warn_from("bot.engine")) == 1  # the project's own warnings still show
+    assert len(_warn_from("bot.serving.local.engine")) == 1  # the project's own warnings still show
 
     discord_log = logging.getLogger("discord.client")
     with caplog.at_level(logging.WARNING):

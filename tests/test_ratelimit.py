@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.ratelimit import RateLimiter, describe_wait
+from bot.chatflow.ratelimit import RateLimiter, describe_wait
 
 
 class Clock:

@@ -153,7 +153,7 @@ def test_alpaca_training_gives_one_example_per_persona_turn():
 
 
 def test_line_breaks_follow_what_the_tokenizer_can_spell(tiny_neox, tiny_llama):
-    from bot.model_loading import load_tokenizer
+    from bot.model.loading import load_tokenizer
 
     rinna_like = TokenizerFacts.from_tokenizer(load_tokenizer(str(tiny_neox)))
     llama_like = TokenizerFacts.from_tokenizer(load_tokenizer(str(tiny_llama)))

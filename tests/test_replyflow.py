@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.conversation import ChatMessage, build_conversation
-from bot.ratelimit import RateLimiter
-from bot.replyflow import Incoming, LogSpool, ReplyFlow
-from bot.store import LogEntry, Store
-from bot.wordfilter import WordFilter
+from bot.chatflow.conversation import ChatMessage, build_conversation
+from bot.chatflow.ratelimit import RateLimiter
+from bot.chatflow.replyflow import Incoming, LogSpool, ReplyFlow
+from bot.store.store import LogEntry, Store
+from bot.text.wordfilter import WordFilter
 from personas.card import load_cards
 from tests.fake_runtime import FakePending, Script
 

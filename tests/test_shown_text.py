@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.discord.review_views import EditModal, review_embed
-from bot.store import LogEntry, Store
+from bot.store.store import LogEntry, Store
 from personas.render import clean_text
 from trainer.export_reviews import export_reviews
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bot.splitter import DISCORD_LIMIT, split_message
+from bot.text.splitter import DISCORD_LIMIT, split_message
 
 
 def squash(text: str) -> str:

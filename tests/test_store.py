@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.migrations import LATEST_VERSION, MIGRATIONS
-from bot.store import (
+from bot.store.migrations import LATEST_VERSION, MIGRATIONS
+from bot.store.store import (
     ExportRow,
     LogEntry,
     ReviewItem,

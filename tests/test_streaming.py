@@ -1,6 +1,6 @@
 """Streaming a reply: what is visible at each moment, when edits go out, where messages split.
 
-The rules (bot/streaming.py) are tested directly; StreamedReply runs against a recording sink
+The rules (bot/text/streaming.py) are tested directly; StreamedReply runs against a recording sink
 that stands in for Discord (the Discord side itself is tested through the emulator in
 tests/test_e2e_streaming.py).
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from bot.mentions import has_live_mention
-from bot.splitter import split_message
-from bot.streaming import EditPacer, SendError, Step, StreamedReply, layout, mention_tail, plan, screen
-from bot.wordfilter import WordFilter
+from bot.text.mentions import has_live_mention
+from bot.text.splitter import split_message
+from bot.text.streaming import EditPacer, SendError, Step, StreamedReply, layout, mention_tail, plan, screen
+from bot.text.wordfilter import WordFilter
 from personas.card import load_cards
 from personas.render import PromptRenderer, TokenizerFacts
 

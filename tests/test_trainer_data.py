@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.model_loading import load_tokenizer
+from bot.model.loading import load_tokenizer
 from personas.card import load_cards
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfigError, load_train_config

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bot.adapters import set_current
 from bot.config import ModelSettings, PathSettings, Settings
-from bot.model_loading import encode_prompt, load_base_model
+from bot.model.adapters import set_current
+from bot.model.loading import encode_prompt, load_base_model
 from personas.card import load_cards
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters import current_version, last_export_time, set_current
 from bot.config import load_settings
-from bot.cron import cron_trigger
-from bot.retrain_schedule import RetrainingSchedule
-from bot.store import LogEntry, Store
+from bot.learning.retrain_schedule import RetrainingSchedule
+from bot.model.adapters import current_version, last_export_time, set_current
+from bot.ops.cron import cron_trigger
+from bot.store.store import LogEntry, Store
 from personas.card import load_cards
 from trainer.augment import augment
 from trainer.dataset import read_dialogues, to_turns

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.adapters import STAGING_DIR, current_version, list_versions, resolve_adapter, set_current
 from bot.config import ModelSettings, PathSettings, Settings
-from bot.engine import Engine
-from bot.filemode import default_file_mode
-from bot.generation import BASE_ADAPTER, GenerationRequest
-from bot.model_loading import encode_prompt, load_base_model
+from bot.model.adapters import STAGING_DIR, current_version, list_versions, resolve_adapter, set_current
+from bot.model.loading import encode_prompt, load_base_model
+from bot.ops.filemode import default_file_mode
+from bot.serving.generation import BASE_ADAPTER, GenerationRequest
+from bot.serving.local.engine import Engine
 from personas.card import GenerationParams, load_cards
 from personas.render import PromptRenderer, Turn
 from trainer.checkpoints import find_resumable

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat import ChatService
+from bot.chatflow.service import ChatService
 from bot.discord.admin_text import status_lines
-from bot.generation import GenerationResult, RequestCancelledError
-from bot.serving.local_backend import LocalBackend
-from bot.serving.vllm_backend import VllmBackend
+from bot.serving.generation import GenerationResult, RequestCancelledError
+from bot.serving.local.backend import LocalBackend
+from bot.serving.vllm.backend import VllmBackend
 from personas.card import CardSet, load_cards
 from tests.vllm_server import VllmServer, backend_settings, free_port, install_adapter
 

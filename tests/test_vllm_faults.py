@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from bot.chat import ChatService
-from bot.generation import GenerationError, QueueFullError
-from bot.serving.vllm_backend import MID_STREAM, VllmBackend
+from bot.chatflow.service import ChatService
+from bot.serving.generation import GenerationError, QueueFullError
+from bot.serving.vllm.backend import MID_STREAM, VllmBackend
 from tests.test_vllm_backend import answer_all, greedy_cards
 from tests.vllm_server import VllmServer, backend_settings, install_adapter
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.generation import GenerationRequest
-from bot.model_loading import encode_prompt, load_tokenizer
-from bot.serving.vllm_request import StreamDecoder, completion_payload, prompt_ids
+from bot.model.loading import encode_prompt, load_tokenizer
+from bot.serving.generation import GenerationRequest
+from bot.serving.vllm.request import StreamDecoder, completion_payload, prompt_ids
 from personas.card import GenerationParams
 
 

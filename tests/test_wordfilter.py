@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.wordfilter import SHIPPED_LIST, WordFilter
+from bot.text.wordfilter import SHIPPED_LIST, WordFilter
 
 
 @pytest.fixture

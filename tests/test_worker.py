@@ -8,10 +8,9 @@ import time
 import pytest
 import torch
 
-from bot.adapters import AdapterSource
 from bot.config import ModelSettings, WorkerSettings
-from bot.engine import Engine
-from bot.generation import (
+from bot.model.adapters import AdapterSource
+from bot.serving.generation import (
     BASE_ADAPTER,
     GenerationError,
     GenerationRequest,
@@ -19,7 +18,8 @@ from bot.generation import (
     RequestCancelledError,
     RequestTimeoutError,
 )
-from bot.worker import GenerationWorker
+from bot.serving.local.engine import Engine
+from bot.serving.local.worker import GenerationWorker
 from personas.card import GenerationParams
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=8, min_new_tokens=8, repetition_penalty=1.0)

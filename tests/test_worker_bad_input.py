@@ -7,10 +7,9 @@ import weakref
 
 import pytest
 
-from bot.adapters import AdapterSource
 from bot.config import ModelSettings, WorkerSettings
-from bot.engine import Engine
-from bot.generation import (
+from bot.model.adapters import AdapterSource
+from bot.serving.generation import (
     BASE_ADAPTER,
     GenerationError,
     GenerationRequest,
@@ -18,7 +17,8 @@ from bot.generation import (
     QueueFullError,
     RequestCancelledError,
 )
-from bot.worker import GenerationWorker
+from bot.serving.local.engine import Engine
+from bot.serving.local.worker import GenerationWorker
 from personas.card import GenerationParams
 
 

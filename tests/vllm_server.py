@@ -169,7 +169,7 @@ def install_adapter(adapters_dir: Path, persona_id: str, version: str, source: P
     """Copy an adapter in as ``<persona>/<version>/`` and make it current, as the trainer does."""
     import shutil
 
-    from bot.adapters import set_current
+    from bot.model.adapters import set_current
 
     shutil.copytree(source, adapters_dir / persona_id / version)
     set_current(adapters_dir, persona_id, version)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 # First, so that outside the venv the user gets one line instead of an import traceback.
-from bot.preflight import require_dependencies
+from bot.ops.preflight import require_dependencies
 
 require_dependencies("python -m trainer")
 
@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from bot.quiet import quiet_libraries
+from bot.ops.quiet import quiet_libraries
 
 # command name -> (module, one-line help). Modules are imported only when their command runs,
 # so `prepare` never pays for importing torch.

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.config import Settings
-from bot.engine import Engine
-from bot.generation import BASE_ADAPTER
-from bot.persona_adapter import load_persona_adapter
-from bot.store import Store
+from bot.serving.generation import BASE_ADAPTER
+from bot.serving.local.engine import Engine
+from bot.serving.local.persona_adapter import load_persona_adapter
+from bot.store.store import Store
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, Turn
 from trainer.evaluate import generate_answers

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bot.filemode import respect_umask
+from bot.ops.filemode import respect_umask
 from trainer.config import TrainConfig, validate
 from trainer.jsonfile import JsonFileError, read_json
 

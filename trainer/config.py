@@ -41,7 +41,7 @@ class TrainConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ()  # empty: by architecture (bot.model_loading.lora_target_modules)
+    target_modules: tuple[str, ...] = ()  # empty: by architecture (bot.model.loading.lora_target_modules)
     # -- optimisation -------------------------------------------------------
     epochs: int = 3
     max_steps: int = 0  # optimizer steps; 0: as many as the epochs take

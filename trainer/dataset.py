@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bot.model_loading import encode_prompt
+from bot.model.loading import encode_prompt
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, Segment, Turn
 

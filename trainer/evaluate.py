@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from bot.adapters import AdapterSource, check_adapter_files, current_version, list_versions, persona_dir
 from bot.config import Settings
-from bot.engine import Engine
-from bot.generation import BASE_ADAPTER, GenerationRequest
-from bot.model_loading import LoadedModel, load_base_model
+from bot.model.adapters import AdapterSource, check_adapter_files, current_version, list_versions, persona_dir
+from bot.model.loading import LoadedModel, load_base_model
+from bot.serving.generation import BASE_ADAPTER, GenerationRequest
+from bot.serving.local.engine import Engine
 from personas.card import PersonaCard, check_adapter_base
 from personas.render import PromptRenderer, TokenizerFacts, Turn
 from trainer.config import TrainConfig

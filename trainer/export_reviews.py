@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.filemode import respect_umask
-from bot.store import ExportRow, Store, utc_now
+from bot.ops.filemode import respect_umask
+from bot.store.store import ExportRow, Store, utc_now
 from personas.render import clean_text
 from trainer.convert.common import PERSONA_SPEAKER, USER_SPEAKER
 

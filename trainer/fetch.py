@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bot.filemode import respect_umask
+from bot.ops.filemode import respect_umask
 
 CHUNK_BYTES = 1 << 16
 TIMEOUT_S = 60.0

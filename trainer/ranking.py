@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bot.model_loading import encode_prompt
+from bot.model.loading import encode_prompt
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, Turn
 from trainer.dataset import IGNORE_INDEX, DataError, Example, collate, continuation_ids

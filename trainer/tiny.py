@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bot.filemode import respect_umask
+from bot.ops.filemode import respect_umask
 
 ARCHITECTURES = ("gpt-neox", "llama")
 _HIRAGANA = "".join(chr(c) for c in range(0x3041, 0x3097))
@@ -180,7 +180,7 @@ def build_random_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.model_loading import lora_target_modules
+    from bot.model.loading import lora_target_modules
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     torch.manual_seed(seed)

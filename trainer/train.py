@@ -7,7 +7,7 @@ and a finished run is published by rename-then-pointer. Trainer would own the lo
 checkpoint layout and its logging callbacks, and each of those rules would become an
 override of its internals. The loop below reads top to bottom in one sitting.
 
-Publishing (``bot.adapters.publish_version``, which owns the on-disk layout): the adapter
+Publishing (``bot.model.adapters.publish_version``, which owns the on-disk layout): the adapter
 is written under ``adapters/.staging/``, renamed into
 ``adapters/<persona>/<version>/`` when complete, and only then is the persona's
 CURRENT pointer moved. Any failure or interrupt before that leaves the adapter in use
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from bot.adapters import is_version_name, new_version_name, publish_version, version_dir
 from bot.config import ModelSettings, Settings
-from bot.model_loading import (
+from bot.model.adapters import is_version_name, new_version_name, publish_version, version_dir
+from bot.model.loading import (
     LoadedModel,
     load_base_model,
     lora_target_modules,

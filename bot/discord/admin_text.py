@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bot.adapter_labels import persona_adapter_labels
-from bot.looplag import LagSummary
+from bot.ops.looplag import LagSummary
+from bot.serving.adapter_labels import persona_adapter_labels
 
 
 def status_lines(

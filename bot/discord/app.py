@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.chatflow.ratelimit import RateLimiter
+from bot.chatflow.replyflow import LogSpool, ReplyFlow
 from bot.config import Settings
 from bot.discord.api_base import apply_api_base_from_env
 from bot.discord.cogs.admin import Admin
@@ -39,14 +41,12 @@ from bot.discord.connect_errors import (
 from bot.discord.review_queue import ReviewQueue
 from bot.discord.sender import NO_PINGS, ReplySender
 from bot.discord.token_redaction import install_token_redaction
-from bot.looplag import LoopLagMonitor
-from bot.ratelimit import RateLimiter
-from bot.replyflow import LogSpool, ReplyFlow
-from bot.store import Store
-from bot.wordfilter import WordFilter
+from bot.ops.looplag import LoopLagMonitor
+from bot.store.store import Store
+from bot.text.wordfilter import WordFilter
 
 if TYPE_CHECKING:
-    from bot.retrain_schedule import RetrainingSchedule
+    from bot.learning.retrain_schedule import RetrainingSchedule
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -229,11 +229,11 @@ class OshaberiClient:
         card = self.runtime.cards.cards.get(persona_id) if self.runtime is not None else None
         return card.display_name if card is not None else None
 
-    # -- scheduled retraining (bot/retrain_schedule.py) ----------------------------------------------
+    # -- scheduled retraining (bot/learning/retrain_schedule.py) ----------------------------------------------
 
     def start_retraining(self) -> None:
         """Retrain on ``schedule.cron`` in a child process; the bot keeps serving meanwhile."""
-        from bot.retrain_schedule import RetrainingSchedule
+        from bot.learning.retrain_schedule import RetrainingSchedule
 
         self.retrainer = RetrainingSchedule(
             self.settings, on_new_version=self.load_trained_version, on_failure=self.report_training_failure
@@ -358,7 +358,7 @@ def _report_connect_error(exc: BaseException, token: str) -> int:
 def run(settings: Settings, token: str) -> int:
     """Run the bot until SIGTERM/SIGINT; returns the process exit code (2: a setting is wrong)."""
     if settings.schedule.enabled:
-        from bot.cron import cron_trigger
+        from bot.ops.cron import cron_trigger
 
         try:
             cron_trigger(settings.schedule.cron)  # fails now, not after the model has loaded

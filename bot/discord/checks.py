@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
 
 from bot.config import DiscordSettings
-
-if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
+from bot.discord.bot_protocol import services
 
 T = TypeVar("T")
 
@@ -68,16 +66,12 @@ class Refusal(app_commands.CheckFailure):
         self.message = message
 
 
-def _bot(interaction: discord.Interaction[Any]) -> OshaberiBot:
-    return cast("OshaberiBot", interaction.client)
-
-
 def moderator_only() -> Callable[[T], T]:
     """Only a moderator (see :func:`is_moderator`) may run the command. Default permissions hide
     moderator commands from others, but a server can change those: this checks again."""
 
     def predicate(interaction: discord.Interaction[Any]) -> bool:
-        settings = _bot(interaction).settings.discord
+        settings = services(interaction).settings.discord
         if not is_moderator(settings, interaction.user, interaction.permissions):
             raise Refusal(NOT_MODERATOR)
         return True
@@ -89,7 +83,7 @@ def model_loaded() -> Callable[[T], T]:
     """The command needs the runtime (cards, model): refused while it is not there."""
 
     def predicate(interaction: discord.Interaction[Any]) -> bool:
-        if _bot(interaction).runtime is None:
+        if services(interaction).runtime is None:
             raise Refusal("The model is not loaded yet.")
         return True
 
@@ -101,7 +95,7 @@ def talks_here() -> Callable[[T], T]:
     member with an allowed role, and a database to write to."""
 
     def predicate(interaction: discord.Interaction[Any]) -> bool:
-        bot = _bot(interaction)
+        bot = services(interaction)
         settings = bot.settings.discord
         if interaction.guild is None:
             raise Refusal("Personas talk in server channels only.")

@@ -12,8 +12,8 @@ from typing import Any
 
 import discord
 
-from bot.conversation import ChatMessage, Conversation, build_conversation, parse_prefixed
-from bot.store import Store
+from bot.chatflow.conversation import ChatMessage, Conversation, build_conversation, parse_prefixed
+from bot.store.store import Store
 from personas.card import PersonaCard
 
 log = logging.getLogger(__name__)

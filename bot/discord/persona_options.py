@@ -8,16 +8,14 @@ error handler shows to the user privately.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import discord
 from discord import app_commands
 
+from bot.discord.bot_protocol import services
 from bot.discord.checks import Refusal
 from personas.card import PersonaCard
-
-if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
 
 OFF = "off"
 MAX_CHOICES = 25  # Discord's cap on autocomplete entries
@@ -40,7 +38,7 @@ def persona_choices(
 
 def loaded_cards(interaction: discord.Interaction[Any]) -> dict[str, PersonaCard]:
     """The cards the running bot serves; empty while the model is not loaded."""
-    runtime = cast("OshaberiBot", interaction.client).runtime
+    runtime = services(interaction).runtime
     return dict(runtime.cards.cards) if runtime is not None else {}
 
 

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from discord.ext import tasks
 
+from bot.discord.bot_protocol import BotServices
 from bot.discord.review_views import card_ids_in, review_embed, review_view
 from bot.discord.sender import NO_PINGS
-from bot.store import ReviewItem, Store
-
-if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
+from bot.store.store import ReviewItem, Store
 
 log = logging.getLogger(__name__)
 RECONCILE_SCAN = 200  # recent review-channel messages searched for cards posted before a restart
@@ -38,7 +36,7 @@ class ReviewQueue:
     review channel is read from ``bot.settings`` at each use, so a changed setting applies.
     """
 
-    def __init__(self, bot: OshaberiBot, store: Store, persona_name: Callable[[str], str | None]) -> None:
+    def __init__(self, bot: BotServices, store: Store, persona_name: Callable[[str], str | None]) -> None:
         self.bot = bot
         self.store = store
         self.persona_name = persona_name

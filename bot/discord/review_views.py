@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Protocol
 
 import discord
 
-from bot.mentions import defuse_mentions
-from bot.store import MAX_EDITED_CHARS, ReviewItem
+from bot.store.store import MAX_EDITED_CHARS, ReviewItem
+from bot.text.mentions import defuse_mentions
 from personas.render import clean_text
 
 log = logging.getLogger(__name__)

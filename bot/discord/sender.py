@@ -13,9 +13,9 @@ from typing import Any
 
 import discord
 
-from bot.conversation import persona_prefix
-from bot.mentions import defuse_mentions
-from bot.splitter import DISCORD_LIMIT, split_message
+from bot.chatflow.conversation import persona_prefix
+from bot.text.mentions import defuse_mentions
+from bot.text.splitter import DISCORD_LIMIT, split_message
 from personas.card import PersonaCard
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The Discord side of a streamed reply: post, edit and delete its messages (bot/streaming.py
+"""The Discord side of a streamed reply: post, edit and delete its messages (bot/text/streaming.py
 decides what and when).
 
 Like :meth:`ReplySender.send`, a chunk goes through the channel's webhook as the persona, and
@@ -17,10 +17,10 @@ from typing import Any
 
 import discord
 
-from bot.conversation import persona_prefix
+from bot.chatflow.conversation import persona_prefix
 from bot.discord.sender import NO_PINGS, ReplySender
-from bot.splitter import DISCORD_LIMIT
-from bot.streaming import SendError, StreamedReply
+from bot.text.splitter import DISCORD_LIMIT
+from bot.text.streaming import SendError, StreamedReply
 from personas.card import PersonaCard
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 import discord
 
-from bot.conversation import queue_notice
+from bot.chatflow.conversation import queue_notice
 from bot.discord.sender import NO_PINGS, notify
 
 log = logging.getLogger(__name__)

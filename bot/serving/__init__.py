@@ -1,1 +1,1 @@
-"""Serving backends: the in-process engine and vLLM servers over HTTP."""
+"""Serving: one interface (``backend``, ``generation``, ``ticket``) and two backends, ``local/`` and ``vllm/``."""

@@ -7,8 +7,8 @@ anything (Discord has no replies for webhooks), so it is matched to its question
 bot's log (``logs.reply_message_id`` → ``logs.message_id``), the same link the bot uses to
 follow reply chains. Queue-position notices are progress, not answers: the bot deletes them.
 
-The notice texts are the bot's own (bot/discord/cogs/chat.py, bot/replyflow.py,
-bot/generation.py, personas/render.py); a notice matching none of them is "unclassified", which
+The notice texts are the bot's own (bot/discord/cogs/chat.py, bot/chatflow/replyflow.py,
+bot/serving/generation.py, personas/render.py); a notice matching none of them is "unclassified", which
 the tests treat as a failure, so a reworded notice is noticed here.
 """
 

@@ -23,7 +23,7 @@ import discord
 from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
 from bot.discord.api_base import point_discord_at
 from bot.discord.app import OshaberiBot
-from bot.store import Store
+from bot.store.store import Store
 from tests.discord_emulator import Call, DiscordEmulator, InteractionRecord, StoredMessage
 from tests.fake_runtime import FakeChat, FakeRuntime
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.looplag import percentile
+from bot.ops.looplag import percentile
 from tests.e2e.answers import KINDS, AnswerBook
 from tests.e2e.stack import Stack, running_stack
 from tests.e2e.world import run_command
@@ -67,7 +67,7 @@ class LoadConfig:
     # not growth: they are left out of the quarters compared below.
     rss_warmup_s: float = 5.0
     # Mean RSS of the last quarter of the run over the first quarter (after warm-up). Before
-    # python -m bot fixed glibc's mmap threshold (bot/allocator.py) RSS grew 8-20 % as glibc
+    # python -m bot fixed glibc's mmap threshold (bot/ops/allocator.py) RSS grew 8-20 % as glibc
     # kept freed tensor memory; since, about 1 % (docs/memory.md). Quarters, not halves: a leak
     # growing steadily by L % over the run shows as 0.75 L here, so a 5 % leak fails.
     max_rss_growth_pct: float = 3.0

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bot.config import ConfigError, load_settings
-    from bot.generation import AdapterError
-    from bot.model_loading import ModelLoadError
+    from bot.model.loading import ModelLoadError
+    from bot.serving.generation import AdapterError
     from personas.card import UnknownPersonaError, load_cards
     from trainer.augment import augment
     from trainer.evaluate import persona_file, read_lines

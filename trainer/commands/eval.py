@@ -53,7 +53,7 @@ def _ranking_path(args: argparse.Namespace, data_dir: str) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     from bot.config import ConfigError, load_settings
-    from bot.model_loading import ModelLoadError
+    from bot.model.loading import ModelLoadError
     from personas.card import UnknownPersonaError, load_cards
     from trainer.config import TrainConfigError, load_train_config
     from trainer.dataset import DataError

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import sqlite3
 
     from bot.config import ConfigError, load_settings
-    from bot.store import StoreError
+    from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
     from trainer.export_reviews import export_reviews
 

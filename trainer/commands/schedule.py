@@ -51,7 +51,7 @@ def print_next(line: str, count: int, start: datetime | None = None) -> None:
     now), in the local timezone the scheduler uses. Raises CronLineError for a bad line."""
     from cronsim import CronSim
 
-    from bot.cron import next_times, normalize
+    from bot.ops.cron import next_times, normalize
 
     zone = get_localzone()
     start = (start or datetime.now(zone)).astimezone(zone)
@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from bot.config import ConfigError, load_settings
-    from bot.cron import cron_trigger
-    from bot.retrain_schedule import RetrainingSchedule
+    from bot.learning.retrain_schedule import RetrainingSchedule
+    from bot.ops.cron import cron_trigger
     from trainer.config import load_train_config
 
     try:

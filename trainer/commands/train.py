@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bot.config import ConfigError, load_settings
-    from bot.model_loading import ModelLoadError
-    from bot.store import StoreError
+    from bot.model.loading import ModelLoadError
+    from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
     from trainer.checkpoints import checkpoint_config, find_resumable
     from trainer.config import TrainConfigError, load_train_config

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bot.filemode import respect_umask
+from bot.ops.filemode import respect_umask
 
 USER_SPEAKER = "ユーザー"
 PERSONA_SPEAKER = "persona"

@@ -14,17 +14,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chatflow.replyflow import ReplyFlow
 from bot.discord.admin_text import status_lines
+from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import model_loaded, moderator_only
 from bot.discord.persona_options import LoadedPersona
 from bot.discord.review_queue import ReviewQueue
-from bot.generation import AdapterError
-from bot.replyflow import ReplyFlow
-from bot.store import Store, StoreBusyError, within
+from bot.serving.generation import AdapterError
+from bot.store.store import Store, StoreBusyError, within
 from personas.card import PersonaCard, UnknownPersonaError
 
 if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ T = TypeVar("T")
 class Admin(commands.Cog):
     def __init__(
         self,
-        bot: OshaberiBot,
+        bot: BotServices,
         store: Store | None,
         flow: ReplyFlow | None,
         runtime: Runtime | None,

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands, tasks
 
-from bot.conversation import Conversation
+from bot.chatflow.conversation import Conversation
+from bot.chatflow.ratelimit import describe_wait
+from bot.chatflow.replyflow import Incoming, ReplyFlow, Stopwatch
+from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import channel_allowed, member_allowed
 from bot.discord.history import (
     is_conversation,
@@ -26,17 +29,14 @@ from bot.discord.history import (
 from bot.discord.sender import notify
 from bot.discord.streaming import DiscordSink, Posted, feed_stream
 from bot.discord.waiting import QueueNotice, TypingIndicator
-from bot.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
-from bot.ratelimit import describe_wait
-from bot.replyflow import Incoming, ReplyFlow, Stopwatch
-from bot.store import Store, StoreError
-from bot.streaming import StreamedReply
+from bot.serving.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
+from bot.store.store import Store, StoreError
+from bot.text.streaming import StreamedReply
 from personas.card import PersonaCard, UnknownPersonaError
 from personas.render import InputError, clean_text
 
 if TYPE_CHECKING:
-    from bot.chat import PendingReply
-    from bot.discord.app import OshaberiBot
+    from bot.chatflow.service import PendingReply
     from bot.discord.review_queue import ReviewQueue
     from bot.runtime import Runtime
 
@@ -55,7 +55,7 @@ class Chat(commands.Cog):
 
     def __init__(
         self,
-        bot: OshaberiBot,
+        bot: BotServices,
         store: Store | None,
         flow: ReplyFlow | None,
         runtime: Runtime | None,

@@ -13,12 +13,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import channel_allowed, is_moderator, member_allowed
 from bot.discord.sender import NO_PINGS
-from bot.store import Store
+from bot.store.store import Store
 
 if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
     from bot.runtime import Runtime
 
 
@@ -35,7 +35,7 @@ def command_lines(tree: app_commands.CommandTree[Any]) -> tuple[list[str], list[
 
 
 class Help(commands.Cog):
-    def __init__(self, bot: OshaberiBot, store: Store | None, runtime: Runtime | None) -> None:
+    def __init__(self, bot: BotServices, store: Store | None, runtime: Runtime | None) -> None:
         self.bot = bot
         self.store = store
         self.runtime = runtime

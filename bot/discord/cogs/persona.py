@@ -13,22 +13,22 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.adapter_labels import persona_adapter_labels
+from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import talks_here
 from bot.discord.persona_options import PersonaOrOff
 from bot.discord.sender import NO_PINGS
-from bot.store import Store, StoreBusyError, within
+from bot.serving.adapter_labels import persona_adapter_labels
+from bot.store.store import Store, StoreBusyError, within
 from personas.card import PersonaCard
 
 if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
 class Persona(commands.Cog):
-    def __init__(self, bot: OshaberiBot, store: Store | None, runtime: Runtime | None) -> None:
+    def __init__(self, bot: BotServices, store: Store | None, runtime: Runtime | None) -> None:
         self.bot = bot
         self.store = store
         self.runtime = runtime

@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from discord.ext import commands
 
+from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import is_moderator
 from bot.discord.review_queue import ReviewQueue
 from bot.discord.review_views import (
@@ -34,7 +35,7 @@ from bot.discord.review_views import (
     submitted_text,
 )
 from bot.discord.sender import NO_PINGS
-from bot.store import (
+from bot.store.store import (
     MAX_EDITED_CHARS,
     DecisionOutcome,
     ReviewItem,
@@ -44,9 +45,6 @@ from bot.store import (
     within,
 )
 from personas.render import clean_text
-
-if TYPE_CHECKING:
-    from bot.discord.app import OshaberiBot
 
 log = logging.getLogger(__name__)
 BUSY = "The database is busy right now, so the edit form cannot be opened. Please try again in a moment."
@@ -58,7 +56,7 @@ class Review(commands.Cog):
 
     def __init__(
         self,
-        bot: OshaberiBot,
+        bot: BotServices,
         store: Store | None,
         queue: ReviewQueue | None,
         persona_name: Callable[[str], str | None],

@@ -1,8 +1,8 @@
 """Test-only fault injection for the bot subprocess; never on the import path of a real run.
 
 The e2e harness puts this folder first on the bot's PYTHONPATH, so Python imports this file at
-start-up (``site`` imports ``sitecustomize``). It wraps ``bot.engine.RunningBatch.step`` (every
-step of the worker's continuous batching, and of ``Engine.generate``) and ``bot.store.Store``'s
+start-up (``site`` imports ``sitecustomize``). It wraps ``bot.serving.local.engine.RunningBatch.step`` (every
+step of the worker's continuous batching, and of ``Engine.generate``) and ``bot.store.store.Store``'s
 reads once those modules are imported, so the production code has no test hooks:
 
 * a prompt containing ``E2E-MODEL-FAULT`` makes the step that holds it raise RuntimeError, as a
@@ -15,7 +15,7 @@ reads once those modules are imported, so the production code has no test hooks:
   pieces when set), so streaming tests choose exactly what arrives when: a blocked word split
   across pieces, a reply past 2,000 characters, a failure half-way. The scripted row never
   reaches the model; the other rows of the batch step on the model as usual;
-* while the file named by ``E2E_DB_STALL_FILE`` exists, every read of ``bot.store.Store`` waits
+* while the file named by ``E2E_DB_STALL_FILE`` exists, every read of ``bot.store.store.Store`` waits
   (a stalled disk, or a process recovering the WAL): what a read that does not come back does
   to the bot's interactions.
 """
@@ -75,7 +75,9 @@ def _wrap(module: Any) -> None:
     batch.rows = property(rows)
     batch.sequences = sequences
     batch.abort = abort
-    print("e2e fault injection armed on bot.engine.RunningBatch.step", file=sys.stderr, flush=True)
+    print(
+        "e2e fault injection armed on bot.serving.local.engine.RunningBatch.step", file=sys.stderr, flush=True
+    )
 
 
 def _side(batch: Any) -> list[Any]:
@@ -138,10 +140,10 @@ def _wrap_store(module: Any) -> None:
         return await original(self, sql, params)
 
     store._fetchall = _fetchall
-    print("e2e fault injection armed on bot.store.Store reads", file=sys.stderr, flush=True)
+    print("e2e fault injection armed on bot.store.store.Store reads", file=sys.stderr, flush=True)
 
 
-TARGETS = {"bot.engine": _wrap, "bot.store": _wrap_store}
+TARGETS = {"bot.serving.local.engine": _wrap, "bot.store.store": _wrap_store}
 
 
 class _Loader(importlib.abc.Loader):
@@ -158,7 +160,7 @@ class _Loader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds ``bot.engine`` and ``bot.store`` the normal way, then wraps each right after it has run."""
+    """Finds ``bot.serving.local.engine`` and ``bot.store.store`` the normal way, then wraps each right after it has run."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if name not in TARGETS:

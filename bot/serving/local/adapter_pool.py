@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from bot.adapters import AdapterSource, check_adapter_files
-from bot.generation import BASE_ADAPTER, AdapterError, AdapterInfo
-from bot.model_loading import LoadedModel
+from bot.model.adapters import AdapterSource, check_adapter_files
+from bot.model.loading import LoadedModel
+from bot.serving.generation import BASE_ADAPTER, AdapterError, AdapterInfo
 from personas.card import CardError, PersonaCard, check_adapter_base
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
-"""The handle of one submitted generation request: await its result, iterate its text pieces
-as they are decoded, or cancel it.
+"""The handle of one submitted generation request, for both backends: await its result,
+iterate its text pieces as they are decoded, or cancel it.
 
-The event loop owns the handle; the worker thread reports into it only through
+The event loop owns the handle. The local worker thread reports into it only through
 ``loop.call_soon_threadsafe`` (``_deliver``, ``_piece``) and plain attribute writes
-(``_token``), so no asyncio object is touched from another thread.
+(``_token``), so no asyncio object is touched from another thread; the vLLM backend reports
+from the loop itself through the same methods. What differs per backend is the owner's
+:class:`TicketOwner` hooks: where the ticket waits, and how work on it is abandoned.
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from bot.generation import GenerationRequest, GenerationResult, RequestCancelledError, RequestTimeoutError
+from bot.serving.generation import (
+    GenerationRequest,
+    GenerationResult,
+    RequestCancelledError,
+    RequestTimeoutError,
+)
 
 
 class TicketOwner(Protocol):
-    """What a ticket asks of the worker that queued it."""
+    """What a ticket asks of the backend that took it."""
 
-    def position_of(self, ticket: Ticket) -> int: ...
+    def position_of(self, ticket: Ticket) -> int:
+        """1-based place in the backend's own queue; 0 once running (or when it has no queue)."""
+        ...
 
-    def forget(self, ticket: Ticket) -> None: ...
+    def abandon(self, ticket: Ticket) -> None:
+        """Stop spending work on the ticket: cancelled, timed out, or its caller went away."""
+        ...
 
 
 class Ticket:
@@ -37,7 +48,7 @@ class Ticket:
         request: GenerationRequest,
         loop: asyncio.AbstractEventLoop,
         timeout_s: float,
-        worker: TicketOwner,
+        owner: TicketOwner,
     ) -> None:
         self.id = next(self._ids)
         self.request = request
@@ -45,7 +56,7 @@ class Ticket:
         self.deadline = self.submitted_at + timeout_s
         self.state = "queued"  # queued | running | done
         self._loop = loop
-        self._worker = worker
+        self._owner = owner
         self._future: asyncio.Future[GenerationResult] = loop.create_future()
         # Pieces are buffered here by the worker thread; the loop is only woken for them once
         # somebody iterates, so a caller that just awaits the result costs no per-token wake-ups.
@@ -62,7 +73,7 @@ class Ticket:
     @property
     def position(self) -> int:
         """1-based place in the queue; 0 once generation has started."""
-        return self._worker.position_of(self)
+        return self._owner.position_of(self)
 
     @property
     def cancelled(self) -> bool:
@@ -70,20 +81,20 @@ class Ticket:
 
     def cancel(self) -> None:
         """Cancel: a queued request is never computed; a running one stops at its next token."""
+        self.abandon(RequestCancelledError("The request was cancelled."))
+
+    def abandon(self, error: BaseException) -> None:
+        """End the ticket with ``error`` and tell the owner to stop working on it."""
         self._cancelled.set()
-        self._worker.forget(self)
-        self._finish(exc=RequestCancelledError("The request was cancelled."))
+        self._owner.abandon(self)
+        self._finish(exc=error)
 
     async def result(self) -> GenerationResult:
         remaining = self.deadline - time.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(self._future), max(remaining, 0.001))
         except TimeoutError:
-            self._cancelled.set()
-            self._worker.forget(self)
-            self._finish(
-                exc=RequestTimeoutError("The reply took too long and was given up. Please try again.")
-            )
+            self.abandon(RequestTimeoutError("The reply took too long and was given up. Please try again."))
             return await self._future
         except asyncio.CancelledError:
             self.cancel()  # the awaiting task went away: nobody wants this reply
@@ -122,12 +133,14 @@ class Ticket:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._finish, result, exc)
 
-    def _token(self, at: float) -> None:
+    def _token(self, at: float, count: int = 1) -> None:
         if self.first_token_at is None:
             self.first_token_at = at
-        self.tokens += 1
+        self.tokens += count
 
     def _piece(self, text: str) -> None:
+        if not text:
+            return
         with self._buffer_lock:
             self._buffer.append(text)
             streaming = self._streaming

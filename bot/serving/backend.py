@@ -1,8 +1,8 @@
 """The one interface the chat service and the front ends use to generate: a serving backend.
 
-Two backends satisfy it: :class:`bot.serving.local_backend.LocalBackend` (the in-process engine on its worker thread)
-and :class:`bot.serving.vllm_backend.VllmBackend` (one or more vLLM servers over HTTP).
-Callers submit a :class:`~bot.generation.GenerationRequest` and get a :class:`TicketLike`
+Two backends satisfy it: :class:`bot.serving.local.backend.LocalBackend` (the in-process engine on its worker thread)
+and :class:`bot.serving.vllm.backend.VllmBackend` (one or more vLLM servers over HTTP).
+Callers submit a :class:`~bot.serving.generation.GenerationRequest` and get a :class:`TicketLike`
 back: an async stream of text pieces, a final result, and a cancel.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from bot.generation import GenerationRequest, GenerationResult, WorkerStats
+from bot.serving.generation import GenerationRequest, GenerationResult, WorkerStats
 from personas.render import TokenizerFacts
 
 

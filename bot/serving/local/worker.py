@@ -1,7 +1,7 @@
 """The generation worker: one thread owns the engine; async callers submit and await.
 
 Requests wait in a bounded queue. The thread runs a loop of steps over one running batch
-(:class:`bot.engine.RunningBatch`): between two steps it admits queued requests, any
+(:class:`bot.serving.local.engine.RunningBatch`): between two steps it admits queued requests, any
 persona, up to ``max_batch_size`` rows (continuous batching); each step reads a chunk of
 the newcomers' prompts and decodes one token for every running row; rows that finish,
 are cancelled or time out leave at the next step. With ``scheduler = "static"`` requests
@@ -11,7 +11,7 @@ A full queue is refused at once rather than letting waits grow without bound; a
 cancelled or expired request that has not started is never computed; a failing step
 fails only its own rows and the worker goes on.
 
-The request handle (:class:`bot.ticket.Ticket`) has a final result, an async iterator of text
+The request handle (:class:`bot.serving.ticket.Ticket`) has a final result, an async iterator of text
 pieces (whole characters only; their concatenation is the final text) and token events
 (:attr:`Ticket.first_token_at`) for time-to-first-token figures.
 """
@@ -29,10 +29,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from bot.batch import SequenceState
 from bot.config import WorkerSettings
-from bot.engine import Engine, RunningBatch
-from bot.generation import (
+from bot.serving.generation import (
     AdapterError,
     GenerationError,
     GenerationRequest,
@@ -42,7 +40,9 @@ from bot.generation import (
     WorkerStats,
     WorkerStoppedError,
 )
-from bot.ticket import Ticket
+from bot.serving.local.batch import SequenceState
+from bot.serving.local.engine import Engine, RunningBatch
+from bot.serving.ticket import Ticket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,7 +173,7 @@ class GenerationWorker:
             except ValueError:
                 return 0
 
-    def forget(self, ticket: Ticket) -> None:
+    def abandon(self, ticket: Ticket) -> None:
         with self._cond, contextlib.suppress(ValueError):
             self._queue.remove(ticket)
 

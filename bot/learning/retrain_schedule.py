@@ -26,10 +26,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters import current_version, last_export_time, new_version_name, version_metadata
 from bot.config import Settings
-from bot.cron import cron_trigger
-from bot.store import Store
+from bot.model.adapters import current_version, last_export_time, new_version_name, version_metadata
+from bot.ops.cron import cron_trigger
+from bot.store.store import Store
 from personas.card import load_cards
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.filemode import respect_umask
+from bot.ops.filemode import respect_umask
 from personas.card import PersonaCard
 
 CURRENT_FILE = "CURRENT"

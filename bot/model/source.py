@@ -64,10 +64,8 @@ class ModelSource:
     local_files_only: bool
 
 
-def _error(message: str) -> Exception:
-    from bot.model_loading import ModelLoadError  # model_loading imports this module
-
-    return ModelLoadError(message)
+class ModelLoadError(RuntimeError):
+    """The base model could not be loaded; the message says what to do about it."""
 
 
 def missing_model_files(folder: Path) -> list[str]:
@@ -106,22 +104,22 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
     """
     name = settings.base_model.strip()
     if not name:
-        raise _error("no base model is set; set OSHABERI_MODEL to a hub id or a local model folder")
+        raise ModelLoadError("no base model is set; set OSHABERI_MODEL to a hub id or a local model folder")
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise _error(
+            raise ModelLoadError(
                 f"model path {name!r} is a file; OSHABERI_MODEL must name a model folder or a hub id"
             )
         missing = missing_model_files(path)
         if missing:
-            raise _error(
+            raise ModelLoadError(
                 f"model folder {name!r} is missing {', '.join(missing)}; it needs what save_pretrained writes "
                 f"(copy the whole model folder, or {TINY_MODEL_HINT})"
             )
         return ModelSource(str(path), True, True)
     if looks_like_path(name):
-        raise _error(
+        raise ModelLoadError(
             f"model folder {name!r} does not exist (looked in {path.absolute()}){_nearby(path.absolute())}; "
             f"set OSHABERI_MODEL to a hub id or a local model folder ({TINY_MODEL_HINT})"
         )
@@ -130,7 +128,7 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise _error(
+        raise ModelLoadError(
             f"{name!r} is neither a local model folder nor a hub id (like rinna/japanese-gpt-neox-3.6b); "
             "check OSHABERI_MODEL"
         ) from None
@@ -145,7 +143,7 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
         log.warning("%s cannot be reached; using the cached copy of %s", endpoint, name)
         return ModelSource(name, False, True)
     also = f" (and there is no local folder {name!r} either)" if "/" in name else ""
-    raise _error(
+    raise ModelLoadError(
         f"cannot reach {urlsplit(endpoint).hostname} to download {name!r}, and it is not in the hub cache"
         f"{also}. {OFFLINE_ADVICE}"
     )

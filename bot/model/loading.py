@@ -14,15 +14,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from bot.config import ModelSettings
-from bot.model_source import OFFLINE_ADVICE, resolve_model_source
+from bot.model.source import OFFLINE_ADVICE, ModelLoadError, resolve_model_source
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """The base model could not be loaded; the message says what to do about it."""
 
 
 @dataclass
@@ -101,7 +97,7 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
 
     device = resolve_device(settings.device)
     quant, dtype = resolve_precision(settings, device)
-    # Folder checks and the hub probe (bot/model_source.py): a typo or no network fails in seconds.
+    # Folder checks and the hub probe (bot/model/source.py): a typo or no network fails in seconds.
     source = resolve_model_source(settings)
     name = source.name
     settings = replace(settings, local_files_only=source.local_files_only)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.adapters import resolve_adapter
-from bot.generation import AdapterInfo
+from bot.model.adapters import resolve_adapter
+from bot.serving.generation import AdapterInfo
 from personas.card import PersonaCard
 
 if TYPE_CHECKING:  # the engine imports torch; this module is imported by code that may not
-    from bot.engine import Engine
+    from bot.serving.local.engine import Engine
 
 
 def load_persona_adapter(engine: Engine, card: PersonaCard, adapters_dir: str | Path) -> AdapterInfo | None:

@@ -1,14 +1,14 @@
-"""The in-process engine on its worker thread, as a :class:`~bot.backend.ServingBackend`."""
+"""The in-process engine on its worker thread, as a :class:`~bot.serving.backend.ServingBackend`."""
 
 from __future__ import annotations
 
 import logging
 
 from bot.config import Settings
-from bot.engine import Engine
-from bot.generation import BASE_ADAPTER, AdapterError, GenerationRequest, WorkerStats
-from bot.persona_adapter import describe, load_persona_adapter
-from bot.worker import GenerationWorker, Ticket
+from bot.serving.generation import BASE_ADAPTER, AdapterError, GenerationRequest, WorkerStats
+from bot.serving.local.engine import Engine
+from bot.serving.local.persona_adapter import describe, load_persona_adapter
+from bot.serving.local.worker import GenerationWorker, Ticket
 from personas.card import CardSet
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bot.conversation import Conversation
-from bot.mentions import defuse_mentions
-from bot.ratelimit import RateDecision, RateLimiter
-from bot.store import LogEntry, Store, StoreError
-from bot.wordfilter import WordFilter
+from bot.chatflow.conversation import Conversation
+from bot.chatflow.ratelimit import RateDecision, RateLimiter
+from bot.store.store import LogEntry, Store, StoreError
+from bot.text.mentions import defuse_mentions
+from bot.text.wordfilter import WordFilter
 from personas.card import GenerationParams, PersonaCard
 from personas.render import Turn
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class PendingLike(Protocol):
-    """What the flow needs of :class:`bot.chat.PendingReply` (a fake in tests)."""
+    """What the flow needs of :class:`bot.chatflow.service.PendingReply` (a fake in tests)."""
 
     card: PersonaCard
     prompt: str

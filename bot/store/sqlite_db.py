@@ -10,7 +10,7 @@ Why it is built this way:
   so a write that is itself waiting for another process's lock (the trainer, a backup) does not
   hold up a read. Interactive code bounds its reads with :func:`within` and says "busy" rather
   than miss Discord's 3-second deadline.
-* Migrations (``bot/migrations.py``) run at open, inside one transaction.
+* Migrations (``bot/store/migrations.py``) run at open, inside one transaction.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Self, TypeVar
 
 import aiosqlite
 
-from bot.migrations import LATEST_VERSION, MIGRATIONS
-from bot.store_rows import utc_now
+from bot.store.migrations import LATEST_VERSION, MIGRATIONS
+from bot.store.rows import utc_now
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from bot.backend import ServingBackend, TicketLike
-from bot.generation import GenerationRequest, GenerationResult
+from bot.serving.backend import ServingBackend, TicketLike
+from bot.serving.generation import GenerationRequest, GenerationResult
 from personas.card import CardSet, PersonaCard
 from personas.render import InputError, PromptRenderer, TokenizerFacts, Turn, validate_user_message
 

@@ -1,4 +1,4 @@
-"""From a :class:`~bot.generation.GenerationRequest` to a vLLM completion, and the streamed
+"""From a :class:`~bot.serving.generation.GenerationRequest` to a vLLM completion, and the streamed
 token ids back to text the way the local engine makes it.
 
 The prompt is sent as token ids (encoded here with the bot's tokenizer, over-long prompts cut
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bot.detokenizer import IncrementalDetokenizer, held_back
-from bot.generation import GenerationRequest, GenerationResult
-from bot.model_loading import encode_prompt
+from bot.model.loading import encode_prompt
+from bot.serving.detokenizer import IncrementalDetokenizer, held_back
+from bot.serving.generation import GenerationRequest, GenerationResult
 
 # no_repeat_ngram_size has no per-request equivalent in vLLM: not applied (docs/vllm.md).
 MAX_SERVER_STOPS = 4
@@ -54,7 +54,7 @@ def completion_payload(model: str, ids: Sequence[int], request: GenerationReques
 
 class StreamDecoder:
     """Turns streamed token ids into the engine's text: incremental detokenization (whole
-    characters only, :class:`~bot.detokenizer.IncrementalDetokenizer`), the cut at a stop
+    characters only, :class:`~bot.serving.detokenizer.IncrementalDetokenizer`), the cut at a stop
     string, and a held-back tail that could still become one. ``feed`` returns the new text
     safe to show; the pieces concatenate to :attr:`text`."""
 

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from bot.detokenizer import IncrementalDetokenizer, held_back
-from bot.generation import FinishReason, GenerationRequest
-from bot.sampling import RowSampling
+from bot.serving.detokenizer import IncrementalDetokenizer, held_back
+from bot.serving.generation import FinishReason, GenerationRequest
+from bot.serving.local.sampling import RowSampling
 
 
 class ForwardFn(Protocol):

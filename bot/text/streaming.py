@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from bot.mentions import defuse_mentions
-from bot.splitter import split_message
-from bot.wordfilter import WordFilter
+from bot.text.mentions import defuse_mentions
+from bot.text.splitter import split_message
+from bot.text.wordfilter import WordFilter
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")

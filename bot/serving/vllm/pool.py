@@ -17,8 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bot.generation import ServerStatus
-from bot.serving.vllm_http import ServerError, VllmClient
+from bot.serving.generation import ServerStatus
+from bot.serving.vllm.http import ServerError, VllmClient
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ Why a hand-written loop rather than ``model.generate``: ``generate`` applies one
 temperature, one top-p and one set of stop strings to the whole batch, and cannot admit
 a request while others are decoding. Here the jobs are split:
 
-* :mod:`bot.adapter_pool`: resident adapters; PEFT's ``adapter_names`` routes each row
+* :mod:`bot.serving.local.adapter_pool`: resident adapters; PEFT's ``adapter_names`` routes each row
   through its own adapter in one forward (``__base__`` rows skip LoRA).
-* :mod:`bot.batch`: the running batch state (chunked prefill, decode step, filter,
+* :mod:`bot.serving.local.batch`: the running batch state (chunked prefill, decode step, filter,
   concatenate of left-padded rows with a per-row KV cache).
-* :mod:`bot.sampling`: logits processing and sampling for the whole batch at once.
-* :mod:`bot.detokenizer`: incremental detokenization that never emits a partial character.
+* :mod:`bot.serving.local.sampling`: logits processing and sampling for the whole batch at once.
+* :mod:`bot.serving.detokenizer`: incremental detokenization that never emits a partial character.
 
 :class:`RunningBatch` ties them together: newcomers wait, are prefilled a chunk per step,
 and join the decoding rows; finished rows leave at the step they finish. The worker drives
@@ -29,12 +29,11 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache
 
-from bot.adapter_pool import AdapterPool
-from bot.adapters import AdapterSource
-from bot.batch import CausalBatch, PrefillBatch, SequenceState
 from bot.config import ModelSettings
-from bot.detokenizer import IncrementalDetokenizer, piece_text
-from bot.generation import (
+from bot.model.adapters import AdapterSource
+from bot.model.loading import LoadedModel, encode_prompt, load_base_model
+from bot.serving.detokenizer import IncrementalDetokenizer, piece_text
+from bot.serving.generation import (
     BASE_ADAPTER,
     AdapterInfo,
     GenerationError,
@@ -42,8 +41,9 @@ from bot.generation import (
     GenerationResult,
     PromptTooLongError,
 )
-from bot.model_loading import LoadedModel, encode_prompt, load_base_model
-from bot.sampling import RowSampling, choose_tokens
+from bot.serving.local.adapter_pool import AdapterPool
+from bot.serving.local.batch import CausalBatch, PrefillBatch, SequenceState
+from bot.serving.local.sampling import RowSampling, choose_tokens
 from personas.card import PersonaCard
 from personas.render import TokenizerFacts
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bot.sqlite_db import SqliteDatabase
-from bot.store_rows import EXPORT_COLUMNS, ExportRow, ForgetResult, export_row, normalize_iso, utc_now
+from bot.store.rows import EXPORT_COLUMNS, ExportRow, ForgetResult, export_row, normalize_iso, utc_now
+from bot.store.sqlite_db import SqliteDatabase
 
 # Rows no export may contain: someone in them opted out, or asked to be forgotten after they spoke.
 _PRIVACY_EXCLUSION = """
@@ -31,7 +31,7 @@ _PRIVACY_EXCLUSION = """
 
 
 class PrivacyStore(SqliteDatabase):
-    """The export and privacy half of :class:`bot.store.Store` (same database, same connections)."""
+    """The export and privacy half of :class:`bot.store.store.Store` (same database, same connections)."""
 
     # -- export --------------------------------------------------------------------------------
 

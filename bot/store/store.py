@@ -2,8 +2,8 @@
 
 Discord-free on purpose: the trainer opens the same database (``augment`` adds review candidates,
 ``export-reviews`` reads approved replies) without importing discord.py. The connection handling
-(WAL, retries, a read connection beside the write one) is :mod:`bot.sqlite_db`; the row types are
-:mod:`bot.store_rows`.
+(WAL, retries, a read connection beside the write one) is :mod:`bot.store.sqlite_db`; the row types are
+:mod:`bot.store.rows`.
 
 * Decisions are a single ``UPDATE … WHERE decision IS NULL``: SQLite runs it atomically, so of two
   moderators clicking at once exactly one wins and the other learns who did.
@@ -17,9 +17,8 @@ import json
 import time
 from typing import Any
 
-from bot.sqlite_db import INTERACTIVE_READ_S, StoreBusyError, StoreError, within
-from bot.store_privacy import PrivacyStore
-from bot.store_rows import (
+from bot.store.privacy import PrivacyStore
+from bot.store.rows import (
     DECISIONS,
     LOG_COLUMNS,
     MAX_EDITED_CHARS,
@@ -35,6 +34,7 @@ from bot.store_rows import (
     review_item,
     utc_now,
 )
+from bot.store.sqlite_db import INTERACTIVE_READ_S, StoreBusyError, StoreError, within
 
 __all__ = [
     "DECISIONS",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from bot.generation import AdapterInfo
+from bot.serving.generation import AdapterInfo
 
 PROMPT_ONLY = "prompt-only"
 

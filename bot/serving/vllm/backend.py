@@ -14,28 +14,27 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from bot.config import Settings
-from bot.generation import (
+from bot.model.loading import ModelLoadError, load_tokenizer
+from bot.serving.generation import (
     BASE_ADAPTER,
     GenerationError,
     GenerationRequest,
     GenerationResult,
     QueueFullError,
     RequestCancelledError,
-    RequestTimeoutError,
     WorkerStats,
     WorkerStoppedError,
 )
-from bot.model_loading import ModelLoadError, load_tokenizer
-from bot.serving.vllm_adapters import AdapterRegistry
-from bot.serving.vllm_http import ModelNotFound, ServerError, ServerUnavailable, VllmClient
-from bot.serving.vllm_pool import TOKENIZER_PROBE, Server, ServerPool
-from bot.serving.vllm_request import StreamDecoder, completion_payload, prompt_ids
+from bot.serving.ticket import Ticket
+from bot.serving.vllm.adapters import AdapterRegistry
+from bot.serving.vllm.http import ModelNotFound, ServerError, ServerUnavailable, VllmClient
+from bot.serving.vllm.pool import TOKENIZER_PROBE, Server, ServerPool
+from bot.serving.vllm.request import StreamDecoder, completion_payload, prompt_ids
 from personas.card import CardSet
 from personas.render import TokenizerFacts
 
@@ -45,84 +44,8 @@ MID_STREAM = "The model server stopped while writing this reply. Please try agai
 RECENT = 64
 
 
-class VllmTicket:
-    """A request on its way through a vLLM server; the same API as the local worker's Ticket."""
-
-    def __init__(self, backend: VllmBackend, request: GenerationRequest, timeout_s: float) -> None:
-        self.request = request
-        self.submitted_at = time.monotonic()
-        self.deadline = self.submitted_at + timeout_s
-        self.first_token_at: float | None = None  # time.monotonic() of the first token, text or not
-        loop = asyncio.get_running_loop()
-        self._future: asyncio.Future[GenerationResult] = loop.create_future()
-        self._buffer: list[str] = []
-        self._wake = asyncio.Event()
-        self._cancelled = False
-        self._task = loop.create_task(backend._serve(self))
-
-    @property
-    def position(self) -> int:
-        """Always 0: requests wait in the servers' own schedulers, not in a queue here."""
-        return 0
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        """Cancel: the stream is closed, which makes the server abort the request."""
-        self._cancelled = True
-        self._task.cancel()
-        self._finish(exc=RequestCancelledError("The request was cancelled."))
-
-    async def result(self) -> GenerationResult:
-        """The final result; raises GenerationError subclasses with user-safe messages."""
-        remaining = self.deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._future), max(remaining, 0.001))
-        except TimeoutError:
-            self._cancelled = True
-            self._task.cancel()
-            self._finish(
-                exc=RequestTimeoutError("The reply took too long and was given up. Please try again.")
-            )
-            return await self._future
-        except asyncio.CancelledError:
-            self.cancel()  # the awaiting task went away: nobody wants this reply
-            raise
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while True:
-            self._wake.clear()
-            finished = self._future.done()
-            pieces, self._buffer = self._buffer, []
-            for piece in pieces:
-                yield piece
-            if finished:
-                return
-            await self._wake.wait()
-
-    def _piece(self, text: str) -> None:
-        if text and not self._future.done():
-            self._buffer.append(text)
-            self._wake.set()
-
-    def _finish(self, result: GenerationResult | None = None, exc: BaseException | None = None) -> None:
-        if self._future.done():
-            return
-        if exc is not None:
-            self._future.set_exception(exc)
-            self._future.exception()  # mark retrieved: a cancelled caller may never await it
-        else:
-            self._future.set_result(result)
-        self._wake.set()
-
-
 class VllmBackend:
-    """A :class:`~bot.backend.ServingBackend` over vLLM OpenAI-compatible servers."""
+    """A :class:`~bot.serving.backend.ServingBackend` over vLLM OpenAI-compatible servers."""
 
     def __init__(
         self,
@@ -143,7 +66,7 @@ class VllmBackend:
         self.pool = pool
         self.registry = AdapterRegistry(pool, settings, cards)
         self._accepting = True
-        self._tickets: set[VllmTicket] = set()
+        self._tickets: dict[Ticket, asyncio.Task[None]] = {}
         self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT)
         self._served = 0
         self._failed = 0
@@ -175,7 +98,7 @@ class VllmBackend:
 
     # -- ServingBackend ----------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, timeout_s: float | None = None) -> VllmTicket:
+    def submit(self, request: GenerationRequest, timeout_s: float | None = None) -> Ticket:
         """Send a request; raises QueueFullError at once when no server is healthy or all are full."""
         if not self._accepting:
             raise WorkerStoppedError("The bot is shutting down and takes no new messages.")
@@ -183,9 +106,21 @@ class VllmBackend:
         capacity = self.settings.worker.queue_size * max(healthy, 1)
         if not healthy or len(self._tickets) >= capacity:
             raise QueueFullError(len(self._tickets), capacity)
-        ticket = VllmTicket(self, request, timeout_s or self.settings.worker.request_timeout_s)
-        self._tickets.add(ticket)
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(request, loop, timeout_s or self.settings.worker.request_timeout_s, self)
+        self._tickets[ticket] = loop.create_task(self._serve(ticket))
         return ticket
+
+    # -- TicketOwner: requests wait in the servers' own schedulers, not in a queue here --------
+
+    def position_of(self, ticket: Ticket) -> int:
+        return 0
+
+    def abandon(self, ticket: Ticket) -> None:
+        """Close the ticket's stream, which makes the server abort the request."""
+        task = self._tickets.get(ticket)
+        if task is not None:
+            task.cancel()
 
     def adapter_for(self, persona_id: str) -> str:
         return persona_id if self.registry.has(persona_id) else BASE_ADAPTER
@@ -217,19 +152,17 @@ class VllmBackend:
         deadline = time.monotonic() + drain_timeout
         while self._tickets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        leftovers = list(self._tickets)
+        leftovers = dict(self._tickets)
         for ticket in leftovers:
-            ticket._cancelled = True
-            ticket._task.cancel()
-            ticket._finish(exc=WorkerStoppedError("The bot is shutting down; this message was not answered."))
-        await asyncio.gather(*(t._task for t in leftovers), return_exceptions=True)
+            ticket.abandon(WorkerStoppedError("The bot is shutting down; this message was not answered."))
+        await asyncio.gather(*leftovers.values(), return_exceptions=True)
         await self.pool.stop()
         await self.registry.drain()
         await self.session.close()
 
     # -- one request ---------------------------------------------------------------------
 
-    async def _serve(self, ticket: VllmTicket) -> None:
+    async def _serve(self, ticket: Ticket) -> None:
         try:
             result = await self._generate(ticket)
         except asyncio.CancelledError:
@@ -248,9 +181,9 @@ class VllmBackend:
             self._recent.append((result.new_tokens, result.seconds))
             ticket._finish(result=result)
         finally:
-            self._tickets.discard(ticket)
+            self._tickets.pop(ticket, None)
 
-    async def _generate(self, ticket: VllmTicket) -> GenerationResult:
+    async def _generate(self, ticket: Ticket) -> GenerationResult:
         request = ticket.request
         ids = prompt_ids(self.tokenizer, request, self.max_positions)
         tried: set[Server] = set()
@@ -279,8 +212,8 @@ class VllmBackend:
                 # aclosing: leaving the loop early closes the stream at once, so the server stops.
                 async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
                     async for chunk in stream:
-                        if chunk.token_ids and ticket.first_token_at is None:
-                            ticket.first_token_at = time.monotonic()
+                        if chunk.token_ids:
+                            ticket._token(time.monotonic(), len(chunk.token_ids))
                         ticket._piece(decoder.feed(chunk.token_ids))
                         if decoder.finish_reason is not None or chunk.finish_reason is not None:
                             ticket._piece(decoder.finish(chunk.finish_reason))

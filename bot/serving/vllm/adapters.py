@@ -20,11 +20,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.adapters import AdapterSource, check_adapter_files, resolve_adapter
 from bot.config import Settings
-from bot.generation import BASE_ADAPTER, AdapterError, AdapterInfo
-from bot.serving.vllm_http import ServerError, ServerUnavailable
-from bot.serving.vllm_pool import Server, ServerPool
+from bot.model.adapters import AdapterSource, check_adapter_files, resolve_adapter
+from bot.serving.generation import BASE_ADAPTER, AdapterError, AdapterInfo
+from bot.serving.vllm.http import ServerError, ServerUnavailable
+from bot.serving.vllm.pool import Server, ServerPool
 from personas.card import CardError, CardSet, check_adapter_base
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The learning loop's bot side: scheduled retraining."""

@@ -1,0 +1,1 @@
+"""Model files on disk: the base model (where it comes from, how it loads) and the adapter layout."""

@@ -1,0 +1,1 @@
+"""The SQLite store: logged replies, review decisions, channel personas, privacy."""
