@@ -89,3 +89,26 @@ async def test_the_console_shows_each_personas_adapter(runtime_with_adapters) ->
 def test_labels_module_does_not_import_discord() -> None:
     source = Path("bot/serving/adapter_labels.py").read_text(encoding="utf-8")
     assert "discord" not in source.split('"""', 2)[2]
+
+
+def test_a_canary_pointer_round_trips_and_refuses_bad_values(tmp_path: Path) -> None:
+    from bot.model.adapters import Canary, clear_canary, read_canary, write_canary
+
+    folder = tmp_path / "marisa" / "v2"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    assert read_canary(tmp_path, "marisa") is None
+    write_canary(tmp_path, "marisa", "v2", 0.1)
+    assert read_canary(tmp_path, "marisa") == Canary("v2", 0.1)
+    for version, share in (("v2", 0.0), ("v2", 1.0), ("../x", 0.1)):
+        with pytest.raises(ValueError):
+            write_canary(tmp_path, "marisa", version, share)
+    with pytest.raises(FileNotFoundError):
+        write_canary(tmp_path, "marisa", "v3", 0.1)
+    assert read_canary(tmp_path, "marisa") == Canary("v2", 0.1)  # refusals left it alone
+    (tmp_path / "marisa" / "CANARY").write_text("{not json", encoding="utf-8")
+    assert read_canary(tmp_path, "marisa") is None
+    clear_canary(tmp_path, "marisa")
+    clear_canary(tmp_path, "marisa")  # twice: nothing to clear is fine
+    assert read_canary(tmp_path, "marisa") is None

@@ -6,6 +6,8 @@ Layout::
 
     adapters/<persona>/<version>/adapter_config.json, adapter_model.safetensors, metadata.json
     adapters/<persona>/CURRENT      # one line: the version in use
+    adapters/<persona>/CANARY       # optional, JSON {"version": ..., "share": 0.1}: a candidate
+                                    # served to that share of requests beside CURRENT
     adapters/.staging/<persona>-<version>/   # a version being written (see publish_version)
 
 Publishing is rename-then-pointer: a version is written under ``.staging/``, renamed into
@@ -32,11 +34,20 @@ from bot.ops.filemode import respect_umask
 from personas.card import PersonaCard
 
 CURRENT_FILE = "CURRENT"
+CANARY_FILE = "CANARY"
 REQUIRED_FILES = ("adapter_config.json",)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 METADATA_FILE = "metadata.json"
 STAGING_DIR = ".staging"  # under adapters/; not a persona id, so never listed as a version
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A candidate version served to ``share`` (0 < share < 1) of a persona's requests."""
+
+    version: str
+    share: float
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,48 @@ def set_current(adapters_dir: str | Path, persona_id: str, version: str) -> None
         raise ValueError(f"bad version name {version!r}")
     root = persona_dir(adapters_dir, persona_id)
     check_adapter_files(root / version)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".current-")
+    _replace_file(root / CURRENT_FILE, version + "\n")
+
+
+def read_canary(adapters_dir: str | Path, persona_id: str) -> Canary | None:
+    """The persona's canary, or None when there is none or the file is not a valid one."""
+    try:
+        data = json.loads((persona_dir(adapters_dir, persona_id) / CANARY_FILE).read_text("utf-8"))
+        version, share = data["version"], float(data["share"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(version, str) or not is_version_name(version) or not 0.0 < share < 1.0:
+        return None
+    return Canary(version, share)
+
+
+def write_canary(adapters_dir: str | Path, persona_id: str, version: str, share: float) -> None:
+    """Serve ``version`` to ``share`` of the persona's requests beside ``CURRENT``.
+
+    Raises ValueError for a bad version name or a share outside (0, 1), FileNotFoundError when
+    the version's files are missing. The file is replaced atomically, like ``CURRENT``.
+    """
+    if not is_version_name(version):
+        raise ValueError(f"bad version name {version!r}")
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"a canary share is between 0 and 1 (exclusive), not {share}")
+    root = persona_dir(adapters_dir, persona_id)
+    check_adapter_files(root / version)
+    _replace_file(root / CANARY_FILE, json.dumps({"version": version, "share": share}) + "\n")
+
+
+def clear_canary(adapters_dir: str | Path, persona_id: str) -> None:
+    """End the persona's canary, if any: every request gets ``CURRENT`` again."""
+    (persona_dir(adapters_dir, persona_id) / CANARY_FILE).unlink(missing_ok=True)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and ``os.replace``: readers see old or new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.lower()}-")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(version + "\n")
+        fh.write(text)
     respect_umask(tmp)
-    os.replace(tmp, root / CURRENT_FILE)
+    os.replace(tmp, path)
 
 
 def publish_version(
