@@ -10,7 +10,6 @@ disk, ``backend.reload(persona)``, the chat service, the log row and the review 
 from __future__ import annotations
 
 import asyncio
-import math
 import shutil
 from collections import Counter
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from bot.model.adapters import clear_canary, set_current, write_canary
 from bot.serving.canary import CanarySplit
 from bot.serving.local.backend import LocalBackend
 from bot.store.store import Store
-from tests.test_vllm_backend import greedy_cards
+from tests.test_vllm_backend import binomial_bounds, greedy_cards
 from tests.test_worker import hold
 from tests.vllm_server import backend_settings, install_adapter
 
@@ -38,13 +37,6 @@ QUESTION = "魔法の研究は順調？"
 def add_version(adapters: Path, persona: str, version: str, files: Path) -> None:
     """Publish a version without making it current (as a candidate)."""
     shutil.copytree(files, adapters / persona / version)
-
-
-def binomial_bounds(n: int, p: float, z: float = 4.0) -> tuple[float, float]:
-    """n*p ± z standard deviations of Binomial(n, p) (normal approximation; z=4: a fair split
-    falls outside with probability ~6e-5)."""
-    sd = math.sqrt(n * p * (1 - p))
-    return n * p - z * sd, n * p + z * sd
 
 
 @pytest.mark.parametrize("arch", ["gpt-neox", "llama"])
