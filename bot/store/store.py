@@ -3,7 +3,7 @@
 Discord-free on purpose: the trainer opens the same database (``augment`` adds review candidates,
 ``export-reviews`` reads approved replies) without importing discord.py. The connection handling
 (WAL, retries, a read connection beside the write one) is :mod:`bot.store.sqlite_db`; the row types are
-:mod:`bot.store.rows`.
+:mod:`bot.store.rows`; decisions counted per adapter version are :mod:`bot.store.decision_stats`.
 
 * Decisions are a single ``UPDATE … WHERE decision IS NULL``: SQLite runs it atomically, so of two
   moderators clicking at once exactly one wins and the other learns who did.
