@@ -11,7 +11,8 @@ replaces is *retired*: new rows no longer get it, and its weights are freed when
 row leaves (:meth:`AdapterPool.release`). So a reply is never finished with weights other
 than those its KV cache was computed with, and its result names the version that wrote it.
 
-Only the worker thread may use a pool: nothing here is thread-safe, by design.
+Only the worker thread may change a pool: nothing here is thread-safe, by design (the two
+listings :meth:`AdapterPool.adapters` and :meth:`AdapterPool.canaries` excepted).
 """
 
 from __future__ import annotations
@@ -91,13 +92,17 @@ class AdapterPool:
         """True when forwards need ``adapter_names``."""
         return self.peft is not None and bool(self._live())
 
+    # adapters() and canaries() are also read by WorkerStats from the event loop's thread: list()
+    # copies a dict's values in one step under the GIL, so a reload on the worker thread cannot
+    # change the dict while it is being iterated.
+
     def adapters(self) -> list[AdapterInfo]:
         """Each persona's ``CURRENT`` adapter."""
-        return [res.info for res in self._current.values()]
+        return [res.info for res in list(self._current.values())]
 
     def canaries(self) -> list[AdapterInfo]:
         """Each persona's canary, with its share."""
-        return [replace(res.info, share=share) for res, share in self._canary.values()]
+        return [replace(res.info, share=share) for res, share in list(self._canary.values())]
 
     def resident_keys(self) -> list[str]:
         """The keys of every loaded instance, retired ones still pinned by rows included."""
