@@ -35,7 +35,8 @@ class ConsoleChat:
 
     def adapter_labels(self) -> dict[str, str]:
         """persona id → adapter version or ``prompt-only`` (bot/serving/adapter_labels.py)."""
-        return persona_adapter_labels(self.runtime.cards.cards, self.runtime.worker.stats().adapters)
+        stats = self.runtime.worker.stats()
+        return persona_adapter_labels(self.runtime.cards.cards, stats.adapters, stats.canaries)
 
     def _say(self, text: str) -> None:
         """Messages for the person at the terminal: stdout when interactive, stderr when piped."""

@@ -47,6 +47,25 @@ def test_status_lists_every_persona_with_its_adapter() -> None:
     assert "**Personas**: `marisa` v2, `zundamon` prompt-only" in text
 
 
+def test_a_canary_shows_beside_its_persona_current_version() -> None:
+    stats = SimpleNamespace(
+        queue_depth=0,
+        queue_capacity=8,
+        in_flight=0,
+        recent_batch_sizes=[],
+        batches_run=0,
+        tokens_per_s=0.0,
+        requests_failed=0,
+        device="cpu",
+        device_memory_mb=None,
+        adapters=[AdapterInfo("marisa", "/a/marisa/v2", "v2", 10)],
+        canaries=[AdapterInfo("marisa", "/a/marisa/v3", "v3", 10, share=0.1)],
+    )
+    text = "\n".join(status_lines(stats, None, 0, persona_ids=["marisa", "zundamon"]))
+    assert "**Personas**: `marisa` v2 + canary v3 (10%), `zundamon` prompt-only" in text
+    assert "• `marisa` canary: v3 for 10% of requests" in text
+
+
 @pytest.fixture
 async def runtime_with_adapters(tiny_neox, random_adapters, tmp_path, caplog):
     """marisa serves a good adapter through CURRENT; zundamon's CURRENT points at a corrupt one."""

@@ -7,9 +7,12 @@ started for this module only, for the Llama greedy comparison and the tokenizer-
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
+import math
 import re
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import pytest
 
 from bot.chatflow.service import ChatService
 from bot.discord.admin_text import status_lines
+from bot.model.adapters import clear_canary, set_current, write_canary
+from bot.serving.canary import CanarySplit
 from bot.serving.generation import GenerationResult, RequestCancelledError
 from bot.serving.local.backend import LocalBackend
 from bot.serving.vllm.backend import VllmBackend
@@ -37,6 +42,14 @@ MIXED = [
     ("marisa", "魔法の研究は順調？"),
     ("zundamon", "今日の授業どうだった？"),
 ]
+
+
+def binomial_bounds(n: int, p: float, z: float = 4.0) -> tuple[float, float]:
+    """n*p ± z standard deviations of Binomial(n, p), the normal approximation (z = 4: a correct
+    split falls outside with probability ~6e-5; a share drawn the wrong way round, 1 - p, or
+    never, falls far outside for the n and p the tests use)."""
+    sd = math.sqrt(n * p * (1 - p))
+    return n * p - z * sd, n * p + z * sd
 
 
 def greedy_cards(max_new_tokens: int = 24, min_new_tokens: int = 0) -> CardSet:
@@ -218,6 +231,13 @@ async def test_reload_with_requests_in_flight(vllm_server, vllm_models, vllm_ada
             await asyncio.sleep(0.1)
         assert old_name not in served_adapters(vllm_server)  # unloaded once no request held it
         assert new_name in served_adapters(vllm_server)
+
+        # Back to v1 and the same three requests with no reload: the same greedy replies, so the
+        # replies that lived through the reload were written by v1 to their last token.
+        set_current(adapters, "marisa", "v1")
+        assert await backend.reload("marisa") == ["marisa: adapter v1"]
+        again = [chat.submit("marisa", [chat.user_turn("marisa", f"質問{i}")]) for i in range(3)]
+        assert [(await p.ticket.result()).text for p in again] == [r.text for r in old_results]
     finally:
         await backend.stop(drain_timeout=1)
 
@@ -287,5 +307,86 @@ async def test_a_wrong_url_is_one_line_and_the_other_server_serves(
         assert all(r.new_tokens > 0 for r, _ in results)
         down, up = backend.stats().servers
         assert not down.healthy and down.served == 0 and up.served == 3
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_a_canary_gets_its_share_and_a_promotion_keeps_it_loaded(
+    vllm_server, vllm_models, vllm_adapters, tmp_path
+):
+    """CANARY on disk: both versions registered, a per-request draw at admission, each reply
+    names the version that wrote it; promoting the canary reuses its registration."""
+    files = vllm_adapters["gpt-neox"]
+    adapters = adapters_for(tmp_path, files)
+    shutil.copytree(files["marisa-v2"], adapters / "marisa" / "v2")
+    cards = greedy_cards(max_new_tokens=2, min_new_tokens=2)
+    settings = backend_settings(vllm_models["gpt-neox"], adapters, (vllm_server.url,))
+    backend = await VllmBackend.start(settings, cards)
+    try:
+        ((alone, _),) = await answer_all(backend, cards, MIXED[:1])  # CURRENT v1 only
+        write_canary(adapters, "marisa", "v2", 0.25)
+        assert await backend.reload("marisa") == ["marisa: adapter v1, canary v2 for 25% of requests"]
+        (canary,) = backend.stats().canaries
+        assert (canary.version, canary.share) == ("v2", 0.25)
+        v1_name, v2_name = backend.registry.current["marisa"].name, backend.registry.canary["marisa"][0].name
+        assert {v1_name, v2_name} <= served_adapters(vllm_server)
+        backend.registry.split = CanarySplit(seed=16)
+
+        n, served, texts = 200, collections.Counter(), collections.defaultdict(set)
+        for _ in range(n // 40):
+            for result, _ in await answer_all(backend, cards, MIXED[:1] * 40):
+                served[result.adapter_version] += 1
+                texts[result.adapter_version].add(result.text)
+        low, high = binomial_bounds(n, 0.25)
+        assert low <= served["v2"] <= high and served["v1"] + served["v2"] == n, served
+        # One greedy text per version, the versions differ, and v1's is what v1 wrote alone.
+        assert set(texts) == {"v1", "v2"} and all(len(t) == 1 for t in texts.values())
+        assert texts["v1"] == {alone.text} != texts["v2"]
+
+        # Promote: CURRENT = v2, CANARY gone. v2 is already registered: same name, never unloaded.
+        set_current(adapters, "marisa", "v2")
+        clear_canary(adapters, "marisa")
+        assert await backend.reload("marisa") == ["marisa: adapter v2"]
+        assert backend.registry.current["marisa"].name == v2_name and backend.stats().canaries == []
+        await backend.registry.drain()
+        assert v2_name in served_adapters(vllm_server) and v1_name not in served_adapters(vllm_server)
+        ((after, _),) = await answer_all(backend, cards, MIXED[:1])
+        assert after.adapter_version == "v2" and {after.text} == texts["v2"]
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_a_held_version_outlives_a_reload_and_a_server_restart(
+    vllm_server, vllm_models, vllm_adapters, tmp_path
+):
+    """A request keeps its version through retries: the version it was admitted with stays
+    registered while it is held, is registered again on a server that lost it (what a retry
+    after a restart needs), and is unloaded with its last holder."""
+    adapters = adapters_for(tmp_path, vllm_adapters["gpt-neox"])
+    cards = greedy_cards()
+    backend = await VllmBackend.start(
+        backend_settings(vllm_models["gpt-neox"], adapters, (vllm_server.url,)), cards
+    )
+    try:
+        registry, (server,) = backend.registry, backend.pool.servers
+        held = registry.admit("marisa")  # as a request does when its task starts
+        install_adapter(adapters, "marisa", "v2", vllm_adapters["gpt-neox"]["marisa-v2"])
+        assert await backend.reload("marisa") == ["marisa: adapter v2"]
+        assert held.version == "v1" and held.name in served_adapters(vllm_server)
+
+        unload = urllib.request.Request(
+            vllm_server.url + "/v1/unload_lora_adapter",
+            data=json.dumps({"lora_name": held.name}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        urllib.request.urlopen(unload, timeout=10).close()  # as a server restart would
+        server.adapters.discard(held.name)
+        await registry.ensure_on(server)
+        assert held.name in served_adapters(vllm_server)  # a retry there finds its version
+
+        registry.release(held)
+        await registry.drain()
+        assert held.name not in served_adapters(vllm_server)
+        assert registry.current["marisa"].name in served_adapters(vllm_server)
     finally:
         await backend.stop(drain_timeout=1)

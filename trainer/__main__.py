@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "augment": ("trainer.commands.augment", "current adapter answers a question set; answers go to review"),
     "export-reviews": ("trainer.commands.export_reviews", "export approved/edited replies as training JSONL"),
     "schedule": ("trainer.commands.schedule", "retrain personas with enough new approved replies (cron)"),
+    "versions": (
+        "trainer.commands.versions",
+        "a persona's adapter versions with approval rates (Wilson intervals); canary vs CURRENT",
+    ),
     "prepare": ("trainer.commands.prepare", "convert raw sources into one normalized dialogue JSONL"),
     "fetch": ("trainer.commands.fetch", "download a public dataset (prints its license)"),
 }

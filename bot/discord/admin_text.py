@@ -34,13 +34,18 @@ def status_lines(
     )
     lines += server_lines(getattr(stats, "servers", []) or [])
     adapters = getattr(stats, "adapters", []) or []
-    labels = persona_adapter_labels(persona_ids, adapters)
+    canaries = getattr(stats, "canaries", []) or []
+    labels = persona_adapter_labels(persona_ids, adapters, canaries)
     if labels:
         lines.append("**Personas**: " + ", ".join(f"`{pid}` {label}" for pid, label in labels.items()))
     if adapters:
         lines.append("**Adapters**:")
         lines += [
             f"• `{a.name}`: {a.version or 'unversioned'} ({a.parameters:,} parameters)" for a in adapters
+        ]
+        lines += [
+            f"• `{c.name}` canary: {c.version or 'unversioned'} for {c.share:.0%} of requests"
+            for c in canaries
         ]
     else:
         lines.append("**Adapters**: none loaded (prompt-only personas)")

@@ -52,11 +52,18 @@ class Canary:
 
 @dataclass(frozen=True)
 class AdapterSource:
-    """Where to load a persona's adapter from: a local folder or a hub id."""
+    """Where to load a persona's adapter from: a local folder or a hub id.
+
+    ``immutable``: a published version folder (``adapters/<persona>/<version>/``), which is
+    renamed into place whole and never written again, so a server that already holds this
+    path and version may keep it instead of reading it again. A card's own adapter path or a
+    hub id may change in place and is always read again.
+    """
 
     path: str
     version: str | None
     is_local: bool
+    immutable: bool = False
 
 
 def new_version_name(now: datetime | None = None) -> str:
@@ -228,7 +235,7 @@ def resolve_adapter(card: PersonaCard, adapters_dir: str | Path) -> AdapterSourc
     """
     version = current_version(adapters_dir, card.id)
     if version is not None:
-        return AdapterSource(str(persona_dir(adapters_dir, card.id) / version), version, True)
+        return published_source(adapters_dir, card.id, version)
     if card.adapter is None:
         return None
     local = Path(card.adapter).expanduser()
@@ -239,6 +246,23 @@ def resolve_adapter(card: PersonaCard, adapters_dir: str | Path) -> AdapterSourc
     if local.exists() or card.adapter.startswith((".", "/", "~")):
         return AdapterSource(str(local), _metadata_version(local), True)
     return AdapterSource(card.adapter, None, False)  # a hub id
+
+
+def published_source(adapters_dir: str | Path, persona_id: str, version: str) -> AdapterSource:
+    """A published version of the layout as a source (it may not exist: loading checks)."""
+    return AdapterSource(str(version_dir(adapters_dir, persona_id, version)), version, True, immutable=True)
+
+
+def resolve_canary(card: PersonaCard, adapters_dir: str | Path) -> tuple[AdapterSource, float] | None:
+    """The persona's canary (see :func:`read_canary`) as a source and its share of requests.
+
+    None when there is no valid ``CANARY`` file, or when it names the version ``CURRENT``
+    already serves (a split between a version and itself is no split).
+    """
+    canary = read_canary(adapters_dir, card.id)
+    if canary is None or canary.version == current_version(adapters_dir, card.id):
+        return None
+    return published_source(adapters_dir, card.id, canary.version), canary.share
 
 
 def _metadata_version(path: Path) -> str | None:

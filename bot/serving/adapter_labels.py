@@ -20,11 +20,22 @@ def adapter_label(info: AdapterInfo | None) -> str:
     return info.version or Path(info.path).name or info.path
 
 
-def persona_adapter_labels(persona_ids: Iterable[str], adapters: Iterable[AdapterInfo]) -> dict[str, str]:
+def persona_adapter_labels(
+    persona_ids: Iterable[str], adapters: Iterable[AdapterInfo], canaries: Iterable[AdapterInfo] = ()
+) -> dict[str, str]:
     """persona id → label, for every persona in ``persona_ids`` (sorted), loaded adapter or not.
 
-    ``adapters`` is what the worker reports (``WorkerStats.adapters``): one entry per persona
-    that has an adapter resident, named by persona id.
+    ``adapters`` and ``canaries`` are what the backend reports (``WorkerStats.adapters`` and
+    ``.canaries``): one entry per persona, named by persona id. A canary adds
+    `` + canary v3 (10%)`` to its persona's label.
     """
     by_name = {info.name: info for info in adapters}
-    return {pid: adapter_label(by_name.get(pid)) for pid in sorted(persona_ids)}
+    canary_of = {info.name: info for info in canaries}
+    labels = {}
+    for pid in sorted(persona_ids):
+        label = adapter_label(by_name.get(pid))
+        canary = canary_of.get(pid)
+        if canary is not None and canary.share is not None:
+            label += f" + canary {adapter_label(canary)} ({canary.share:.0%})"
+        labels[pid] = label
+    return labels

@@ -50,7 +50,9 @@ class ServingBackend(Protocol):
     def stats(self) -> WorkerStats: ...
 
     async def reload(self, persona_id: str | None = None) -> list[str]:
-        """(Re)load adapters from disk; one line per persona. AdapterError for a single named persona."""
+        """(Re)load adapters from disk: each persona's ``CURRENT`` and ``CANARY``; one line per
+        persona. Requests already running finish on the version they were admitted with.
+        AdapterError for a single named persona whose adapter or canary cannot be loaded."""
         ...
 
     async def stop(self, drain_timeout: float = 30.0) -> None: ...

@@ -61,10 +61,14 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class AdapterInfo:
+    """A resident adapter: ``name`` is the persona id; ``share`` is set on a canary only (the
+    fraction of that persona's requests it serves, 0 < share < 1)."""
+
     name: str
     path: str
     version: str | None
     parameters: int
+    share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ class WorkerStats:
     tokens_per_s: float = 0.0
     batches_run: int = 0
     requests_failed: int = 0
-    adapters: list[AdapterInfo] = field(default_factory=list)
+    adapters: list[AdapterInfo] = field(default_factory=list)  # each persona's CURRENT
+    canaries: list[AdapterInfo] = field(default_factory=list)  # each persona's canary, if any
     device: str = "cpu"
     device_memory_mb: float | None = None
     servers: list[ServerStatus] = field(default_factory=list)  # empty for the local engine

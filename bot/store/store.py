@@ -3,7 +3,7 @@
 Discord-free on purpose: the trainer opens the same database (``augment`` adds review candidates,
 ``export-reviews`` reads approved replies) without importing discord.py. The connection handling
 (WAL, retries, a read connection beside the write one) is :mod:`bot.store.sqlite_db`; the row types are
-:mod:`bot.store.rows`.
+:mod:`bot.store.rows`; decisions counted per adapter version are :mod:`bot.store.decision_stats`.
 
 * Decisions are a single ``UPDATE … WHERE decision IS NULL``: SQLite runs it atomically, so of two
   moderators clicking at once exactly one wins and the other learns who did.
@@ -17,6 +17,7 @@ import json
 import time
 from typing import Any
 
+from bot.store.decision_stats import DecisionStats, VersionDecisions
 from bot.store.privacy import PrivacyStore
 from bot.store.rows import (
     DECISIONS,
@@ -51,6 +52,7 @@ __all__ = [
     "Store",
     "StoreBusyError",
     "StoreError",
+    "VersionDecisions",
     "normalize_iso",
     "utc_now",
     "within",
@@ -64,7 +66,7 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(PrivacyStore):
+class Store(PrivacyStore, DecisionStats):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError

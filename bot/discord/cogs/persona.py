@@ -74,8 +74,10 @@ class Persona(commands.Cog):
             except StoreBusyError:
                 busy = True
         default = self.bot.settings.chat.default_persona
-        adapters = self.runtime.worker.stats().adapters if self.runtime is not None else []
-        labels = persona_adapter_labels(cards, adapters)
+        stats = self.runtime.worker.stats() if self.runtime is not None else None
+        labels = persona_adapter_labels(
+            cards, stats.adapters if stats else [], stats.canaries if stats else []
+        )
         embed = discord.Embed(title="Personas", colour=discord.Colour.blurple())
         for pid, card in sorted(cards.items())[:25]:
             marks = []

@@ -7,7 +7,7 @@ import logging
 from bot.config import Settings
 from bot.serving.generation import BASE_ADAPTER, AdapterError, GenerationRequest, WorkerStats
 from bot.serving.local.engine import Engine
-from bot.serving.local.persona_adapter import describe, load_persona_adapter
+from bot.serving.local.persona_adapter import load_persona
 from bot.serving.local.worker import GenerationWorker, Ticket
 from personas.card import CardSet
 
@@ -27,18 +27,22 @@ class LocalBackend:
 
     @classmethod
     async def start(cls, settings: Settings, cards: CardSet) -> LocalBackend:
-        """Load the model and every adapter on the worker thread, then serve.
+        """Load the model and every adapter (and canary) on the worker thread, then serve.
 
-        A persona whose adapter fails to load still serves, prompt-only, and the reason is logged.
+        A persona whose adapter fails to load still serves, prompt-only, and the reason is
+        logged; one whose canary fails serves its current adapter to every request.
         """
 
         def build() -> Engine:
             engine = Engine.from_settings(settings.model)
             for card in cards.cards.values():
                 try:
-                    _load_current(engine, settings, card.id, cards)
+                    line, canary_error = _load_persona(engine, settings, card.id, cards)
                 except AdapterError as exc:
                     log.error("%s; %s answers prompt-only", exc, card.id)
+                else:
+                    if canary_error is not None:
+                        log.error("%s", line)
             return engine
 
         # The model is loaded on the worker thread that will run it (see GenerationWorker.launch).
@@ -55,17 +59,26 @@ class LocalBackend:
         return self.worker.stats()
 
     async def reload(self, persona_id: str | None = None) -> list[str]:
+        """Re-read ``CURRENT`` and ``CANARY`` (one persona, or all) and serve what they name.
+
+        Rows already running finish on the version they started with. For a named persona,
+        raises AdapterError when its adapter or its canary cannot be loaded (whatever loaded
+        before serves on, and the message says what); for all personas, that is its line.
+        """
         ids = [persona_id] if persona_id else sorted(self.cards.cards)
         lines = []
         for pid in ids:
             try:
-                line = await self.worker.call(
-                    lambda engine, pid=pid: _load_current(engine, self.settings, pid, self.cards)
+                line, canary_error = await self.worker.call(
+                    lambda engine, pid=pid: _load_persona(engine, self.settings, pid, self.cards)
                 )
             except AdapterError as exc:
                 if persona_id:
                     raise
                 line = f"{pid}: kept the previous adapter ({exc})"
+            else:
+                if canary_error is not None and persona_id:
+                    raise AdapterError(line)
             lines.append(line)
         return lines
 
@@ -73,7 +86,9 @@ class LocalBackend:
         await self.worker.stop(drain_timeout)
 
 
-def _load_current(engine: Engine, settings: Settings, persona_id: str, cards: CardSet) -> str:
-    """Load a persona's current adapter into the engine (worker thread only); one status line."""
-    info = load_persona_adapter(engine, cards.get(persona_id), settings.paths.adapters_dir)
-    return describe(persona_id, info)
+def _load_persona(
+    engine: Engine, settings: Settings, persona_id: str, cards: CardSet
+) -> tuple[str, AdapterError | None]:
+    """Load a persona's current adapter and canary into the engine (worker thread only): the
+    status line, and the canary's error if only that failed. Raises AdapterError for the adapter."""
+    return load_persona(engine, cards.get(persona_id), settings.paths.adapters_dir)

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from bot.serving.detokenizer import IncrementalDetokenizer, held_back
 from bot.serving.generation import FinishReason, GenerationRequest
+from bot.serving.local.adapter_pool import ResidentAdapter
 from bot.serving.local.sampling import RowSampling
 
 
@@ -47,12 +48,18 @@ class ForwardFn(Protocol):
 
 @dataclass(eq=False)
 class SequenceState:
-    """One request's decoding state, from admission to its finish."""
+    """One request's decoding state, from admission to its finish.
+
+    ``adapter`` is the adapter instance the row was pinned to at admission (None: the base
+    model); every forward of the row uses it, and its version is the one the result names.
+    """
 
     request: GenerationRequest
     prompt_ids: list[int]
     sampling: RowSampling
     detokenizer: IncrementalDetokenizer
+    adapter: ResidentAdapter | None = None
+    released: bool = False  # the row's pin on ``adapter`` has been given back
     on_piece: Callable[[str], None] | None = None
     on_token: Callable[[float], None] | None = None  # called with time.monotonic() of each token
     is_cancelled: Callable[[], bool] | None = None
@@ -63,7 +70,6 @@ class SequenceState:
     started_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     max_rows: int = 1  # the most rows that shared a step with this one
-    error: Exception | None = None  # set when the row ended for a reason other than its own
 
     @property
     def finished(self) -> bool:

@@ -36,7 +36,6 @@ from bot.serving.detokenizer import IncrementalDetokenizer, piece_text
 from bot.serving.generation import (
     BASE_ADAPTER,
     AdapterInfo,
-    GenerationError,
     GenerationRequest,
     GenerationResult,
     PromptTooLongError,
@@ -95,6 +94,18 @@ class Engine:
         """See :meth:`AdapterPool.load`; raises AdapterError and keeps the old adapter."""
         return self.pool.load(name, source, card)
 
+    def load_canary(
+        self, name: str, source: AdapterSource, share: float, card: PersonaCard | None = None
+    ) -> AdapterInfo:
+        """See :meth:`AdapterPool.load_canary`; raises AdapterError and keeps the old canary."""
+        return self.pool.load_canary(name, source, share, card)
+
+    def clear_canary(self, name: str) -> None:
+        self.pool.clear_canary(name)
+
+    def canaries(self) -> list[AdapterInfo]:
+        return self.pool.canaries()
+
     def remove_adapter(self, name: str) -> None:
         self.pool.remove(name)
 
@@ -115,8 +126,11 @@ class Engine:
     ) -> SequenceState:
         """Tokenize a request into a sequence ready for prefill.
 
-        Raises PromptTooLongError when prompt plus ``max_new_tokens`` exceed the model's
-        context, AdapterError when the request's adapter is not resident.
+        The sequence is pinned to the adapter version it is admitted with (the persona's
+        canary or ``CURRENT``, see :meth:`AdapterPool.acquire`) until :meth:`release`; a
+        :class:`RunningBatch` releases the rows that leave it. Raises PromptTooLongError when
+        prompt plus ``max_new_tokens`` exceed the model's context, AdapterError when the
+        request's adapter is not resident.
         """
         self.pool.internal_name(request.adapter)
         ids = encode_prompt(self.tokenizer, request.prompt)
@@ -132,10 +146,17 @@ class Engine:
             ids,
             sampling,
             IncrementalDetokenizer(self.tokenizer),
+            adapter=self.pool.acquire(request.adapter),  # last: nothing after it can raise
             on_piece=on_piece,
             on_token=on_token,
             is_cancelled=is_cancelled,
         )
+
+    def release(self, seq: SequenceState) -> None:
+        """Give back ``seq``'s pin on its adapter instance (once; later calls do nothing)."""
+        if not seq.released:
+            seq.released = True
+            self.pool.release(seq.adapter)
 
     def forward(
         self,
@@ -172,7 +193,7 @@ class Engine:
             new_tokens=len(seq.generated),
             finish_reason=seq.finish_reason or "length",
             adapter=seq.request.adapter,
-            adapter_version=self.adapter_version(seq.request.adapter),
+            adapter_version=seq.adapter.version if seq.adapter is not None else None,
             seconds=end - seq.started_at,
             batch_size=seq.max_rows,
             first_token_s=first,
@@ -201,8 +222,12 @@ class Engine:
         ]
         batch = RunningBatch(self, prefill_chunk_tokens=1 << 30)  # static: read every prompt at once
         batch.add(seqs)
-        while batch.rows:
-            batch.step()
+        try:
+            while batch.rows:
+                batch.step()
+        except BaseException:
+            batch.abort()  # gives the rows' adapter pins back
+            raise
         return [self.result(s) for s in seqs]
 
     # -- banned words ------------------------------------------------------------
@@ -272,14 +297,16 @@ class RunningBatch:
         """Drop every row and its cache (after a failed step); returns the dropped sequences."""
         dropped = self.sequences()
         self.waiting, self.prefilling, self.decoding = [], None, None
+        for seq in dropped:
+            self.engine.release(seq)
         return dropped
 
     @torch.inference_mode()
     def step(self) -> list[SequenceState]:
         """Run one step; returns the sequences that finished in it (cancelled ones included).
 
-        A row whose adapter was removed while it ran finishes with ``error`` set. Torch
-        errors (out of memory, a broken forward) propagate; the caller then :meth:`abort`.
+        Finished rows have given back their adapter pin. Torch errors (out of memory, a broken
+        forward) propagate; the caller then :meth:`abort`.
         """
         engine = self.engine
         finished = self._drop_cancelled()
@@ -308,7 +335,7 @@ class RunningBatch:
                 seqs += prefilled.seqs
         self.steps += 1
         if not seqs:
-            return finished
+            return self._released(finished)
         logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
         seen = torch.cat(seen_parts) if len(seen_parts) > 1 else seen_parts[0]
         tokens = choose_tokens(logits, [s.sampling for s in seqs], seen, engine.eos)
@@ -324,22 +351,23 @@ class RunningBatch:
             self.decoding = (
                 joined if self.decoding is None else CausalBatch.concatenate(self.decoding, joined)
             )
-        return finished + self._filter_finished()
+        return self._released(finished + self._filter_finished())
 
-    def _adapters(self, seqs: list[SequenceState]) -> list[str]:
-        return [self.engine.pool.internal_name(s.request.adapter) for s in seqs]
+    def _released(self, seqs: list[SequenceState]) -> list[SequenceState]:
+        for seq in seqs:
+            self.engine.release(seq)
+        return seqs
+
+    @staticmethod
+    def _adapters(seqs: list[SequenceState]) -> list[str]:
+        """Each row's pinned instance, by PEFT name: never looked up again by persona."""
+        return [s.adapter.key if s.adapter is not None else BASE_ADAPTER for s in seqs]
 
     def _drop_cancelled(self) -> list[SequenceState]:
-        """Cancelled rows, and rows whose adapter is gone, leave before the step's forwards."""
-        pool = self.engine.pool
+        """Cancelled (or timed-out) rows leave before the step's forwards."""
         gone: list[SequenceState] = []
         for seq in self.sequences():
             if seq.is_cancelled is not None and seq.is_cancelled():
-                seq.finish("cancelled")
-            elif seq.request.adapter != BASE_ADAPTER and not pool.has(seq.request.adapter):
-                seq.error = GenerationError(
-                    "This persona's voice was unloaded while it was writing this reply. Please try again."
-                )
                 seq.finish("cancelled")
             if seq.finished:
                 gone.append(seq)

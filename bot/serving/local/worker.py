@@ -196,6 +196,7 @@ class GenerationWorker:
             batches_run=self._batches_run,
             requests_failed=self._failed,
             adapters=self.engine.adapters(),
+            canaries=self.engine.canaries(),
             device=str(self.engine.device),
             device_memory_mb=memory,
         )
@@ -308,11 +309,7 @@ class GenerationWorker:
             ticket = self._running.pop(seq, None)
         if ticket is None:
             return
-        if seq.error is not None:
-            with self._cond:
-                self._failed += 1
-            ticket._deliver(exc=seq.error)
-        elif seq.finish_reason == "cancelled":
+        if seq.finish_reason == "cancelled":
             if not ticket.cancelled and time.monotonic() > ticket.deadline:
                 ticket._deliver(exc=RequestTimeoutError("The reply took too long and was given up."))
             else:

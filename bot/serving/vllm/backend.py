@@ -31,7 +31,7 @@ from bot.serving.generation import (
     WorkerStoppedError,
 )
 from bot.serving.ticket import Ticket
-from bot.serving.vllm.adapters import AdapterRegistry
+from bot.serving.vllm.adapters import AdapterRegistry, PublishedAdapter
 from bot.serving.vllm.http import ModelNotFound, ServerError, ServerUnavailable, VllmClient
 from bot.serving.vllm.pool import TOKENIZER_PROBE, Server, ServerPool
 from bot.serving.vllm.request import StreamDecoder, completion_payload, prompt_ids
@@ -137,11 +137,15 @@ class VllmBackend:
             batches_run=self._served,
             requests_failed=self._failed,
             adapters=self.registry.infos(),
+            canaries=self.registry.canary_infos(),
             device=f"vLLM, {healthy} of {len(self.pool.servers)} servers healthy",
             servers=[s.status() for s in self.pool.servers],
         )
 
     async def reload(self, persona_id: str | None = None) -> list[str]:
+        """Re-read ``CURRENT`` and ``CANARY`` (one persona, or all) and serve what they name;
+        requests already running finish on the version they were admitted with. AdapterError
+        for a named persona whose adapter or canary cannot be served (see AdapterRegistry.publish)."""
         if persona_id is not None:
             return [await self.registry.publish(persona_id)]
         return await self.registry.publish_all()
@@ -184,21 +188,33 @@ class VllmBackend:
             self._tickets.pop(ticket, None)
 
     async def _generate(self, ticket: Ticket) -> GenerationResult:
+        """Serve one request on the version it is admitted with (held until it ends)."""
         request = ticket.request
         ids = prompt_ids(self.tokenizer, request, self.max_positions)
+        published = self.registry.admit(request.adapter)
+        try:
+            return await self._attempts(ticket, ids, published)
+        finally:
+            self.registry.release(published)
+
+    async def _attempts(
+        self, ticket: Ticket, ids: list[int], published: PublishedAdapter | None
+    ) -> GenerationResult:
+        """Try healthy servers that have ``published`` until one answers (see the module doc)."""
+        request = ticket.request
+        name = published.name if published is not None else None
+        version = published.version if published is not None else None
         tried: set[Server] = set()
         refreshed: set[Server] = set()
         while True:
-            name = self.registry.serving_name(request.adapter)
             server = self.pool.pick(name, tried)
             if server is None and name is not None and self.pool.healthy():
-                # Healthy servers exist but none has this adapter (all restarted?): register, retry.
+                # Healthy servers exist but none has this version (all restarted?): register, retry.
                 for candidate in self.pool.healthy():
                     if candidate not in refreshed:
                         refreshed.add(candidate)
                         await self.registry.ensure_on(candidate)
-                server = self.pool.pick(self.registry.serving_name(request.adapter), tried)
-                name = self.registry.serving_name(request.adapter)
+                server = self.pool.pick(name, tried)
             if server is None:
                 raise QueueFullError(
                     len(self._tickets), self.settings.worker.queue_size * max(len(self.pool.healthy()), 1)
@@ -206,7 +222,6 @@ class VllmBackend:
             decoder = StreamDecoder(self.tokenizer, request)
             payload = completion_payload(name or server.base_model or self.base_model, ids, request)
             server.outstanding += 1
-            self.registry.hold(name)
             started = time.perf_counter()
             try:
                 # aclosing: leaving the loop early closes the stream at once, so the server stops.
@@ -221,9 +236,7 @@ class VllmBackend:
                 if decoder.finish_reason is None:
                     ticket._piece(decoder.finish(None))
                 server.served += 1
-                return decoder.result(
-                    request.adapter, self.registry.version_of(name), time.perf_counter() - started
-                )
+                return decoder.result(request.adapter, version, time.perf_counter() - started)
             except ModelNotFound as exc:
                 server.failed += 1
                 if decoder.emitted:
@@ -249,7 +262,6 @@ class VllmBackend:
                 ) from exc
             finally:
                 server.outstanding -= 1
-                self.registry.release(name)
 
 
 def _load_tokenizer(settings: Settings) -> tuple[Any, int]:
