@@ -57,7 +57,7 @@ class ServerSettingsBook:
         outcome = await store.change_server_setting(
             guild_id, key, value, changed_by, expected=self.row(guild_id).value(key)
         )
-        self._rows[guild_id] = outcome.row
+        self.remember(outcome.row)
         return outcome
 
     async def edit_list(
@@ -70,8 +70,12 @@ class ServerSettingsBook:
         outcome = await store.edit_server_list(
             guild_id, key, changed_by, add=add, remove=remove, defaults=defaults
         )
-        self._rows[guild_id] = outcome.row
+        self.remember(outcome.row)
         return outcome
+
+    def remember(self, row: ServerSettingsRow) -> None:
+        """Keep ``row`` as its server's settings (what the store holds for it now)."""
+        self._rows[row.guild_id] = row
 
     async def changes(self, guild_id: int, limit: int = 5) -> list[SettingChange]:
         """The newest recorded changes of ``guild_id``'s settings (none without a database)."""

@@ -347,9 +347,10 @@ async def _connected(
             review.stop_polling()
         if bot.chat is not None:
             bot.chat.spool_flusher.cancel()
-        guild = discord.Object(int(emu.guild_id))
-        bot.tree.copy_global_to(guild=guild)
-        await bot.tree.sync(guild=guild)
+        for guild_id in emu.state.bot_guilds():  # every guild of the world (tests may add one)
+            guild = discord.Object(int(guild_id))
+            bot.tree.copy_global_to(guild=guild)
+            await bot.tree.sync(guild=guild)
         task = asyncio.create_task(bot.connect(reconnect=True))
         await asyncio.wait_for(bot.wait_until_ready(), WAIT_S)
         harness = EmulatedBot(emu, bot, runtime)
