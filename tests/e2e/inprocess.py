@@ -23,7 +23,7 @@ import discord
 from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
 from bot.discord.api_base import point_discord_at
 from bot.discord.app import OshaberiBot
-from bot.store.store import Store
+from bot.store.store import ExportRow, Store
 from tests.discord_emulator import Call, DiscordEmulator, InteractionRecord, StoredMessage
 from tests.fake_runtime import FakeChat, FakeRuntime
 
@@ -108,6 +108,13 @@ class EmulatedBot:
     @property
     def me(self) -> int:
         return int(self.emu.application_id)
+
+    async def exported(self, persona_id: str | None = None) -> list[ExportRow]:
+        """What ``export-reviews`` would take if the operator listed every guild of this emulator
+        (so their approved replies train): the review flow's result, whichever server it was in.
+        Which servers train is tested with the store's own ``listed_servers``."""
+        listed = [int(g) for g in self.emu.state.guilds]
+        return await self.store.approved_for_export(persona_id, listed_servers=listed)
 
     def set_discord(self, **changes: Any) -> None:
         s = self.bot.settings
