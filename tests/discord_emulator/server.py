@@ -431,6 +431,7 @@ class DiscordEmulator:
             }
         )
         payload = state.guild_create_payload(guild_id, include_members=False)
+        del payload["unavailable"]  # Discord leaves it out for a join (False: an outage ended)
         self.gateway.dispatch("GUILD_CREATE", payload, guild_id=guild_id)
         state.save()
         return guild_id

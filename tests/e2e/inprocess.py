@@ -170,12 +170,20 @@ class EmulatedBot:
         await self.settle()
 
     async def command(
-        self, name: str, *, user: str = "member", channel: str = "chat", **options: Any
+        self,
+        name: str,
+        *,
+        user: str = "member",
+        channel: str = "chat",
+        options: dict[str, Any] | None = None,
+        **more: Any,
     ) -> Interaction:
-        """``user`` runs ``/name`` with ``options`` (None values left out); returns its answers."""
+        """``user`` runs ``/name`` in ``channel`` with ``options`` and ``more`` (None values left
+        out; ``options`` for an option named like a parameter here, ``channel``); returns its answers."""
         mark = self.emu.mark()
+        given = {**(options or {}), **more}
         record = await self.emu.slash_command(
-            channel, user, name, {k: v for k, v in options.items() if v is not None}
+            channel, user, name, {k: v for k, v in given.items() if v is not None}
         )
         await self.received("interaction", lambda i: i.id == int(record.id))
         await self.settle()

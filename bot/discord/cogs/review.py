@@ -154,7 +154,10 @@ class Review(commands.Cog):
                 "The edited reply is empty; nothing was recorded.", ephemeral=True
             )
             return
-        await interaction.response.defer()
+        # From a card: the card itself is updated. A form with no card behind it (forged, or its
+        # card deleted) cannot update a message, so it is answered privately instead.
+        no_card = interaction.message is None
+        await interaction.response.defer(ephemeral=no_card, thinking=no_card)
         await self._decide(interaction, log_id, "edited", text[:MAX_EDITED_CHARS])
 
     async def _decide(
@@ -198,6 +201,8 @@ class Review(commands.Cog):
             log.warning("review card #%s not updated: %s", item.log_id, exc)
         if outcome.already_decided:
             await self._tell(interaction, _already(outcome.decision, outcome.moderator_id))
+        elif interaction.message is None:
+            await self._tell(interaction, f"Recorded: **{item.decision}** on review item #{item.log_id}.")
 
     async def _tell(self, interaction: discord.Interaction[Any], text: str) -> None:
         """An ephemeral note to whoever clicked, whether or not the interaction was answered yet."""
