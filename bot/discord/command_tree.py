@@ -20,6 +20,12 @@ from bot.discord.sender import NO_PINGS
 
 log = logging.getLogger(__name__)
 FAILED = "Sorry, that command failed. The moderators can find the reason in the bot's log."
+GONE = {
+    discord.AppCommandOptionType.channel: "channel",
+    discord.AppCommandOptionType.role: "role",
+    discord.AppCommandOptionType.user: "member",
+    discord.AppCommandOptionType.mentionable: "member or role",
+}
 # A member's privacy requests cover every server, so they work even where the bot does not serve.
 EVERYWHERE = frozenset({"forget", "optout", "optin"})
 NOT_SERVED = (
@@ -52,6 +58,10 @@ class OshaberiTree(app_commands.CommandTree[Any]):
         """Tell the user why the command did nothing (``Refusal``), or that it failed (logged)."""
         if isinstance(error, Refusal):
             text = error.message
+        elif isinstance(error, app_commands.TransformerError) and error.type in GONE:
+            # discord.py looks a channel up in this server's cache: one of another server (a
+            # forged or stale option) or one deleted meanwhile is not found. The user's mistake.
+            text = f"That {GONE[error.type]} is not one of this server's (deleted, or another server's); pick another."
         else:
             name = interaction.command.qualified_name if interaction.command else "?"
             log.error("/%s failed", name, exc_info=error)

@@ -48,6 +48,8 @@ CONTROL_HOOKS = (
     "select_menu",
     "submit_modal",
     "add_bot_to_guild",
+    "delete_channel",
+    "delete_role",
     "drop_connection",
     "send_reconnect",
     "invalidate_session",
@@ -435,6 +437,29 @@ class DiscordEmulator:
         self.gateway.dispatch("GUILD_CREATE", payload, guild_id=guild_id)
         state.save()
         return guild_id
+
+    async def delete_channel(self, channel: str | int) -> None:
+        """A guild channel is deleted (its messages go with it); dispatches CHANNEL_DELETE."""
+        self._mark_trigger()
+        cid = self.state.resolve_channel(channel)
+        payload = self.state.channels.pop(cid)
+        for msg in self.state.messages.values():
+            if msg.channel_id == cid:
+                msg.deleted = True
+        self.gateway.dispatch("CHANNEL_DELETE", payload, channel_id=None)
+        self.state.save()
+
+    async def delete_role(self, role: str | int) -> None:
+        """A role is deleted and taken from every member; dispatches GUILD_ROLE_DELETE."""
+        self._mark_trigger()
+        rid = self.state.resolve_role(role)
+        self.state.roles.pop(rid)
+        guild_id = self.state.role_guilds.pop(rid, self.state.guild_id)
+        for member in self.state.members_of(guild_id).values():
+            if rid in member["roles"]:
+                member["roles"].remove(rid)
+        self.gateway.dispatch("GUILD_ROLE_DELETE", {"guild_id": guild_id, "role_id": rid})
+        self.state.save()
 
     async def drop_connection(self, code: int | None = None) -> int:
         """Kill every gateway socket: abruptly (``code=None``, the bot should RESUME) or with a close code."""
