@@ -5,16 +5,19 @@ database from before (all rows of one server) that must keep working with no ope
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from bot.config import ChatSettings, DiscordSettings, Settings
+from bot.config import ChatSettings, DiscordSettings, PathSettings, ScheduleSettings, Settings
+from bot.learning.retrain_schedule import RetrainingSchedule
 from bot.store.migrations import LATEST_VERSION, MIGRATIONS
 from bot.store.server_book import ServerSettingsBook
 from bot.store.server_settings import MAX_LIST_IDS, ServerSettingsRow, resolve
 from bot.store.store import LogEntry, Store, StoreError
+from trainer.__main__ import main as trainer_main
 
 A, B, C = 111, 222, 333  # three servers
 ADMIN, OTHER_ADMIN = 7, 8
@@ -277,3 +280,39 @@ async def test_an_existing_database_keeps_training_with_no_operator_action(tmp_p
         assert [r.question for r in await s.approved_for_export()] == ["古い質問"]
     finally:
         await s.close()
+
+
+def test_export_reviews_command_follows_the_allow_list_and_says_what_it_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, out = tmp_path / "bot.sqlite3", tmp_path / "marisa-reviewed.jsonl"
+
+    async def fill() -> None:
+        s = await Store.open(db)
+        await _approved(s, A, "A の話")
+        await _approved(s, B, "B の話")
+        await s.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "oshaberi.toml"
+    config.write_text(f'[paths]\ndatabase = "{db}"\n[discord]\nallowed_servers = [{A}]\n', encoding="utf-8")
+    code = trainer_main(["--config", str(config), "export-reviews", "--persona", "marisa", "-o", str(out)])
+    assert code == 0
+    assert [json.loads(line)["turns"][0]["text"] for line in out.read_text("utf-8").splitlines()] == ["A の話"]
+    assert "left out 1 approved replies from Discord servers that do not allow training" in capsys.readouterr().out
+
+
+async def test_scheduled_retraining_counts_only_servers_that_allow_training(tmp_path: Path) -> None:
+    db = tmp_path / "bot.sqlite3"
+    s = await Store.open(db)
+    await _approved(s, A, "A の話")
+    for text in ("B の一つ目", "B の二つ目"):
+        await _approved(s, B, text)
+    await s.close()
+    listed_a = Settings(
+        paths=PathSettings(database=str(db), adapters_dir=str(tmp_path / "adapters")),
+        discord=DiscordSettings(allowed_servers=(A,)),
+        schedule=ScheduleSettings(min_new_approved=2, personas=("marisa",)),
+    )
+    [outcome] = await RetrainingSchedule(listed_a).run_once()
+    assert (outcome.status, outcome.new_approved) == ("skipped", 1)  # B's two do not count
