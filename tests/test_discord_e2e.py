@@ -276,7 +276,16 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
     ]
     names = sorted(cmd["name"] for cmd in put.json)
     assert names == [
-        "forget", "help", "optin", "optout", "persona", "personas", "reload", "reset", "settings", "status"
+        "forget",
+        "help",
+        "optin",
+        "optout",
+        "persona",
+        "personas",
+        "reload",
+        "reset",
+        "settings",
+        "status",
     ]
     persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
     assert persona["options"][0]["autocomplete"] is True

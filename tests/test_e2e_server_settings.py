@@ -58,7 +58,9 @@ async def test_channels_and_roles_of_another_server_are_refused(h: EmulatedBot) 
     assert "another server's" in private(answer)
     assert "another server's" in private(await in_b(h, "allowed-channels", action="add", channel="chat"))
     assert "not one of this server's" in private(await in_b(h, "moderator-role", role="moderator"))
-    assert "not one of this server's" in private(await in_b(h, "allowed-roles", action="add", role="moderator"))
+    assert "not one of this server's" in private(
+        await in_b(h, "allowed-roles", action="add", role="moderator")
+    )
     await nothing_changed(h)
 
 
@@ -100,7 +102,9 @@ async def test_two_admins_changing_one_setting_at_once(h: EmulatedBot) -> None:
     """Both commands arrive before either is answered: one change wins, the other admin is told
     what stands, and the change log holds exactly the change that was made."""
     marks = h.emu.mark()
-    first = await h.emu.slash_command("b-chat", "admin_b", "settings default-persona", {"persona": "zundamon"})
+    first = await h.emu.slash_command(
+        "b-chat", "admin_b", "settings default-persona", {"persona": "zundamon"}
+    )
     second = await h.emu.slash_command(
         "b-chat", "admin2_b", "settings default-persona", {"persona": "ojousama"}
     )

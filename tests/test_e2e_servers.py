@@ -235,7 +235,9 @@ async def test_settings_survive_a_restart(tmp_path: Path) -> None:
         second_server(emu)
         async with emulated_bot(tmp_path, emu=emu) as first:
             await set_b_review_channel(first)
-            await first.command("settings default-persona", user="admin_b", channel="b-chat", persona="zundamon")
+            await first.command(
+                "settings default-persona", user="admin_b", channel="b-chat", persona="zundamon"
+            )
             await first.command(
                 "settings allowed-channels",
                 user="admin_b",
@@ -245,7 +247,9 @@ async def test_settings_survive_a_restart(tmp_path: Path) -> None:
         async with emulated_bot(tmp_path, emu=emu) as h:
             shown = await h.command("settings show", user="admin_b", channel="b-chat")
             assert f"<#{h.channel('b-review')}> (set here)" in shown.text
-            assert "`zundamon` (set here)" in shown.text and f"<#{h.channel('b-chat')}> (set here)" in shown.text
+            assert (
+                "`zundamon` (set here)" in shown.text and f"<#{h.channel('b-chat')}> (set here)" in shown.text
+            )
             assert "by <@" in shown.text  # the recorded changes, with who made them
             await h.say(f"<@{h.me}> 再起動後", channel="b-chat")
             await h.say(f"<@{h.me}> ここは許可外", channel="b-general")

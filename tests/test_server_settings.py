@@ -76,7 +76,9 @@ def test_the_allow_list_decides_who_is_served_and_who_trains_by_default() -> Non
     assert resolve(everyone, A, None).served and not resolve(everyone, A, None).training
     listed = settings(allowed_servers=(A,))
     assert resolve(listed, A, None).served and resolve(listed, A, None).training
-    assert not resolve(listed, A, ServerSettingsRow(A, training=False)).training  # a listed server may opt out
+    assert not resolve(
+        listed, A, ServerSettingsRow(A, training=False)
+    ).training  # a listed server may opt out
     unlisted = resolve(listed, B, ServerSettingsRow(B, training=True))
     assert not unlisted.served and not unlisted.training  # not served: never trains, whatever it set
 
@@ -261,7 +263,9 @@ async def test_an_existing_database_keeps_training_with_no_operator_action(tmp_p
         for migration in MIGRATIONS[:before]:
             for statement in migration.statements:
                 raw.execute(statement)
-            raw.execute("INSERT INTO schema_version VALUES (?, '2024-01-01T00:00:00+00:00')", (migration.version,))
+            raw.execute(
+                "INSERT INTO schema_version VALUES (?, '2024-01-01T00:00:00+00:00')", (migration.version,)
+            )
         raw.execute(
             "INSERT INTO logs (created_at, guild_id, user_id, persona_id, prompt, user_text, reply, params,"
             " status, origin, decision, decided_by, decided_at) VALUES ('2024-01-01T00:00:00+00:00', ?, 77,"
@@ -298,8 +302,13 @@ def test_export_reviews_command_follows_the_allow_list_and_says_what_it_left_out
     config.write_text(f'[paths]\ndatabase = "{db}"\n[discord]\nallowed_servers = [{A}]\n', encoding="utf-8")
     code = trainer_main(["--config", str(config), "export-reviews", "--persona", "marisa", "-o", str(out)])
     assert code == 0
-    assert [json.loads(line)["turns"][0]["text"] for line in out.read_text("utf-8").splitlines()] == ["A の話"]
-    assert "left out 1 approved replies from Discord servers that do not allow training" in capsys.readouterr().out
+    assert [json.loads(line)["turns"][0]["text"] for line in out.read_text("utf-8").splitlines()] == [
+        "A の話"
+    ]
+    assert (
+        "left out 1 approved replies from Discord servers that do not allow training"
+        in capsys.readouterr().out
+    )
 
 
 async def test_scheduled_retraining_counts_only_servers_that_allow_training(tmp_path: Path) -> None:

@@ -196,6 +196,11 @@ class OshaberiClient:
                 self.store = await Store.open(self.settings.paths.database)
             self.servers.store = self.store
             await self.servers.load()
+            if not self.settings.discord.allowed_servers:
+                log.info(
+                    "discord.allowed_servers is empty: every server that adds the bot is served, and a "
+                    "server's approved replies train only once its admins run /settings training on"
+                )
             chat = self.settings.chat
             self.flow = ReplyFlow(
                 RateLimiter(chat.rate_limit_per_minute, chat.rate_limit_burst),

@@ -88,7 +88,9 @@ class ReviewQueue:
         if guild_id is not None and getattr(getattr(channel, "guild", None), "id", None) != guild_id:
             # The operator's default channel seen from another server, or a setting gone wrong.
             self._warn_once(
-                guild_id, channel_id, f"review channel {channel_id} is not in server {guild_id}; its cards wait"
+                guild_id,
+                channel_id,
+                f"review channel {channel_id} is not in server {guild_id}; its cards wait",
             )
             return None
         return channel
@@ -144,7 +146,9 @@ class ReviewQueue:
                 del self._unmarked[log_id]
             if not self._reconciled:
                 await self.reconcile()
-            places = [g for g in await self.store.unposted_guilds() if await self.review_channel(g) is not None]
+            places = [
+                g for g in await self.store.unposted_guilds() if await self.review_channel(g) is not None
+            ]
             if not places:
                 return
             for item in await self.store.unposted_reviews(limit=POLL_BATCH, guilds=places[:MAX_PLACES]):
@@ -193,7 +197,12 @@ class ReviewQueue:
             log.warning(
                 "%d review cards of server %s were in channel %s of server %s; %d deleted, "
                 "their rows go to server %s's own review channel",
-                len(cards), guild_id, channel_id, where, deleted, guild_id,
+                len(cards),
+                guild_id,
+                channel_id,
+                where,
+                deleted,
+                guild_id,
             )
         return found
 

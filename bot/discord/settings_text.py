@@ -87,7 +87,9 @@ def problems(server: ServerSettings, guild: Any, persona_ids: set[str] | None) -
         found["allowed_roles"] = f"{len(gone_roles)} of these are not roles of this server (deleted?)"
     gone_channels = [c for c in server.allowed_channels if guild.get_channel(c) is None]
     if gone_channels:
-        found["allowed_channels"] = f"{len(gone_channels)} of these are not channels of this server (deleted?)"
+        found["allowed_channels"] = (
+            f"{len(gone_channels)} of these are not channels of this server (deleted?)"
+        )
     if persona_ids is not None and server.default_persona not in persona_ids:
         found["default_persona"] = "not loaded: mentions get a notice instead of a reply"
     return found
@@ -121,7 +123,12 @@ def outcome_text(
 
     ``now`` is the value in force after it (the default filled in), ``wanted`` what was asked for.
     """
-    changed, conflict, previous, last = outcome.changed, outcome.conflict, outcome.previous, outcome.last_change
+    changed, conflict, previous, last = (
+        outcome.changed,
+        outcome.conflict,
+        outcome.previous,
+        outcome.last_change,
+    )
     label = LABELS[key]
     by = f" (set by <@{last.changed_by}> {when(last.changed_at)})" if last and last.changed_by else ""
     if conflict:

@@ -31,8 +31,6 @@ _PRIVACY_EXCLUSION = """
 """
 
 
-
-
 def training_allowed(listed_servers: Collection[int]) -> tuple[str, list[Any]]:
     """A WHERE condition on ``logs l``: the row's server allows training. Returns (sql, params).
 
@@ -66,7 +64,9 @@ class PrivacyStore(SqliteDatabase):
         them, never from a server that does not allow training (``listed_servers``:
         ``discord.allowed_servers``, see :func:`training_allowed`)."""
         where, params = self._exportable(persona_id, listed_servers)
-        rows = await self._fetchall(f"SELECT {EXPORT_COLUMNS} FROM logs l WHERE {where} ORDER BY l.id", params)
+        rows = await self._fetchall(
+            f"SELECT {EXPORT_COLUMNS} FROM logs l WHERE {where} ORDER BY l.id", params
+        )
         return [export_row(r) for r in rows]
 
     async def count_approved_since(

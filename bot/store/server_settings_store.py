@@ -89,10 +89,16 @@ class ServerSettingsStore(SqliteDatabase):
             current = await self._read_row(guild_id)
             previous = current.value(key)
             if _normal(key, previous) == _normal(key, value):
-                return SettingOutcome(current, False, previous, last_change=await self._last_change(guild_id, key))
+                return SettingOutcome(
+                    current, False, previous, last_change=await self._last_change(guild_id, key)
+                )
             if expected is not UNSET and _normal(key, previous) != _normal(key, expected):
                 return SettingOutcome(
-                    current, False, previous, conflict=True, last_change=await self._last_change(guild_id, key)
+                    current,
+                    False,
+                    previous,
+                    conflict=True,
+                    last_change=await self._last_change(guild_id, key),
                 )
             return await self._apply(guild_id, key, previous, value, changed_by)
 
@@ -125,7 +131,9 @@ class ServerSettingsStore(SqliteDatabase):
             if len(wanted) > MAX_LIST_IDS:
                 raise ValueError(f"{key}: at most {MAX_LIST_IDS} ids")
             if _normal(key, start) == _normal(key, wanted):
-                return SettingOutcome(current, False, previous, last_change=await self._last_change(guild_id, key))
+                return SettingOutcome(
+                    current, False, previous, last_change=await self._last_change(guild_id, key)
+                )
             return await self._apply(guild_id, key, previous, wanted, changed_by)
 
         return await self._write(body)

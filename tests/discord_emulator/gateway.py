@@ -363,7 +363,9 @@ class Gateway:
         session.dispatch("READY", ready)
         if intents & I_GUILDS:
             for guild_id in on_shard:
-                payload = state.guild_create_payload(guild_id, include_members=bool(intents & I_GUILD_MEMBERS))
+                payload = state.guild_create_payload(
+                    guild_id, include_members=bool(intents & I_GUILD_MEMBERS)
+                )
                 session.dispatch("GUILD_CREATE", payload)
         self._record("ready", session.id)
 
@@ -437,7 +439,9 @@ class Gateway:
         for session in list(self.sessions.values()):
             if needed and not session.intents & needed:
                 continue
-            guild = guild_id or (data.get("id") if event.startswith("GUILD_") else None) or self.state.guild_id
+            guild = (
+                guild_id or (data.get("id") if event.startswith("GUILD_") else None) or self.state.guild_id
+            )
             if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") and not self._guild_on_shard(
                 session, str(guild)
             ):

@@ -264,7 +264,9 @@ class InteractionRoutes:
 
     async def guild_webhooks(self, req: ApiRequest, p: dict[str, str]) -> Reply:
         guild_id = self.state.resolve_guild(p["guild_id"])
-        hooks = [h for h in self.state.webhooks.values() if h.get("guild_id", self.state.guild_id) == guild_id]
+        hooks = [
+            h for h in self.state.webhooks.values() if h.get("guild_id", self.state.guild_id) == guild_id
+        ]
         return Reply(body=[self._webhook_payload(h) for h in hooks])
 
     async def create_webhook(self, req: ApiRequest, p: dict[str, str]) -> Reply:

@@ -517,7 +517,9 @@ class EmulatorState:
 
     def guild_roles(self, guild_id: str | None = None) -> list[dict[str, Any]]:
         guild_id = self.resolve_guild(guild_id)
-        return [dict(r) for rid, r in self.roles.items() if self.role_guilds.get(rid, self.guild_id) == guild_id]
+        return [
+            dict(r) for rid, r in self.roles.items() if self.role_guilds.get(rid, self.guild_id) == guild_id
+        ]
 
     def guild_payload(self, guild_id: str | None = None) -> dict[str, Any]:
         payload = dict(self.guilds[self.resolve_guild(guild_id)])

@@ -22,7 +22,9 @@ def second_server(emu: DiscordEmulator) -> None:
     state.add_user("mod_b", None, "makoto_b", global_name="誠")
     guild = state.add_guild(SECOND, None, "Second Server", owner="admin_b")
     state.add_role("b-moderator", None, "Mods B", MODERATOR_PERMISSIONS, position=2, guild=SECOND)
-    state.add_role("b-admin", None, "Admins B", MODERATOR_PERMISSIONS | P_MANAGE_GUILD, position=3, guild=SECOND)
+    state.add_role(
+        "b-admin", None, "Admins B", MODERATOR_PERMISSIONS | P_MANAGE_GUILD, position=3, guild=SECOND
+    )
     state.add_channel("b-general", None, "b-general", position=0, guild=SECOND)
     state.add_channel("b-chat", None, "b-chat", position=1, guild=SECOND)
     state.add_channel("b-review", None, "b-review", position=2, guild=SECOND)

@@ -48,7 +48,9 @@ class Help(commands.Cog):
         if not channel_allowed(server, interaction.channel):
             guild = interaction.guild
             # Only this server's channels: an id from another server (the TOML's) shows nothing.
-            here = [c for c in server.allowed_channels if guild is not None and guild.get_channel(c) is not None]
+            here = [
+                c for c in server.allowed_channels if guild is not None and guild.get_channel(c) is not None
+            ]
             if not here:
                 return "The bot does not talk in any channel of this server yet; ask an admin (`/settings`)."
             return f"The bot does not talk in this channel. It talks in {' '.join(f'<#{c}>' for c in here[:10])}."
@@ -87,7 +89,9 @@ class Help(commands.Cog):
                 parts.append("This server has no review channel: `/settings review-channel` sets one.")
             if server is not None:
                 training = "may" if server.training else "may not"
-                parts.append(f"This server's approved replies {training} train the personas (`/settings training`).")
+                parts.append(
+                    f"This server's approved replies {training} train the personas (`/settings training`)."
+                )
         # Mentions are written for display only: NO_PINGS makes sure nobody is notified.
         await interaction.response.send_message(
             "\n".join(parts)[:2000], ephemeral=True, allowed_mentions=NO_PINGS

@@ -62,7 +62,9 @@ class ServerAccess(commands.Cog):
         leaving = self.bot.settings.discord.leave_unlisted_servers
         log.warning(
             "server %s (%s) is not on discord.allowed_servers: %s",
-            guild.id, guild.name, "leaving it" if leaving else "staying silent there",
+            guild.id,
+            guild.name,
+            "leaving it" if leaving else "staying silent there",
         )
         try:
             first = self.store is not None and await self.store.claim_server_notice(guild.id)

@@ -40,7 +40,11 @@ TalkChannel = discord.TextChannel | discord.ForumChannel
 
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
-class ServerSettingsCog(commands.GroupCog, group_name="settings", group_description="This server's settings for the bot (Manage Server)"):
+class ServerSettingsCog(
+    commands.GroupCog,
+    group_name="settings",
+    group_description="This server's settings for the bot (Manage Server)",
+):
     """The ``/settings`` group. ``runtime`` (None until the model loads) knows the personas."""
 
     def __init__(self, bot: BotServices, runtime: Runtime | None) -> None:
@@ -65,7 +69,10 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
             lines.append("(The database is busy, so the recent changes are not shown.)")
         if changes:
             lines += ["", "**Recent changes**", *(change_line(c) for c in changes)]
-        lines += ["", "Change one with `/settings <name>`; `/settings reset` goes back to the operator's default."]
+        lines += [
+            "",
+            "Change one with `/settings <name>`; `/settings reset` goes back to the operator's default.",
+        ]
         await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True, allowed_mentions=NO_PINGS)
 
     # -- changing ----------------------------------------------------------------------------------
@@ -73,7 +80,9 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
     @app_commands.command(name="review-channel", description="Where this server's review cards are posted")
     @app_commands.describe(channel="A text channel of this server the bot can post in")
     @manages_server()
-    async def review_channel(self, interaction: discord.Interaction[Any], channel: discord.TextChannel) -> None:
+    async def review_channel(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel
+    ) -> None:
         guild = self._guild(interaction)
         real = self._own_channel(guild, channel)
         me = guild.me
@@ -82,7 +91,9 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
             missing = [p for p in REVIEW_PERMISSIONS if not getattr(perms, p)]
             if missing:
                 names = ", ".join(p.replace("_", " ").title() for p in missing)
-                raise Refusal(f"The bot cannot use {real.mention} (it lacks: {names}). Give it those there first.")
+                raise Refusal(
+                    f"The bot cannot use {real.mention} (it lacks: {names}). Give it those there first."
+                )
         await self._change(interaction, "review_channel", real.id)
 
     @app_commands.command(name="moderator-role", description="The role whose members decide on review cards")
@@ -100,12 +111,16 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
     @manages_server()
     @model_loaded()
     async def default_persona(
-        self, interaction: discord.Interaction[Any], persona: app_commands.Transform[PersonaCard, LoadedPersona]
+        self,
+        interaction: discord.Interaction[Any],
+        persona: app_commands.Transform[PersonaCard, LoadedPersona],
     ) -> None:
         await self._change(interaction, "default_persona", persona.id)
 
     @app_commands.command(name="allowed-roles", description="Which roles may talk to the bot here")
-    @app_commands.describe(action="add or remove a role, or let everyone talk", role="The role to add or remove")
+    @app_commands.describe(
+        action="add or remove a role, or let everyone talk", role="The role to add or remove"
+    )
     @manages_server()
     async def allowed_roles(
         self,
@@ -126,7 +141,8 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
 
     @app_commands.command(name="allowed-channels", description="Which channels the bot talks in here")
     @app_commands.describe(
-        action="add or remove a channel, or let the bot talk everywhere", channel="The channel to add or remove"
+        action="add or remove a channel, or let the bot talk everywhere",
+        channel="The channel to add or remove",
     )
     @manages_server()
     async def allowed_channels(
@@ -144,7 +160,9 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
         real_id = self._own_channel(guild, channel).id if action == "add" else channel.id
         await self._edit_list(interaction, "allowed_channels", action, real_id)
 
-    @app_commands.command(name="training", description="May this server's approved replies train the personas?")
+    @app_commands.command(
+        name="training", description="May this server's approved replies train the personas?"
+    )
     @app_commands.describe(state="on: approved replies may be used for training; off: never")
     @manages_server()
     async def training(self, interaction: discord.Interaction[Any], state: Literal["on", "off"]) -> None:
@@ -197,12 +215,16 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
             return
         await self._answer(interaction, key, outcome, value)
 
-    async def _edit_list(self, interaction: discord.Interaction[Any], key: str, action: str, item: int) -> None:
+    async def _edit_list(
+        self, interaction: discord.Interaction[Any], key: str, action: str, item: int
+    ) -> None:
         guild = self._guild(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         add, remove = ((item,), ()) if action == "add" else ((), (item,))
         try:
-            outcome = await self.bot.servers.edit_list(guild.id, key, interaction.user.id, add=add, remove=remove)
+            outcome = await self.bot.servers.edit_list(
+                guild.id, key, interaction.user.id, add=add, remove=remove
+            )
         except ValueError as exc:
             await interaction.followup.send(f"{exc}. Nothing changed.", ephemeral=True)
             return
@@ -220,7 +242,11 @@ class ServerSettingsCog(commands.GroupCog, group_name="settings", group_descript
         text = outcome_text(key, outcome, now, wanted)
         if outcome.changed:
             log.info(
-                "server %s: %s changed by %s (%s → %s)", interaction.guild_id, key, interaction.user.id,
-                outcome.previous, outcome.row.value(key),
+                "server %s: %s changed by %s (%s → %s)",
+                interaction.guild_id,
+                key,
+                interaction.user.id,
+                outcome.previous,
+                outcome.row.value(key),
             )
         await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_PINGS)
