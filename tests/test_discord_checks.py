@@ -22,7 +22,7 @@ from bot.discord.checks import (
     moderator_only,
     talks_here,
 )
-from bot.discord.command_tree import FAILED, OshaberiTree
+from bot.discord.command_tree import FAILED, NOT_SERVED, OshaberiTree
 from bot.discord.persona_options import OFF, LoadedPersona, PersonaOrOff
 from bot.discord.review_views import (
     BUTTON_TEMPLATE,
@@ -235,3 +235,31 @@ async def test_each_bound_button_class_routes_to_its_own_desk_after_its_own_chec
     unbound = ReviewButton("reject", 5)  # draws buttons; nobody decides through it
     lost = interaction()
     assert await unbound.interaction_check(lost) is False and lost.response.sent[0][0] == NOT_AVAILABLE
+
+
+async def test_the_tree_lets_only_privacy_commands_run_in_a_server_not_served() -> None:
+    tree = OshaberiTree(discord.Client(intents=discord.Intents.none()))
+    only_two = Settings(discord=DiscordSettings(allowed_servers=(2,)))
+
+    def at(name: str, **kw: Any) -> Any:
+        kw.setdefault("type", discord.InteractionType.application_command)
+        return interaction(settings=only_two, command=SimpleNamespace(qualified_name=name), **kw)
+
+    refused = at("settings show")
+    assert await tree.interaction_check(refused) is False
+    [(text, kwargs)] = refused.response.sent
+    assert text == NOT_SERVED and kwargs["ephemeral"]
+    for name in ("forget", "optout", "optin"):
+        allowed = at(name)
+        assert await tree.interaction_check(allowed) is True and allowed.response.sent == []
+    assert await tree.interaction_check(at("personas", guild=SimpleNamespace(id=2))) is True
+    assert await tree.interaction_check(at("personas", guild=None)) is True  # a DM: no server to serve
+
+    choices: list[list[Any]] = []
+
+    async def autocomplete(options: list[Any]) -> None:
+        choices.append(options)
+
+    typing = at("persona", type=discord.InteractionType.autocomplete)
+    typing.response.autocomplete = autocomplete
+    assert await tree.interaction_check(typing) is False and choices == [[]]
