@@ -145,6 +145,13 @@ async def test_each_server_has_its_own_default_persona(h: EmulatedBot) -> None:
     help_b = await h.command("help", user="member", channel="b-chat")
     assert "ずんだもん" in help_b.text and "霧雨魔理沙" not in help_b.text
 
+    def defaults(answer: Interaction) -> list[str]:
+        fields = answer.last["embeds"][0]["fields"]
+        return [f["name"] for f in fields if "default" in f["name"]]
+
+    assert ["`zundamon`" in n for n in defaults(await h.command("personas", channel="b-chat"))] == [True]
+    assert ["`marisa`" in n for n in defaults(await h.command("personas", channel="chat"))] == [True]
+
 
 async def test_a_server_that_disallows_training_gives_no_rows_to_the_export(
     h: EmulatedBot, tmp_path: Path
