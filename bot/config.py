@@ -99,10 +99,17 @@ class ChatSettings:
 
 @dataclass(frozen=True)
 class DiscordSettings:
+    """The Discord defaults. Each server may override the first four (and ``chat.default_persona``
+    and whether its replies train) with ``/settings``; a server without settings uses these. Channel
+    and role ids belong to one server, so in any other server they match nothing."""
+
     allowed_channels: tuple[int, ...] = ()  # empty: every channel the bot can read
     allowed_roles: tuple[int, ...] = ()  # empty: everyone may talk to the bot
     review_channel: int = 0  # 0: no review channel (replies are still logged)
     moderator_role: int = 0  # 0: only members with Manage Messages moderate
+    # Servers the bot serves; empty: every server that adds it. Listed servers train by default.
+    allowed_servers: tuple[int, ...] = ()
+    leave_unlisted_servers: bool = False  # in a server not on allowed_servers: leave (true) or stay silent
     use_webhooks: bool = True
     owner_ids: tuple[int, ...] = ()
     review_poll_s: float = 10.0  # how often review items from other processes are looked for
@@ -257,6 +264,7 @@ def validate(settings: Settings) -> None:
         ("discord.allowed_channels", settings.discord.allowed_channels),
         ("discord.allowed_roles", settings.discord.allowed_roles),
         ("discord.owner_ids", settings.discord.owner_ids),
+        ("discord.allowed_servers", settings.discord.allowed_servers),
     ):
         if any(i <= 0 for i in ids):
             raise ConfigError(f"{key}: Discord ids are positive numbers, got {list(ids)}")

@@ -13,8 +13,16 @@ import pytest
 from discord import app_commands
 
 from bot.config import DiscordSettings, Settings
-from bot.discord.checks import NOT_MODERATOR, Refusal, model_loaded, moderator_only, talks_here
-from bot.discord.command_tree import FAILED, OshaberiTree
+from bot.discord.checks import (
+    NOT_MANAGER,
+    NOT_MODERATOR,
+    Refusal,
+    manages_server,
+    model_loaded,
+    moderator_only,
+    talks_here,
+)
+from bot.discord.command_tree import FAILED, NOT_SERVED, OshaberiTree
 from bot.discord.persona_options import OFF, LoadedPersona, PersonaOrOff
 from bot.discord.review_views import (
     BUTTON_TEMPLATE,
@@ -23,6 +31,8 @@ from bot.discord.review_views import (
     bind_review_buttons,
 )
 from bot.discord.review_views import NOT_MODERATOR as NOT_REVIEWER
+from bot.store.server_book import ServerSettingsBook
+from bot.store.server_settings import ServerSettingsRow
 from personas.card import load_cards
 
 CARDS = load_cards()
@@ -46,9 +56,22 @@ class Response:
         self.sent.append((text, kwargs))
 
 
-def interaction(*, settings: Settings | None = None, runtime: Any = "loaded", store: Any = "open", **kw: Any):
+def interaction(
+    *,
+    settings: Settings | None = None,
+    runtime: Any = "loaded",
+    store: Any = "open",
+    rows: tuple[ServerSettingsRow, ...] = (),
+    **kw: Any,
+):
+    """A fake interaction in server 1 (``guild=None``: a DM); ``rows`` are servers' own settings."""
+    settings = settings or Settings(discord=DiscordSettings())
+    servers = ServerSettingsBook(lambda: settings, None)
+    for row in rows:
+        servers.remember(row)
     bot = SimpleNamespace(
-        settings=settings or Settings(discord=DiscordSettings()),
+        settings=settings,
+        servers=servers,
         runtime=SimpleNamespace(cards=CARDS) if runtime == "loaded" else runtime,
         store=object() if store == "open" else store,
     )
@@ -68,6 +91,7 @@ def interaction(*, settings: Settings | None = None, runtime: Any = "loaded", st
         "command": None,
     }
     values.update(kw)
+    values["guild_id"] = values["guild"].id if values["guild"] is not None else None
     return SimpleNamespace(**values)
 
 
@@ -94,6 +118,32 @@ def test_moderator_only_refuses_others_with_the_commands_line() -> None:
     assert refusal(pred, interaction(settings=owner)) is None
 
 
+def test_moderators_are_each_servers_own() -> None:
+    """Server 1's moderator role makes a moderator there, and only there; a DM has only owners."""
+    pred = predicate(moderator_only())
+    member = SimpleNamespace(id=7, roles=[SimpleNamespace(id=55)])
+    own_role = (ServerSettingsRow(1, moderator_role=55),)
+    assert refusal(pred, interaction(user=member, rows=own_role)) is None
+    elsewhere = interaction(user=member, rows=own_role, guild=SimpleNamespace(id=2))
+    assert refusal(pred, elsewhere) == NOT_MODERATOR
+    # The operator's default role counts where a server set none, never over a server's own.
+    default = Settings(discord=DiscordSettings(moderator_role=55))
+    assert refusal(pred, interaction(user=member, settings=default)) is None
+    overridden = (ServerSettingsRow(1, moderator_role=66),)
+    assert refusal(pred, interaction(user=member, settings=default, rows=overridden)) == NOT_MODERATOR
+    assert refusal(pred, interaction(user=member, rows=own_role, guild=None)) == NOT_MODERATOR
+
+
+def test_manages_server_wants_manage_server_in_a_server() -> None:
+    pred = predicate(manages_server())
+    assert refusal(pred, interaction()) == NOT_MANAGER
+    assert refusal(pred, interaction(permissions=MOD)) == NOT_MANAGER  # Manage Messages is not enough
+    assert refusal(pred, interaction(permissions=discord.Permissions(manage_guild=True))) is None
+    assert refusal(pred, interaction(permissions=discord.Permissions(administrator=True))) is None
+    in_dm = interaction(guild=None, permissions=discord.Permissions(manage_guild=True))
+    assert refusal(pred, in_dm) == "Server settings are changed in the server, not in a direct message."
+
+
 def test_model_loaded_refuses_until_the_runtime_is_there() -> None:
     pred = predicate(model_loaded())
     assert refusal(pred, interaction(runtime=None)) == "The model is not loaded yet."
@@ -109,6 +159,12 @@ def test_talks_here_says_which_rule_refused() -> None:
     assert refusal(pred, interaction(settings=roles)) == "You do not have a role that may use the bot."
     assert refusal(pred, interaction(store=None)) == "The bot is still starting up."
     assert refusal(pred, interaction()) is None
+    # A server's own lists replace the operator's: here channel 10 is allowed, role 5 is not needed.
+    own = (ServerSettingsRow(1, allowed_channels=(10,), allowed_roles=()),)
+    assert refusal(pred, interaction(settings=elsewhere, rows=own)) is None
+    assert refusal(pred, interaction(settings=roles, rows=own)) is None
+    narrower = (ServerSettingsRow(1, allowed_channels=(11,)),)
+    assert refusal(pred, interaction(rows=narrower)) == "The bot does not talk in this channel."
 
 
 async def test_persona_transformers_check_what_the_client_sent() -> None:
@@ -179,3 +235,31 @@ async def test_each_bound_button_class_routes_to_its_own_desk_after_its_own_chec
     unbound = ReviewButton("reject", 5)  # draws buttons; nobody decides through it
     lost = interaction()
     assert await unbound.interaction_check(lost) is False and lost.response.sent[0][0] == NOT_AVAILABLE
+
+
+async def test_the_tree_lets_only_privacy_commands_run_in_a_server_not_served() -> None:
+    tree = OshaberiTree(discord.Client(intents=discord.Intents.none()))
+    only_two = Settings(discord=DiscordSettings(allowed_servers=(2,)))
+
+    def at(name: str, **kw: Any) -> Any:
+        kw.setdefault("type", discord.InteractionType.application_command)
+        return interaction(settings=only_two, command=SimpleNamespace(qualified_name=name), **kw)
+
+    refused = at("settings show")
+    assert await tree.interaction_check(refused) is False
+    [(text, kwargs)] = refused.response.sent
+    assert text == NOT_SERVED and kwargs["ephemeral"]
+    for name in ("forget", "optout", "optin"):
+        allowed = at(name)
+        assert await tree.interaction_check(allowed) is True and allowed.response.sent == []
+    assert await tree.interaction_check(at("personas", guild=SimpleNamespace(id=2))) is True
+    assert await tree.interaction_check(at("personas", guild=None)) is True  # a DM: no server to serve
+
+    choices: list[list[Any]] = []
+
+    async def autocomplete(options: list[Any]) -> None:
+        choices.append(options)
+
+    typing = at("persona", type=discord.InteractionType.autocomplete)
+    typing.response.autocomplete = autocomplete
+    assert await tree.interaction_check(typing) is False and choices == [[]]

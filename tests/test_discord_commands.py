@@ -183,10 +183,11 @@ async def test_forget_deletes_logs_and_review_cards(h: EmulatedBot) -> None:
     item = await h.store.get_review(1)
     assert item is not None and item.review_message_id == int(card.id)
     await h.store.decide(item.log_id, h.mod, "approved")
+    assert [r.log_id for r in await h.exported()] == [item.log_id]
     answer = await h.command("forget")
     assert "Deleted 1" in answer.text
     assert await h.store.get_review(item.log_id) is None
-    assert await h.store.approved_for_export() == []
+    assert await h.exported() == []
     assert all(m.id != card.id for m in h.present("review"))
 
 
@@ -208,9 +209,10 @@ async def test_deleting_an_answered_message_withdraws_its_log_and_card(h: Emulat
     first = await h.store.get_review(1)
     assert first is not None and first.review_message_id == int(cards[0].id)
     await h.store.decide(1, h.mod, "approved")  # even an approved reply goes
+    assert [r.question for r in await h.exported()] == ["やっぱり消す質問"]
     await h.delete(question)  # the member deletes it on Discord: MESSAGE_DELETE reaches the bot
     assert await h.store.get_review(1) is None
     assert await h.store.get_review(2) is not None
-    assert [r.user_text for r in await h.store.approved_for_export()] == []
+    assert [r.question for r in await h.exported()] == []
     remaining = {m.id for m in h.present("review")}
     assert cards[0].id not in remaining and cards[1].id in remaining

@@ -81,7 +81,12 @@ class E2EBot(OshaberiBot):
 async def test_bot_against_the_emulator(emu: DiscordEmulator, tmp_path: Path) -> None:
     settings = Settings(
         paths=PathSettings(database=str(tmp_path / "e2e.sqlite3")),
-        discord=DiscordSettings(review_channel=int(emu.channel_id("review")), review_poll_s=3600),
+        # The operator lists its server: the bot serves it, and its approved replies train.
+        discord=DiscordSettings(
+            review_channel=int(emu.channel_id("review")),
+            review_poll_s=3600,
+            allowed_servers=(int(emu.guild_id),),
+        ),
         # The fake runtime answers whole replies; streaming is tested in tests/test_e2e_streaming.py.
         chat=ChatSettings(stream_replies=False),
     )
@@ -156,7 +161,7 @@ async def test_bot_against_the_emulator(emu: DiscordEmulator, tmp_path: Path) ->
         assert all(
             b["disabled"] for row in emu.message(card_id).payload["components"] for b in row["components"]
         )
-        [row] = await bot.store.approved_for_export()
+        [row] = await bot.store.approved_for_export(listed_servers=settings.discord.allowed_servers)
         assert row.reply == "ずんだ餅が一番なのだ" and row.decision == "edited"
         assert emu.unhandled == []
     finally:
@@ -270,10 +275,21 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
         c for c in emu.calls if c.method == "PUT" and c.path.endswith(f"/guilds/{emu.guild_id}/commands")
     ]
     names = sorted(cmd["name"] for cmd in put.json)
-    assert names == ["forget", "help", "optin", "optout", "persona", "personas", "reload", "reset", "status"]
+    assert names == [
+        "forget",
+        "help",
+        "optin",
+        "optout",
+        "persona",
+        "personas",
+        "reload",
+        "reset",
+        "settings",
+        "status",
+    ]
     persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
     assert persona["options"][0]["autocomplete"] is True
     status = next(cmd for cmd in put.json if cmd["name"] == "status")
     assert int(status["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
     assert not (tmp_path / "unused.sqlite3").exists()  # sync touches no database
-    assert "synced 9 commands" in text
+    assert "synced 10 commands" in text

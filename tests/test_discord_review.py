@@ -101,14 +101,14 @@ async def test_approve_records_once_and_disables_the_card(h: EmulatedBot) -> Non
     fields = {f["name"]: f["value"] for f in update["embeds"][0]["fields"]}
     assert f"<@{h.mod}>" in fields["Decision"] and "approved" in fields["Decision"]
     assert update["allowed_mentions"]["parse"] == []
-    assert [r.log_id for r in await h.store.approved_for_export()] == [log_id]
+    assert [r.log_id for r in await h.exported()] == [log_id]
 
 
 async def test_reject(h: EmulatedBot) -> None:
     log_id = await logged_reply(h)
     await h.click(await card_of(h, log_id), custom_id("reject", log_id), user="moderator")
     assert (await h.store.get_review(log_id)).decision == "rejected"
-    assert await h.store.approved_for_export() == []
+    assert await h.exported() == []
 
 
 async def test_non_moderators_get_an_ephemeral_refusal(h: EmulatedBot) -> None:
@@ -146,7 +146,7 @@ async def test_edit_opens_a_prefilled_modal_and_the_edit_is_the_approved_reply(h
     )
     item = await h.store.get_review(log_id)
     assert item.decision == "edited" and item.edited_text == "直した返事だぜ"
-    [row] = await h.store.approved_for_export()
+    [row] = await h.exported()
     assert row.reply == "直した返事だぜ" and row.original_reply == "元の返事だぜ"
     assert all(b["disabled"] for b in buttons_of(card_update(answer)))
 

@@ -24,6 +24,11 @@ from bot.store.store import (
     within,
 )
 
+# The Discord servers of the rows below (1, and 101 in the field-by-field tests) are on the
+# operator's list, so their approved replies may train: the privacy rules are what is tested here
+# (tests/test_server_settings.py tests which servers train).
+LISTED = (1, 101)
+
 
 def entry(user_id: int | None = 10, **overrides) -> LogEntry:
     values = dict(
@@ -79,11 +84,11 @@ async def test_migrates_an_old_database_keeping_its_rows(tmp_path: Path) -> None
     try:
         assert await s.schema_version() == LATEST_VERSION
         assert await s.channel_persona(9) == "zundamon"
-        rows = await s.approved_for_export()
+        rows = await s.approved_for_export(listed_servers=LISTED)
         assert [(r.question, r.reply) for r in rows] == [("q", "r")]
         # The migration back-filled the requester as a participant, so forget reaches old rows.
         assert await s.forget_user(77) == 1
-        assert await s.approved_for_export() == []
+        assert await s.approved_for_export(listed_servers=LISTED) == []
     finally:
         await s.close()
 
@@ -192,12 +197,12 @@ async def test_export_uses_edited_text_and_skips_rejected(store: Store) -> None:
     await store.decide(a, 1, "edited", "直した返事だぜ")
     await store.decide(b, 1, "rejected")
     await store.decide(d, 1, "approved")
-    rows = await store.approved_for_export("marisa")
+    rows = await store.approved_for_export("marisa", listed_servers=LISTED)
     assert [(r.log_id, r.reply, r.original_reply, r.decision) for r in rows] == [
         (a, "直した返事だぜ", "元の返事", "edited")
     ]
-    assert {r.log_id for r in await store.approved_for_export()} == {a, d}
-    assert c not in {r.log_id for r in await store.approved_for_export()}
+    assert {r.log_id for r in await store.approved_for_export(listed_servers=LISTED)} == {a, d}
+    assert c not in {r.log_id for r in await store.approved_for_export(listed_servers=LISTED)}
 
 
 async def test_count_approved_since(store: Store) -> None:
@@ -205,12 +210,12 @@ async def test_count_approved_since(store: Store) -> None:
     for _ in range(3):
         await store.decide(await store.log_reply(entry()), 1, "approved")
     await store.decide(await store.log_reply(entry()), 1, "rejected")
-    assert await store.count_approved_since("marisa", None) == 3
-    assert await store.count_approved_since("marisa", before.strftime("%Y-%m-%dT%H:%M:%SZ")) == 3
-    assert (
-        await store.count_approved_since("marisa", (datetime.now(UTC) + timedelta(hours=1)).isoformat()) == 0
-    )
-    assert await store.count_approved_since("zundamon", None) == 0
+    assert await store.count_approved_since("marisa", None, listed_servers=LISTED) == 3
+    since = before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert await store.count_approved_since("marisa", since, listed_servers=LISTED) == 3
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert await store.count_approved_since("marisa", later, listed_servers=LISTED) == 0
+    assert await store.count_approved_since("zundamon", None, listed_servers=LISTED) == 0
 
 
 def test_normalize_iso_accepts_z_offsets_and_naive() -> None:
@@ -226,11 +231,12 @@ async def test_opted_out_user_is_never_logged_and_never_exported(store: Store) -
     assert await store.log_reply(entry(user_id=10)) is None
     # someone else's reply whose context holds the opted-out user's words is not kept either
     assert await store.log_reply(entry(user_id=20, participants=(10, 20))) is None
-    assert await store.approved_for_export() == []  # the earlier row is held back while opted out
+    # the earlier row is held back while opted out
+    assert await store.approved_for_export(listed_servers=LISTED) == []
     assert await store.opted_out_among([10, 20, 30]) == {10}
     await store.set_opt_out(10, False)
     assert not await store.is_opted_out(10)
-    assert [r.log_id for r in await store.approved_for_export()] == [kept]
+    assert [r.log_id for r in await store.approved_for_export(listed_servers=LISTED)] == [kept]
 
 
 async def test_forget_deletes_rows_cards_and_context_rows(store: Store) -> None:
@@ -244,7 +250,7 @@ async def test_forget_deletes_rows_cards_and_context_rows(store: Store) -> None:
     assert result.deleted == 2
     assert result.review_cards == ((700, 701),)
     assert await store.get_review(own) is None and await store.get_review(ctx) is None
-    assert [r.log_id for r in await store.approved_for_export()] == [other]
+    assert [r.log_id for r in await store.approved_for_export(listed_servers=LISTED)] == [other]
     assert await store.forget_user(10) == 0
 
 
@@ -256,7 +262,7 @@ async def test_a_deleted_message_takes_its_rows_with_it(store: Store) -> None:
     await store.decide(kept, 1, "approved")
     result = await store.forget_message(555)
     assert result.deleted == 1 and result.review_cards == ((700, 702),)
-    assert [r.log_id for r in await store.approved_for_export()] == [kept]
+    assert [r.log_id for r in await store.approved_for_export(listed_servers=LISTED)] == [kept]
     assert (await store.forget_message(999)).deleted == 0  # a message nobody logged
 
 
@@ -283,8 +289,8 @@ async def test_forget_tombstone_blocks_export_of_a_row_that_slipped_in(tmp_path:
         raw.execute("INSERT INTO forgotten_users VALUES (10, ?)", (datetime.now(UTC).isoformat(),))
     s = await Store.open(path)
     try:
-        assert await s.approved_for_export() == []
-        assert await s.count_approved_since(None, None) == 0
+        assert await s.approved_for_export(listed_servers=LISTED) == []
+        assert await s.count_approved_since(None, None, listed_servers=LISTED) == 0
     finally:
         await s.close()
 
@@ -517,7 +523,7 @@ async def test_every_logged_field_reads_back_into_its_own_field(store: Store) ->
     item = await store.get_review(log_id)
     assert item is not None
     _assert_distinct_fields(item, log_id)
-    [row] = await store.approved_for_export()
+    [row] = await store.approved_for_export(listed_servers=LISTED)
     _assert_distinct_export(row, item)
 
 
@@ -540,7 +546,7 @@ async def test_rows_are_read_by_name_whatever_the_column_order_on_disk(tmp_path:
         item = await s.get_review(log_id)
         assert item is not None
         _assert_distinct_fields(item, log_id)
-        [row] = await s.approved_for_export()
+        [row] = await s.approved_for_export(listed_servers=LISTED)
         _assert_distinct_export(row, item)
         assert await s.stats() == {"logged": 1, "undecided": 0, "decided": 1, "blocked": 1}
     finally:

@@ -93,8 +93,9 @@ async def test_export_keeps_approved_and_edited_replies_of_consenting_users(tmp_
         await store.close()
 
     out = tmp_path / "marisa-reviewed.jsonl"
-    result = await export_reviews(db, "marisa", out)
-    assert result.rows == 2
+    # Server 1 is listed, so its replies may train: the opt-out alone keeps the live row out.
+    result = await export_reviews(db, "marisa", out, listed_servers=(1,))
+    assert result.rows == 2 and result.held_back == 0
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(d["id"], d["turns"][1]["text"]) for d in lines] == [
         (f"review:{ok}", "おはようだぜ！"),

@@ -1,7 +1,9 @@
 """Approved and edited review decisions → normalized dialogue JSONL for ``train``.
 
 Privacy is the store's rule, enforced where data leaves it: ``approved_for_export`` never
-returns a row in which an opted-out or forgotten user took part. The export is always
+returns a row in which an opted-out or forgotten user took part, nor one from a Discord server
+that does not allow training (its ``/settings training``; by default on only for the servers in
+``discord.allowed_servers``). The export is always
 complete (never appended to), so a user who opts out or asks to be forgotten drops out of
 the file at the next export, and the scheduler exports afresh before every training run.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ class ExportResult:
     rows: int
     skipped: int  # rows without a question or a reply
     exported_at: str
+    held_back: int = 0  # approvals left out because their server does not allow training
 
 
 def dialogue_line(row: ExportRow) -> dict:
@@ -68,15 +72,21 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-async def export_reviews(database: str | Path, persona_id: str, out: str | Path) -> ExportResult:
-    """Write every exportable approved/edited reply of a persona to ``out`` (replacing it)."""
+async def export_reviews(
+    database: str | Path, persona_id: str, out: str | Path, *, listed_servers: Collection[int] = ()
+) -> ExportResult:
+    """Write every exportable approved/edited reply of a persona to ``out`` (replacing it).
+
+    ``listed_servers`` is ``discord.allowed_servers``: it decides which servers train by default.
+    """
     out = Path(out)
     # Taken before reading: an approval landing mid-export is then counted as new next time
     # (at worst one extra retrain), never silently missed.
     exported_at = utc_now()
     store = await Store.open(database)
     try:
-        rows = await store.approved_for_export(persona_id)
+        rows = await store.approved_for_export(persona_id, listed_servers=listed_servers)
+        held_back = await store.count_held_back_by_servers(persona_id, listed_servers=listed_servers)
     finally:
         await store.close()
     lines, skipped = [], 0
@@ -89,4 +99,4 @@ async def export_reviews(database: str | Path, persona_id: str, out: str | Path)
     _write_atomic(out, "".join(line + "\n" for line in lines))
     meta = {"exported_at": exported_at, "persona": persona_id, "rows": len(lines), "database": str(database)}
     _write_atomic(Path(f"{out}.meta.json"), json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
-    return ExportResult(out, len(lines), skipped, exported_at)
+    return ExportResult(out, len(lines), skipped, exported_at, held_back)

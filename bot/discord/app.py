@@ -30,6 +30,8 @@ from bot.discord.cogs.chat import Chat
 from bot.discord.cogs.help import Help
 from bot.discord.cogs.persona import Persona
 from bot.discord.cogs.review import Review
+from bot.discord.cogs.server_access import ServerAccess
+from bot.discord.cogs.settings import ServerSettingsCog
 from bot.discord.command_tree import OshaberiTree
 from bot.discord.connect_errors import (
     CONNECT_ERRORS,
@@ -42,6 +44,7 @@ from bot.discord.review_queue import ReviewQueue
 from bot.discord.sender import NO_PINGS, ReplySender
 from bot.discord.token_redaction import install_token_redaction
 from bot.ops.looplag import LoopLagMonitor
+from bot.store.server_book import ServerSettingsBook
 from bot.store.store import Store
 from bot.text.wordfilter import WordFilter
 
@@ -94,6 +97,8 @@ class OshaberiClient:
         self.settings = settings
         self._runtime_factory = runtime_factory
         self.store: Store | None = store
+        # Each server's settings over the TOML defaults; read from the store in setup_hook.
+        self.servers = ServerSettingsBook(lambda: self.settings, store)
         self.runtime: Runtime | None = None
         self.sync_only = sync_only
         self.accepting = not sync_only
@@ -189,6 +194,13 @@ class OshaberiClient:
         if not self.sync_only:
             if self.store is None:
                 self.store = await Store.open(self.settings.paths.database)
+            self.servers.store = self.store
+            await self.servers.load()
+            if not self.settings.discord.allowed_servers:
+                log.info(
+                    "discord.allowed_servers is empty: every server that adds the bot is served, and a "
+                    "server's approved replies train only once its admins run /settings training on"
+                )
             chat = self.settings.chat
             self.flow = ReplyFlow(
                 RateLimiter(chat.rate_limit_per_minute, chat.rate_limit_burst),
@@ -221,6 +233,8 @@ class OshaberiClient:
             review,
             Admin(self, store, flow, runtime, self.reviews),
             Help(self, store, runtime),
+            ServerSettingsCog(self, runtime),
+            ServerAccess(self, store),
         ):
             await self.add_cog(cog)
 
@@ -248,7 +262,8 @@ class OshaberiClient:
         log.warning("scheduled training: %s now serves %s (%s)", persona_id, version, "; ".join(lines))
 
     async def report_training_failure(self, persona_id: str, message: str) -> None:
-        """Tell the moderators in the review channel; the log has it too."""
+        """Tell the operator's moderators in ``discord.review_channel`` (the personas are the
+        operator's, not one server's); the log has it too."""
         log.error("scheduled training of %s failed: %s", persona_id, message)
         channel_id = self.settings.discord.review_channel
         channel = self.get_channel(channel_id) if channel_id else None

@@ -7,6 +7,7 @@ as in Red-DiscordBot, where cogs receive a ``Red`` they only use through its pub
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
@@ -15,6 +16,7 @@ from discord import app_commands
 from bot.config import Settings
 from bot.discord.sender import ReplySender
 from bot.ops.looplag import LoopLagMonitor
+from bot.store.server_book import ServerSettingsBook
 from bot.store.store import Store
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ class BotServices(Protocol):
     """The bot's public surface for its cogs: settings, the store, the runtime and sending."""
 
     settings: Settings
+    servers: ServerSettingsBook  # each Discord server's settings, the TOML's where it set none
     store: Store | None  # None until setup_hook opened it (or for a sync-only bot)
     runtime: Runtime | None  # None until the model is loaded
     sender: ReplySender
@@ -37,6 +40,11 @@ class BotServices(Protocol):
 
     @property
     def tree(self) -> app_commands.CommandTree[Any]: ...
+
+    @property
+    def guilds(self) -> Sequence[discord.Guild]: ...
+
+    def get_guild(self, id: int, /) -> discord.Guild | None: ...
 
     def get_channel(self, id: int, /) -> Any: ...
 

@@ -3,23 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import discord
 from discord import app_commands
 
-from bot.config import DiscordSettings
 from bot.discord.bot_protocol import services
+from bot.store.server_settings import ServerSettings
 
 T = TypeVar("T")
+
+
+class AccessSettings(Protocol):
+    """Who may do what: a server's resolved settings (:class:`ServerSettings`), or the operator's
+    defaults (:class:`~bot.config.DiscordSettings`) where there is no server (a DM)."""
+
+    @property
+    def owner_ids(self) -> tuple[int, ...]: ...
+    @property
+    def moderator_role(self) -> int: ...
+    @property
+    def allowed_roles(self) -> tuple[int, ...]: ...
+    @property
+    def allowed_channels(self) -> tuple[int, ...]: ...
+
+
+def access(interaction: discord.Interaction[Any]) -> AccessSettings:
+    """The settings that decide for this interaction: its server's, or in a DM the defaults."""
+    bot = services(interaction)
+    if interaction.guild_id is None:
+        return bot.settings.discord
+    return bot.servers.get(interaction.guild_id)
+
+
+def server_of(interaction: discord.Interaction[Any]) -> ServerSettings | None:
+    """The interaction's server's settings, or None in a DM."""
+    if interaction.guild_id is None:
+        return None
+    return services(interaction).servers.get(interaction.guild_id)
 
 
 def role_ids(user: Any) -> set[int]:
     return {role.id for role in getattr(user, "roles", ()) or ()}
 
 
-def is_moderator(settings: DiscordSettings, user: Any, permissions: discord.Permissions | None) -> bool:
-    """A configured owner, a holder of the moderator role, or anyone with Manage Messages here.
+def is_moderator(settings: AccessSettings, user: Any, permissions: discord.Permissions | None) -> bool:
+    """A configured owner, a holder of the server's moderator role, or anyone with Manage Messages here.
 
     ``permissions`` should be :attr:`discord.Interaction.permissions`: Discord resolves it for the
     member in that channel, overwrites included, so a button click cannot claim rights it lacks.
@@ -33,7 +62,7 @@ def is_moderator(settings: DiscordSettings, user: Any, permissions: discord.Perm
     return bool(settings.moderator_role and settings.moderator_role in role_ids(user))
 
 
-def channel_allowed(settings: DiscordSettings, channel: Any) -> bool:
+def channel_allowed(settings: AccessSettings, channel: Any) -> bool:
     """Allowed channels; a thread is allowed when its parent channel is."""
     if not settings.allowed_channels:
         return True
@@ -43,7 +72,7 @@ def channel_allowed(settings: DiscordSettings, channel: Any) -> bool:
     return bool(ids & set(settings.allowed_channels))
 
 
-def member_allowed(settings: DiscordSettings, user: Any) -> bool:
+def member_allowed(settings: AccessSettings, user: Any) -> bool:
     if not settings.allowed_roles:
         return True
     return bool(role_ids(user) & set(settings.allowed_roles)) or user.id in settings.owner_ids
@@ -71,9 +100,26 @@ def moderator_only() -> Callable[[T], T]:
     moderator commands from others, but a server can change those: this checks again."""
 
     def predicate(interaction: discord.Interaction[Any]) -> bool:
-        settings = services(interaction).settings.discord
-        if not is_moderator(settings, interaction.user, interaction.permissions):
+        if not is_moderator(access(interaction), interaction.user, interaction.permissions):
             raise Refusal(NOT_MODERATOR)
+        return True
+
+    return app_commands.check(predicate)
+
+
+NOT_MANAGER = "Only members with the Manage Server permission can change this server's settings."
+
+
+def manages_server() -> Callable[[T], T]:
+    """Only a member with Manage Server (or Administrator) in this server, as Discord resolved it
+    for the interaction: default permissions hide the command from others, this checks again."""
+
+    def predicate(interaction: discord.Interaction[Any]) -> bool:
+        if interaction.guild_id is None:
+            raise Refusal("Server settings are changed in the server, not in a direct message.")
+        perms = interaction.permissions
+        if not (perms.manage_guild or perms.administrator):
+            raise Refusal(NOT_MANAGER)
         return True
 
     return app_commands.check(predicate)
@@ -96,9 +142,9 @@ def talks_here() -> Callable[[T], T]:
 
     def predicate(interaction: discord.Interaction[Any]) -> bool:
         bot = services(interaction)
-        settings = bot.settings.discord
-        if interaction.guild is None:
+        if interaction.guild_id is None:
             raise Refusal("Personas talk in server channels only.")
+        settings = bot.servers.get(interaction.guild_id)
         if not channel_allowed(settings, interaction.channel):
             raise Refusal("The bot does not talk in this channel.")
         if not member_allowed(settings, interaction.user):

@@ -148,7 +148,9 @@ class RetrainingSchedule:
         since = last_export_time(self.settings.paths.adapters_dir, persona)
         store = await Store.open(self.settings.paths.database)
         try:
-            return await store.count_approved_since(persona, since)
+            # The same rule as the export the child runs: only servers that allow training count.
+            listed = self.settings.discord.allowed_servers
+            return await store.count_approved_since(persona, since, listed_servers=listed)
         finally:
             await store.close()
 

@@ -105,6 +105,58 @@ MIGRATIONS: tuple[Migration, ...] = (
         "find a row by the message it answered (a user deleting their message withdraws it)",
         ("CREATE INDEX logs_message ON logs (message_id)",),
     ),
+    Migration(
+        4,
+        "settings per Discord server, their change log, notices to servers not on the allow-list",
+        (
+            # NULL in a column: the server uses the operator's default (oshaberi.toml). Lists are
+            # JSON arrays of ids; '[]' (everyone, every channel) differs from NULL (the default).
+            """
+            CREATE TABLE server_settings (
+                guild_id INTEGER PRIMARY KEY,
+                review_channel INTEGER,
+                moderator_role INTEGER,
+                default_persona TEXT,
+                allowed_roles TEXT,
+                allowed_channels TEXT,
+                training INTEGER CHECK (training IN (0, 1)),
+                updated_at TEXT NOT NULL
+            )
+            """,
+            # Every change, who made it and what it replaced; changed_by NULL: this migration.
+            """
+            CREATE TABLE server_setting_changes (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER NOT NULL,
+                setting TEXT NOT NULL,
+                old_value TEXT,
+                new_value TEXT,
+                changed_by INTEGER,
+                changed_at TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX server_setting_changes_guild ON server_setting_changes (guild_id, id)",
+            # The one notice a server not on discord.allowed_servers gets, across restarts.
+            """
+            CREATE TABLE server_notices (
+                guild_id INTEGER PRIMARY KEY,
+                noticed_at TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX logs_guild ON logs (guild_id, decision)",
+            # A database from before: its servers' approved replies trained until now, and keep
+            # doing so with no operator action (new servers start with training off).
+            """
+            INSERT INTO server_settings (guild_id, training, updated_at)
+            SELECT DISTINCT guild_id, 1, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')
+            FROM logs WHERE guild_id IS NOT NULL
+            """,
+            """
+            INSERT INTO server_setting_changes (guild_id, setting, old_value, new_value, changed_by, changed_at)
+            SELECT guild_id, 'training', NULL, 'on', NULL, updated_at FROM server_settings
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

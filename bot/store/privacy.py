@@ -1,13 +1,14 @@
 """What leaves the store for training, and what users' privacy choices remove from it.
 
 Privacy is enforced where data leaves: :meth:`PrivacyStore.approved_for_export` never returns a
-row in which an opted-out or forgotten user took part, whatever else happened before. ``/forget``
-and a deleted message remove rows (and say which review cards showed them).
+row in which an opted-out or forgotten user took part, nor one from a Discord server that does
+not allow training (:func:`training_allowed`), whatever else happened before. ``/forget`` and a
+deleted message remove rows (and say which review cards showed them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from bot.store.rows import EXPORT_COLUMNS, ExportRow, ForgetResult, export_row, normalize_iso, utc_now
@@ -30,42 +31,78 @@ _PRIVACY_EXCLUSION = """
 """
 
 
+def training_allowed(listed_servers: Collection[int]) -> tuple[str, list[Any]]:
+    """A WHERE condition on ``logs l``: the row's server allows training. Returns (sql, params).
+
+    ``listed_servers`` is ``discord.allowed_servers``. A row without a server (a trainer
+    candidate) always may; a server's own ``training`` setting decides, else the default: on for
+    a listed server, off otherwise. With a non-empty list, a server not on it (no longer served)
+    never trains. The rule is :func:`bot.store.server_settings.resolve`'s, in SQL.
+    """
+    listed = sorted({int(g) for g in listed_servers})
+    marks = ",".join("?" * len(listed))
+    served = f"l.guild_id IN ({marks})" if listed else "1"
+    default = f"(l.guild_id IN ({marks}))" if listed else "0"
+    sql = f"""
+        (l.guild_id IS NULL OR (
+            {served}
+            AND COALESCE((SELECT s.training FROM server_settings s WHERE s.guild_id = l.guild_id), {default}) = 1
+        ))
+    """
+    return sql, [*listed, *listed]
+
+
 class PrivacyStore(SqliteDatabase):
     """The export and privacy half of :class:`bot.store.store.Store` (same database, same connections)."""
 
     # -- export --------------------------------------------------------------------------------
 
-    async def approved_for_export(self, persona_id: str | None = None) -> list[ExportRow]:
-        """Approved and edited replies for training, never with an opted-out or forgotten user in them."""
-        where = "l.decision IN ('approved', 'edited')"
-        params: list[Any] = []
-        if persona_id is not None:
-            where += " AND l.persona_id = ?"
-            params.append(persona_id)
+    async def approved_for_export(
+        self, persona_id: str | None = None, *, listed_servers: Collection[int] = ()
+    ) -> list[ExportRow]:
+        """Approved and edited replies for training: never with an opted-out or forgotten user in
+        them, never from a server that does not allow training (``listed_servers``:
+        ``discord.allowed_servers``, see :func:`training_allowed`)."""
+        where, params = self._exportable(persona_id, listed_servers)
         rows = await self._fetchall(
-            f"""
-            SELECT {EXPORT_COLUMNS}
-            FROM logs l WHERE {where} AND {_PRIVACY_EXCLUSION}
-            ORDER BY l.id
-            """,
-            params,
+            f"SELECT {EXPORT_COLUMNS} FROM logs l WHERE {where} ORDER BY l.id", params
         )
         return [export_row(r) for r in rows]
 
-    async def count_approved_since(self, persona_id: str | None, since_iso: str | None) -> int:
+    async def count_approved_since(
+        self, persona_id: str | None, since_iso: str | None, *, listed_servers: Collection[int] = ()
+    ) -> int:
         """How many exportable approvals a persona gained after ``since_iso`` (all of them if None)."""
-        where = "l.decision IN ('approved', 'edited')"
-        params: list[Any] = []
-        if persona_id is not None:
-            where += " AND l.persona_id = ?"
-            params.append(persona_id)
+        where, params = self._exportable(persona_id, listed_servers)
         if since_iso:
             where += " AND l.decided_at > ?"
             params.append(normalize_iso(since_iso))
-        row = await self._fetchone(
-            f"SELECT COUNT(*) FROM logs l WHERE {where} AND {_PRIVACY_EXCLUSION}", params
-        )
+        row = await self._fetchone(f"SELECT COUNT(*) FROM logs l WHERE {where}", params)
         return int(row[0])
+
+    async def count_held_back_by_servers(
+        self, persona_id: str | None = None, *, listed_servers: Collection[int] = ()
+    ) -> int:
+        """Approvals an export leaves out only because their server does not allow training (so
+        ``export-reviews`` can say why a file is shorter than the approvals moderators made)."""
+        allowed, allowed_params = training_allowed(listed_servers)
+        where = f"l.decision IN ('approved', 'edited') AND {_PRIVACY_EXCLUSION} AND NOT {allowed}"
+        params: list[Any] = list(allowed_params)
+        if persona_id is not None:
+            where += " AND l.persona_id = ?"
+            params.append(persona_id)
+        row = await self._fetchone(f"SELECT COUNT(*) FROM logs l WHERE {where}", params)
+        return int(row[0])
+
+    @staticmethod
+    def _exportable(persona_id: str | None, listed_servers: Collection[int]) -> tuple[str, list[Any]]:
+        allowed, params = training_allowed(listed_servers)
+        where = f"l.decision IN ('approved', 'edited') AND {_PRIVACY_EXCLUSION} AND {allowed}"
+        params = list(params)
+        if persona_id is not None:
+            where += " AND l.persona_id = ?"
+            params.append(persona_id)
+        return where, params
 
     # -- privacy -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from typing import Any
 
 from bot.store.decision_stats import DecisionStats, VersionDecisions
@@ -35,6 +36,7 @@ from bot.store.rows import (
     review_item,
     utc_now,
 )
+from bot.store.server_settings_store import ServerSettingsStore
 from bot.store.sqlite_db import INTERACTIVE_READ_S, StoreBusyError, StoreError, within
 
 __all__ = [
@@ -66,7 +68,7 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(PrivacyStore, DecisionStats):
+class Store(ServerSettingsStore, PrivacyStore, DecisionStats):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError
@@ -275,19 +277,34 @@ class Store(PrivacyStore, DecisionStats):
 
     # -- posting review cards ------------------------------------------------------------------
 
-    async def unposted_reviews(self, limit: int = 20) -> list[ReviewItem]:
-        """Items without a review card yet (oldest first), skipping ones a live poster has claimed."""
+    async def unposted_reviews(
+        self, limit: int = 20, *, guilds: Collection[int | None] | None = None
+    ) -> list[ReviewItem]:
+        """Items without a review card yet (oldest first), skipping ones a live poster has claimed.
+
+        ``guilds``: only items of these Discord servers (``None`` in it: trainer candidates, which
+        have no server); by default every item. A server without a review channel is left out by
+        its caller, so its backlog never holds up another server's cards.
+        """
         stale = time.time() - CLAIM_STALE_S
+        where, params = _guild_filter(guilds)
         rows = await self._fetchall(
             f"""
             SELECT {LOG_COLUMNS} FROM logs
             WHERE review_message_id IS NULL AND decision IS NULL
-              AND (review_claimed_at IS NULL OR review_claimed_at < ?)
+              AND (review_claimed_at IS NULL OR review_claimed_at < ?) AND {where}
             ORDER BY id LIMIT ?
             """,
-            (stale, limit),
+            (stale, *params, limit),
         )
         return [review_item(r) for r in rows]
+
+    async def unposted_guilds(self) -> list[int | None]:
+        """The servers with items still waiting for a card (``None``: trainer candidates)."""
+        rows = await self._fetchall(
+            "SELECT DISTINCT guild_id FROM logs WHERE review_message_id IS NULL AND decision IS NULL"
+        )
+        return [None if r[0] is None else int(r[0]) for r in rows]
 
     async def claim_review(self, log_id: int) -> bool:
         """Take the right to post ``log_id``'s card; False if it is posted or someone else holds it."""
@@ -341,10 +358,53 @@ class Store(PrivacyStore, DecisionStats):
 
         await self._write(body)
 
-    async def stats(self) -> dict[str, int]:
-        """Counts for /status: logged, awaiting decision, decided."""
+    async def posted_card_places(self) -> list[tuple[int | None, int]]:
+        """Each (server, review channel) pair some posted card has, to find cards in the wrong server."""
+        rows = await self._fetchall(
+            "SELECT DISTINCT guild_id, review_channel_id FROM logs "
+            "WHERE review_message_id IS NOT NULL AND review_channel_id IS NOT NULL"
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def unpost_cards(self, guild_id: int | None, channel_id: int) -> tuple[tuple[int, int], ...]:
+        """Forget the cards of ``guild_id``'s rows posted in ``channel_id`` (a channel of another
+        server: posted before cards were kept per server). Their rows are posted again, in their
+        own server; returns the cards as (channel id, message id) so the caller deletes them."""
+
+        async def body() -> tuple[tuple[int, int], ...]:
+            async with self._conn.execute(
+                "SELECT review_message_id FROM logs WHERE guild_id IS ? AND review_channel_id = ? "
+                "AND review_message_id IS NOT NULL",
+                (guild_id, channel_id),
+            ) as cur:
+                messages = [int(r[0]) for r in await cur.fetchall()]
+            await self._conn.execute(
+                "UPDATE logs SET review_channel_id = NULL, review_message_id = NULL, review_claimed_at = NULL "
+                "WHERE guild_id IS ? AND review_channel_id = ?",
+                (guild_id, channel_id),
+            )
+            return tuple((channel_id, m) for m in messages)
+
+        return await self._write(body)
+
+    async def stats(self, guilds: Collection[int | None] | None = None) -> dict[str, int]:
+        """Counts for /status: logged, awaiting decision, decided, blocked; of ``guilds`` only when
+        given (``None`` in it: trainer candidates), else of every row."""
+        where, params = _guild_filter(guilds)
         row = await self._fetchone(
             "SELECT COUNT(*) AS logged, SUM(decision IS NULL) AS undecided, "
-            "SUM(decision IS NOT NULL) AS decided, SUM(status = 'blocked') AS blocked FROM logs"
+            f"SUM(decision IS NOT NULL) AS decided, SUM(status = 'blocked') AS blocked FROM logs WHERE {where}",
+            params,
         )
         return {name: int(row[name] or 0) for name in ("logged", "undecided", "decided", "blocked")}
+
+
+def _guild_filter(guilds: Collection[int | None] | None) -> tuple[str, list[int]]:
+    """A WHERE condition on ``guild_id``: one of ``guilds`` (None in it matches rows without one)."""
+    if guilds is None:
+        return "1", []
+    ids = sorted({int(g) for g in guilds if g is not None})
+    parts = [f"guild_id IN ({','.join('?' * len(ids))})"] if ids else []
+    if None in guilds:
+        parts.append("guild_id IS NULL")
+    return f"({' OR '.join(parts) or '0'})", ids

@@ -61,7 +61,9 @@ class Actions:
                 "id": interaction.id,
                 "type": interaction.type,
                 "user": self.emu.state.user_payload(interaction.user_id),
-                "authorizing_integration_owners": {"0": self.emu.state.guild_id},
+                "authorizing_integration_owners": {
+                    "0": self.emu.state.guild_of(interaction.channel_id) or self.emu.state.guild_id
+                },
             }
             if interaction.type == 2:
                 metadata["name"] = interaction.data.get("name")
@@ -149,5 +151,5 @@ class Actions:
             return
         data: dict[str, Any] = {"id": msg.id, "channel_id": msg.channel_id}
         if self.emu.state.is_guild_channel(msg.channel_id):
-            data["guild_id"] = self.emu.state.guild_id
+            data["guild_id"] = self.emu.state.guild_of(msg.channel_id)
         self.emu.gateway.dispatch("MESSAGE_DELETE", data, channel_id=msg.channel_id)

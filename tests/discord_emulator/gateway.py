@@ -69,6 +69,7 @@ PRIVILEGED_INTENTS = I_GUILD_MEMBERS | I_GUILD_PRESENCES | I_MESSAGE_CONTENT
 _EVENT_INTENTS: dict[str, tuple[int, int]] = {
     "GUILD_CREATE": (I_GUILDS, I_GUILDS),
     "GUILD_UPDATE": (I_GUILDS, I_GUILDS),
+    "GUILD_DELETE": (I_GUILDS, I_GUILDS),
     "CHANNEL_CREATE": (I_GUILDS, I_GUILDS),
     "CHANNEL_UPDATE": (I_GUILDS, I_GUILDS),
     "CHANNEL_DELETE": (I_GUILDS, I_GUILDS),
@@ -336,7 +337,8 @@ class Gateway:
         conn.session = session
         self._record("identify", session.id, data={"intents": intents, "shard": session.shard})
         state = self.state
-        guilds = [{"id": state.guild_id, "unavailable": True}] if self._guild_on_shard(session) else []
+        on_shard = [g for g in state.bot_guilds() if self._guild_on_shard(session, g)]
+        guilds = [{"id": g, "unavailable": True} for g in on_shard]
         app = state.application_payload()
         user = state.user_payload(state.application_id)
         user.update({"verified": True, "mfa_enabled": False, "email": None, "locale": "ja"})
@@ -359,9 +361,12 @@ class Gateway:
         if session.shard is not None:
             ready["shard"] = session.shard
         session.dispatch("READY", ready)
-        if guilds and intents & I_GUILDS:
-            payload = state.guild_create_payload(include_members=bool(intents & I_GUILD_MEMBERS))
-            session.dispatch("GUILD_CREATE", payload)
+        if intents & I_GUILDS:
+            for guild_id in on_shard:
+                payload = state.guild_create_payload(
+                    guild_id, include_members=bool(intents & I_GUILD_MEMBERS)
+                )
+                session.dispatch("GUILD_CREATE", payload)
         self._record("ready", session.id)
 
     def _resume(self, conn: Connection, data: dict[str, Any]) -> None:
@@ -395,40 +400,51 @@ class Gateway:
         if isinstance(user_ids, (str, int)):
             user_ids = [user_ids]
         wanted = {str(u) for u in user_ids} if user_ids else None
+        guild_id = str(data.get("guild_id", state.guild_id))
+        guild_members = state.members_of(guild_id) if guild_id in state.guilds else {}
         members = []
-        for uid, member in state.members.items():
+        for uid, member in guild_members.items():
             if wanted is not None and uid not in wanted:
                 continue
             user = state.users[uid]
             names = [user["username"], user.get("global_name") or "", member.get("nick") or ""]
             if query and not any(n.lower().startswith(query) for n in names):
                 continue
-            members.append(state.member_payload(uid))
+            members.append(state.member_payload(uid, guild_id=guild_id))
         limit = int(data.get("limit") or 0)
         if limit:
             members = members[:limit]
         chunk: dict[str, Any] = {
-            "guild_id": str(data.get("guild_id", state.guild_id)),
+            "guild_id": guild_id,
             "members": members,
             "chunk_index": 0,
             "chunk_count": 1,
         }
         if wanted is not None:
-            chunk["not_found"] = sorted(wanted - set(state.members))
+            chunk["not_found"] = sorted(wanted - set(guild_members))
         if data.get("nonce") is not None:
             chunk["nonce"] = data["nonce"]
         session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
 
     # ----------------------------------------------------------------- events
-    def dispatch(self, event: str, data: dict[str, Any], *, channel_id: str | None = None) -> int:
-        """Send an event to every live-or-resumable session whose intents allow it; returns how many."""
+    def dispatch(
+        self, event: str, data: dict[str, Any], *, channel_id: str | None = None, guild_id: str | None = None
+    ) -> int:
+        """Send an event to every live-or-resumable session whose intents allow it; returns how many.
+
+        ``guild_id`` (a GUILD_* event's guild; default the primary one) picks the shard."""
         is_dm = channel_id is not None and not self.state.is_guild_channel(channel_id)
         needed = _EVENT_INTENTS.get(event, (0, 0))[1 if is_dm else 0]
         delivered = 0
         for session in list(self.sessions.values()):
             if needed and not session.intents & needed:
                 continue
-            if event in ("GUILD_CREATE", "GUILD_UPDATE") and not self._guild_on_shard(session):
+            guild = (
+                guild_id or (data.get("id") if event.startswith("GUILD_") else None) or self.state.guild_id
+            )
+            if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") and not self._guild_on_shard(
+                session, str(guild)
+            ):
                 continue
             session.dispatch(event, self._filter_content(session, event, data, is_dm))
             delivered += 1
@@ -451,11 +467,11 @@ class Gateway:
                 stripped[key] = "" if key == "content" else []
         return stripped
 
-    def _guild_on_shard(self, session: Session) -> bool:
+    def _guild_on_shard(self, session: Session, guild_id: str | None = None) -> bool:
         if not session.shard:
             return True
         shard_id, shard_count = session.shard
-        return (int(self.state.guild_id) >> 22) % int(shard_count) == int(shard_id)
+        return (int(guild_id or self.state.guild_id) >> 22) % int(shard_count) == int(shard_id)
 
     # ------------------------------------------------------------------ hooks
     def live_connections(self) -> list[Connection]:

@@ -127,14 +127,15 @@ class HookBuilder:
             "entitlement_sku_ids": [],
             "attachment_size_limit": 10 * 1024 * 1024,
         }
-        if state.is_guild_channel(channel_id):
+        guild_id = state.guild_of(channel_id)
+        if guild_id is not None:
             payload.update(
                 {
-                    "guild_id": state.guild_id,
-                    "guild": {"id": state.guild_id, "locale": "ja", "features": []},
+                    "guild_id": guild_id,
+                    "guild": {"id": guild_id, "locale": "ja", "features": []},
                     "guild_locale": "ja",
-                    "member": state.member_payload(user_id, with_permissions=True),
-                    "authorizing_integration_owners": {"0": state.guild_id},
+                    "member": state.member_payload(user_id, with_permissions=True, guild_id=guild_id),
+                    "authorizing_integration_owners": {"0": guild_id},
                     "context": 0,
                 }
             )
@@ -144,18 +145,23 @@ class HookBuilder:
             payload["message"] = message.payload
         return record, payload
 
-    def find_command(self, name: str) -> dict[str, Any]:
+    def find_command(self, name: str, guild_id: str | None = None) -> dict[str, Any]:
+        """The synced command ``name`` as a member of ``guild_id`` (default: the primary guild) sees it."""
         root = name.split()[0]
-        for scope in (self.state.guild_id, "global"):
+        for scope in (guild_id or self.state.guild_id, "global"):
             for cmd in self.state.commands.get(scope, []):
                 if cmd["name"] == root and int(cmd.get("type", 1)) == 1:
                     return cmd
         synced = sorted(c["name"] for cmds in self.state.commands.values() for c in cmds)
         raise LookupError(f"no synced slash command {root!r}; synced: {synced}")
 
-    def command_data(self, name: str, options: dict[str, Any] | None) -> dict[str, Any]:
-        """``data`` for a CHAT_INPUT interaction; ``name`` may be ``"group sub"`` style."""
-        cmd = self.find_command(name)
+    def command_data(
+        self, name: str, options: dict[str, Any] | None, guild_id: str | None = None
+    ) -> dict[str, Any]:
+        """``data`` for a CHAT_INPUT interaction in ``guild_id`` (default: the primary guild);
+        ``name`` may be ``"group sub"`` style."""
+        guild_id = guild_id or self.state.guild_id
+        cmd = self.find_command(name, guild_id)
         parts = name.split()
         resolved: dict[str, dict[str, Any]] = {}
         defs: list[dict[str, Any]] = cmd.get("options") or []
@@ -166,7 +172,7 @@ class HookBuilder:
                 raise LookupError(f"command {cmd['name']!r} has no subcommand {part!r}")
             chain.append(sub)
             defs = sub.get("options") or []
-        leaf = self._options(defs, options or {}, resolved)
+        leaf = self._options(defs, options or {}, resolved, guild_id)
         for sub in reversed(chain):
             leaf = [{"type": sub["type"], "name": sub["name"], "options": leaf}]
         data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": 1, "options": leaf}
@@ -177,7 +183,11 @@ class HookBuilder:
         return data
 
     def _options(
-        self, defs: list[dict[str, Any]], given: dict[str, Any], resolved: dict[str, dict[str, Any]]
+        self,
+        defs: list[dict[str, Any]],
+        given: dict[str, Any],
+        resolved: dict[str, dict[str, Any]],
+        guild_id: str,
     ) -> list[dict[str, Any]]:
         by_name = {d["name"]: d for d in defs}
         for name in given:
@@ -189,16 +199,19 @@ class HookBuilder:
         out = []
         for name, value in given.items():
             otype = int(by_name[name]["type"])
-            out.append({"name": name, "type": otype, "value": self._option_value(otype, value, resolved)})
+            value = self._option_value(otype, value, resolved, guild_id)
+            out.append({"name": name, "type": otype, "value": value})
         return out
 
-    def _option_value(self, otype: int, value: Any, resolved: dict[str, dict[str, Any]]) -> Any:
+    def _option_value(
+        self, otype: int, value: Any, resolved: dict[str, dict[str, Any]], guild_id: str
+    ) -> Any:
         state = self.state
         if otype == OPT_USER or (otype == OPT_MENTIONABLE and str(value) not in state.roles):
             uid = state.resolve_user(value)
             resolved.setdefault("users", {})[uid] = state.user_payload(uid)
-            if uid in state.members:
-                member = state.member_payload(uid, with_user=False, with_permissions=True)
+            if state.is_member(uid, guild_id):
+                member = state.member_payload(uid, with_user=False, with_permissions=True, guild_id=guild_id)
                 resolved.setdefault("members", {})[uid] = member
             return uid
         if otype in (OPT_ROLE, OPT_MENTIONABLE):

@@ -115,8 +115,9 @@ class MessageFactory:
         out = []
         for uid in user_ids:
             user = self.state.user_payload(uid)
-            if self.state.is_guild_channel(channel_id) and uid in self.state.members:
-                user["member"] = self.state.member_payload(uid, with_user=False)
+            guild_id = self.state.guild_of(channel_id)
+            if self.state.is_member(uid, guild_id):
+                user["member"] = self.state.member_payload(uid, with_user=False, guild_id=guild_id)
             out.append(user)
         return out
 
@@ -196,7 +197,7 @@ class MessageFactory:
             return None, None
         full = {"type": int(ref.get("type", 0)), "message_id": mid, "channel_id": cid}
         if self.state.is_guild_channel(cid):
-            full["guild_id"] = self.state.guild_id
+            full["guild_id"] = self.state.guild_of(cid)
         return full, target
 
     def build(
@@ -262,11 +263,12 @@ class MessageFactory:
     def gateway_payload(self, msg: StoredMessage) -> dict[str, Any]:
         """The MESSAGE_CREATE/UPDATE shape: the REST object plus ``guild_id`` and the author's ``member``."""
         payload = dict(msg.payload)
-        if self.state.is_guild_channel(msg.channel_id):
-            payload["guild_id"] = self.state.guild_id
+        guild_id = self.state.guild_of(msg.channel_id)
+        if guild_id is not None:
+            payload["guild_id"] = guild_id
             author_id = str(payload["author"]["id"])
-            if "webhook_id" not in payload and author_id in self.state.members:
-                payload["member"] = self.state.member_payload(author_id, with_user=False)
+            if "webhook_id" not in payload and self.state.is_member(author_id, guild_id):
+                payload["member"] = self.state.member_payload(author_id, with_user=False, guild_id=guild_id)
         return payload
 
 

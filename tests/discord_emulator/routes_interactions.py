@@ -263,7 +263,11 @@ class InteractionRoutes:
         )
 
     async def guild_webhooks(self, req: ApiRequest, p: dict[str, str]) -> Reply:
-        return Reply(body=[self._webhook_payload(h) for h in self.state.webhooks.values()])
+        guild_id = self.state.resolve_guild(p["guild_id"])
+        hooks = [
+            h for h in self.state.webhooks.values() if h.get("guild_id", self.state.guild_id) == guild_id
+        ]
+        return Reply(body=[self._webhook_payload(h) for h in hooks])
 
     async def create_webhook(self, req: ApiRequest, p: dict[str, str]) -> Reply:
         cid = self.state.resolve_channel(p["channel_id"])
@@ -278,7 +282,7 @@ class InteractionRoutes:
             "type": 1,
             "token": self.state.new_token(),
             "channel_id": cid,
-            "guild_id": self.state.guild_id,
+            "guild_id": self.state.guild_of(cid),
             "name": body["name"],
             "avatar": hashlib.md5(avatar.encode()).hexdigest() if avatar else None,
             "application_id": self.state.application_id,

@@ -81,7 +81,7 @@ class MessageRoutes:
                 msg.deleted = True
         data = {"ids": ids, "channel_id": cid}
         if self.state.is_guild_channel(cid):
-            data["guild_id"] = self.state.guild_id
+            data["guild_id"] = self.state.guild_of(cid)
         self.emu.gateway.dispatch("MESSAGE_DELETE_BULK", data, channel_id=cid)
         return Reply(204)
 
@@ -113,10 +113,11 @@ class MessageRoutes:
         }
         if delta > 0:
             data["message_author_id"] = str(msg.payload["author"]["id"])
-        if self.state.is_guild_channel(msg.channel_id):
-            data["guild_id"] = self.state.guild_id
+        guild_id = self.state.guild_of(msg.channel_id)
+        if guild_id is not None:
+            data["guild_id"] = guild_id
             if delta > 0:
-                data["member"] = self.state.member_payload(self.state.application_id)
+                data["member"] = self.state.member_payload(self.state.application_id, guild_id=guild_id)
         event = "MESSAGE_REACTION_ADD" if delta > 0 else "MESSAGE_REACTION_REMOVE"
         self.emu.gateway.dispatch(event, data, channel_id=msg.channel_id)
         return Reply(204)

@@ -34,7 +34,7 @@ from .rest import RestApi
 from .routes_core import CoreRoutes
 from .routes_interactions import InteractionRoutes
 from .routes_messages import MessageRoutes
-from .state import EmulatorState, InteractionRecord, StoredMessage
+from .state import AUDIT_BOT_ADD, EmulatorState, InteractionRecord, StoredMessage
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 # Hooks the HTTP control API may call by name (standalone mode).
@@ -47,6 +47,9 @@ CONTROL_HOOKS = (
     "click_button",
     "select_menu",
     "submit_modal",
+    "add_bot_to_guild",
+    "delete_channel",
+    "delete_role",
     "drop_connection",
     "send_reconnect",
     "invalidate_session",
@@ -186,6 +189,10 @@ class DiscordEmulator:
         """Seed users: "bot", "moderator" (has the Moderator role), "member", "member2"."""
         return self.state.user_keys[key]
 
+    def guild(self, key: str) -> str:
+        """A guild's id by key: the seed guild is "main"; tests add others with ``state.add_guild``."""
+        return self.state.guild_keys[key]
+
     def channel_id(self, key: str) -> str:
         """Seed text channels: "general", "chat", "review"."""
         return self.state.channel_keys[key]
@@ -305,9 +312,10 @@ class DiscordEmulator:
             "burst": False,
             "type": 0,
         }
-        if self.state.is_guild_channel(cid):
-            data["guild_id"] = self.state.guild_id
-            data["member"] = self.state.member_payload(uid)
+        guild_id = self.state.guild_of(cid)
+        if guild_id is not None:
+            data["guild_id"] = guild_id
+            data["member"] = self.state.member_payload(uid, guild_id=guild_id)
         self.gateway.dispatch("MESSAGE_REACTION_ADD", data, channel_id=cid)
         self.state.save()
 
@@ -330,7 +338,7 @@ class DiscordEmulator:
         """
         self._mark_trigger()
         cid = self.state.resolve_channel(channel_id)
-        data = self.hooks.command_data(name, options)
+        data = self.hooks.command_data(name, options, self.state.guild_of(cid))
         record, payload = self.hooks.interaction(
             INTERACTION_APPLICATION_COMMAND, cid, self.state.resolve_user(user), data
         )
@@ -400,6 +408,58 @@ class DiscordEmulator:
         }
         record, payload = self.hooks.interaction(INTERACTION_MODAL_SUBMIT, cid, uid, data, message=message)
         return self._dispatch_interaction(record, payload)
+
+    async def add_bot_to_guild(self, guild: str | int, added_by: str | int) -> str:
+        """``added_by`` adds the bot to ``guild`` (a key from ``state.add_guild(..., bot_member=False)``
+        or an id): the bot becomes a member with its managed role, the guild's audit log records who
+        added it (action 28, BOT_ADD), and the bot gets GUILD_CREATE. Returns the guild id."""
+        self._mark_trigger()
+        state = self.state
+        guild_id = state.resolve_guild(guild)
+        bot_role = next(
+            rid
+            for rid, role in state.roles.items()
+            if state.role_guilds.get(rid) == guild_id and role.get("managed")
+        )
+        state.add_member(state.application_id, roles=[bot_role], guild=guild_id)
+        state.audit_log.setdefault(guild_id, []).append(
+            {
+                "id": state.ids.next(),
+                "user_id": state.resolve_user(added_by),
+                "target_id": state.application_id,
+                "action_type": AUDIT_BOT_ADD,
+                "changes": [],
+                "reason": None,
+            }
+        )
+        payload = state.guild_create_payload(guild_id, include_members=False)
+        del payload["unavailable"]  # Discord leaves it out for a join (False: an outage ended)
+        self.gateway.dispatch("GUILD_CREATE", payload, guild_id=guild_id)
+        state.save()
+        return guild_id
+
+    async def delete_channel(self, channel: str | int) -> None:
+        """A guild channel is deleted (its messages go with it); dispatches CHANNEL_DELETE."""
+        self._mark_trigger()
+        cid = self.state.resolve_channel(channel)
+        payload = self.state.channels.pop(cid)
+        for msg in self.state.messages.values():
+            if msg.channel_id == cid:
+                msg.deleted = True
+        self.gateway.dispatch("CHANNEL_DELETE", payload, channel_id=None)
+        self.state.save()
+
+    async def delete_role(self, role: str | int) -> None:
+        """A role is deleted and taken from every member; dispatches GUILD_ROLE_DELETE."""
+        self._mark_trigger()
+        rid = self.state.resolve_role(role)
+        self.state.roles.pop(rid)
+        guild_id = self.state.role_guilds.pop(rid, self.state.guild_id)
+        for member in self.state.members_of(guild_id).values():
+            if rid in member["roles"]:
+                member["roles"].remove(rid)
+        self.gateway.dispatch("GUILD_ROLE_DELETE", {"guild_id": guild_id, "role_id": rid})
+        self.state.save()
 
     async def drop_connection(self, code: int | None = None) -> int:
         """Kill every gateway socket: abruptly (``code=None``, the bot should RESUME) or with a close code."""
@@ -484,6 +544,7 @@ class DiscordEmulator:
             {
                 "base_url": self.base_url,
                 "guild_id": self.guild_id,
+                "guilds": self.state.guild_keys,
                 "application_id": self.application_id,
                 "users": self.state.user_keys,
                 "channels": self.state.channel_keys,

@@ -1,4 +1,9 @@
-"""The emulator's world: users, one guild, channels, roles, messages, webhooks, commands.
+"""The emulator's world: users, guilds, channels, roles, messages, webhooks, commands.
+
+The seed world is one guild (``guild_id``, the *primary* guild every guild-less helper means);
+tests add more with :meth:`EmulatorState.add_guild` and pass ``guild=`` to the ``add_*`` helpers.
+A channel names its guild (``guild_id``), so payloads about a channel's messages and
+interactions carry the right guild and member.
 
 Everything is plain JSON-able dicts so the state can be written to a file and
 read back by a fresh emulator process: a test that restarts the *emulator* (not
@@ -19,7 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UNKNOWN_CHANNEL, UNKNOWN_MEMBER, UNKNOWN_MESSAGE, UNKNOWN_USER, not_found
+from .errors import (
+    UNKNOWN_CHANNEL,
+    UNKNOWN_GUILD,
+    UNKNOWN_MEMBER,
+    UNKNOWN_MESSAGE,
+    UNKNOWN_USER,
+    not_found,
+)
 
 DISCORD_EPOCH_MS = 1420070400000
 # Seed ids are fixed (so a bot's config can name the review channel or the
@@ -30,7 +42,9 @@ _SEED_BASE = (1704067200000 - DISCORD_EPOCH_MS) << 22
 P_KICK = 1 << 1
 P_BAN = 1 << 2
 P_ADMINISTRATOR = 1 << 3
+P_MANAGE_GUILD = 1 << 5
 P_ADD_REACTIONS = 1 << 6
+P_VIEW_AUDIT_LOG = 1 << 7
 P_VIEW_CHANNEL = 1 << 10
 P_SEND_MESSAGES = 1 << 11
 P_MANAGE_MESSAGES = 1 << 13
@@ -59,7 +73,8 @@ EVERYONE_PERMISSIONS = (
 )
 MODERATOR_PERMISSIONS = EVERYONE_PERMISSIONS | P_MANAGE_MESSAGES | P_KICK | P_BAN | P_MODERATE_MEMBERS
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+AUDIT_BOT_ADD = 28  # audit log action type: a bot was added to the guild
 
 
 def seed_id(n: int) -> str:
@@ -148,12 +163,15 @@ class EmulatorState:
         self.application_id = ""
         self.users: dict[str, dict[str, Any]] = {}
         self.user_keys: dict[str, str] = {}
-        self.guild: dict[str, Any] = {}
+        self.guilds: dict[str, dict[str, Any]] = {}
+        self.guild_keys: dict[str, str] = {}
         self.channels: dict[str, dict[str, Any]] = {}
         self.channel_keys: dict[str, str] = {}
         self.roles: dict[str, dict[str, Any]] = {}
         self.role_keys: dict[str, str] = {}
-        self.members: dict[str, dict[str, Any]] = {}
+        self.role_guilds: dict[str, str] = {}  # role id → its guild (roles carry no guild_id)
+        self.guild_members: dict[str, dict[str, dict[str, Any]]] = {}  # guild id → user id → member
+        self.audit_log: dict[str, list[dict[str, Any]]] = {}  # guild id → entries, oldest first
         self.messages: dict[str, StoredMessage] = {}
         self.webhooks: dict[str, dict[str, Any]] = {}
         self.commands: dict[str, list[dict[str, Any]]] = {}
@@ -173,28 +191,38 @@ class EmulatorState:
         self.add_user("moderator", seed_id(3), "hanako_mod", global_name="花子")
         self.add_user("member", seed_id(4), "taro", global_name="太郎")
         self.add_user("member2", seed_id(5), "jiro", global_name="次郎")
-        self.add_role("everyone", self.guild_id, "@everyone", EVERYONE_PERMISSIONS, position=0)
-        self.add_role(
-            "moderator", seed_id(10), "Moderator", MODERATOR_PERMISSIONS, position=2, color=0x3498DB
+        self.add_guild(
+            "main", self.guild_id, "Oshaberi Test Server", owner="moderator", bot_role_id=seed_id(11)
         )
         self.add_role(
-            "bot",
-            seed_id(11),
-            "oshaberi",
-            P_ALL,
-            position=1,
-            managed=True,
-            tags={"bot_id": self.application_id},
+            "moderator", seed_id(10), "Moderator", MODERATOR_PERMISSIONS, position=2, color=0x3498DB
         )
         self.add_channel("general", seed_id(20), "general", position=0, topic="雑談")
         self.add_channel("chat", seed_id(21), "persona-chat", position=1, topic="Talk to the personas")
         self.add_channel("review", seed_id(22), "mod-review", position=2, topic="Moderator review queue")
-        owner = self.user_keys["moderator"]
-        self.guild = {
-            "id": self.guild_id,
-            "name": "Oshaberi Test Server",
+        self.guild["system_channel_id"] = self.channel_keys["general"]
+        self.add_member(self.user_keys["moderator"], roles=["moderator"])
+        self.add_member(self.user_keys["member"])
+        self.add_member(self.user_keys["member2"])
+
+    def add_guild(
+        self,
+        key: str,
+        guild_id: str | None,
+        name: str,
+        *,
+        owner: str,
+        bot_member: bool = True,
+        bot_role_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A guild with its @everyone role (the guild's id) and, with ``bot_member``, the bot in
+        it holding its managed role. ``owner`` is a user key or id (the owner has every permission)."""
+        guild_id = guild_id or self.ids.next()
+        self.guilds[guild_id] = {
+            "id": guild_id,
+            "name": name,
             "icon": None,
-            "owner_id": owner,
+            "owner_id": self.resolve_user(owner),
             "preferred_locale": "ja",
             "features": [],
             "verification_level": 0,
@@ -203,7 +231,7 @@ class EmulatorState:
             "mfa_level": 0,
             "nsfw_level": 0,
             "premium_tier": 0,
-            "system_channel_id": self.channel_keys["general"],
+            "system_channel_id": None,
             "system_channel_flags": 0,
             "afk_timeout": 300,
             "description": None,
@@ -213,10 +241,60 @@ class EmulatorState:
             "vanity_url_code": None,
             "joined_at": "2024-01-01T00:00:00+00:00",
         }
-        self.add_member(self.application_id, roles=["bot"])
-        self.add_member(self.user_keys["moderator"], roles=["moderator"])
-        self.add_member(self.user_keys["member"])
-        self.add_member(self.user_keys["member2"])
+        self.guild_keys[key] = guild_id
+        self.guild_members.setdefault(guild_id, {})
+        everyone = "everyone" if guild_id == self.guild_id else f"{key}:everyone"
+        self.add_role(everyone, guild_id, "@everyone", EVERYONE_PERMISSIONS, position=0, guild=guild_id)
+        bot_role = "bot" if guild_id == self.guild_id else f"{key}:bot"
+        self.add_role(
+            bot_role,
+            bot_role_id,
+            "oshaberi",
+            P_ALL,
+            position=1,
+            managed=True,
+            tags={"bot_id": self.application_id},
+            guild=guild_id,
+        )
+        if bot_member:
+            self.add_member(self.application_id, roles=[bot_role], guild=guild_id)
+        return self.guilds[guild_id]
+
+    @property
+    def guild(self) -> dict[str, Any]:
+        """The primary guild's object."""
+        return self.guilds[self.guild_id]
+
+    @property
+    def members(self) -> dict[str, dict[str, Any]]:
+        """The primary guild's members by user id."""
+        return self.guild_members.setdefault(self.guild_id, {})
+
+    def resolve_guild(self, ref: str | int | None) -> str:
+        """A guild key (``"main"``), an id, or None (the primary guild); returns the id."""
+        if ref is None:
+            return self.guild_id
+        ref = str(ref)
+        if ref in self.guild_keys:
+            return self.guild_keys[ref]
+        if ref in self.guilds:
+            return ref
+        raise not_found(UNKNOWN_GUILD, "Guild")
+
+    def guild_of(self, channel_id: str | int) -> str | None:
+        """The guild a channel belongs to (None: a DM)."""
+        guild = self.channels.get(str(channel_id), {}).get("guild_id")
+        return str(guild) if guild is not None else None
+
+    def members_of(self, guild_id: str | None) -> dict[str, dict[str, Any]]:
+        return self.guild_members.setdefault(self.resolve_guild(guild_id), {})
+
+    def is_member(self, user_id: str, guild_id: str | None) -> bool:
+        return guild_id is not None and str(user_id) in self.guild_members.get(str(guild_id), {})
+
+    def bot_guilds(self) -> list[str]:
+        """The guilds the bot is a member of (the ones READY names)."""
+        return [gid for gid in self.guilds if self.application_id in self.guild_members.get(gid, {})]
 
     def add_user(
         self,
@@ -256,6 +334,7 @@ class EmulatorState:
         color: int = 0,
         managed: bool = False,
         tags: dict[str, Any] | None = None,
+        guild: str | int | None = None,
     ) -> dict[str, Any]:
         role_id = role_id or self.ids.next()
         role: dict[str, Any] = {
@@ -276,16 +355,24 @@ class EmulatorState:
             role["tags"] = tags
         self.roles[role_id] = role
         self.role_keys[key] = role_id
+        self.role_guilds[role_id] = self.resolve_guild(guild)
         return role
 
     def add_channel(
-        self, key: str, channel_id: str | None, name: str, *, position: int, topic: str | None = None
+        self,
+        key: str,
+        channel_id: str | None,
+        name: str,
+        *,
+        position: int,
+        topic: str | None = None,
+        guild: str | int | None = None,
     ) -> dict[str, Any]:
         channel_id = channel_id or self.ids.next()
         self.channels[channel_id] = {
             "id": channel_id,
             "type": 0,
-            "guild_id": self.guild_id,
+            "guild_id": self.resolve_guild(guild),
             "name": name,
             "position": position,
             "permission_overwrites": [],
@@ -299,9 +386,20 @@ class EmulatorState:
         self.channel_keys[key] = channel_id
         return self.channels[channel_id]
 
-    def add_member(self, user_id: str, *, roles: list[str] | None = None, nick: str | None = None) -> None:
+    def add_member(
+        self,
+        user_id: str,
+        *,
+        roles: list[str] | None = None,
+        nick: str | None = None,
+        guild: str | int | None = None,
+    ) -> None:
         role_ids = [self.role_keys.get(r, r) for r in roles or []]
-        self.members[user_id] = {"roles": role_ids, "nick": nick, "joined_at": "2024-01-01T00:00:00+00:00"}
+        self.members_of(guild)[user_id] = {
+            "roles": role_ids,
+            "nick": nick,
+            "joined_at": "2024-01-01T00:00:00+00:00",
+        }
 
     def dm_channel(self, user_id: str) -> str:
         """The bot's DM channel with a user, created on first use (as Discord does)."""
@@ -367,22 +465,29 @@ class EmulatorState:
         except KeyError:
             raise not_found(UNKNOWN_USER, "User") from None
 
-    def member_permissions(self, user_id: str) -> int:
-        member = self.members.get(str(user_id))
+    def member_permissions(self, user_id: str, guild_id: str | None = None) -> int:
+        guild_id = self.resolve_guild(guild_id)
+        member = self.guild_members.get(guild_id, {}).get(str(user_id))
         if member is None:
             return 0
-        if self.guild.get("owner_id") == str(user_id):
+        if self.guilds[guild_id].get("owner_id") == str(user_id):
             return P_ALL
-        perms = int(self.roles[self.guild_id]["permissions"])
+        perms = int(self.roles[guild_id]["permissions"])
         for rid in member["roles"]:
             if rid in self.roles:
                 perms |= int(self.roles[rid]["permissions"])
         return P_ALL if perms & P_ADMINISTRATOR else perms
 
     def member_payload(
-        self, user_id: str, *, with_user: bool = True, with_permissions: bool = False
+        self,
+        user_id: str,
+        *,
+        with_user: bool = True,
+        with_permissions: bool = False,
+        guild_id: str | None = None,
     ) -> dict[str, Any]:
-        member = self.members.get(str(user_id))
+        guild_id = self.resolve_guild(guild_id)
+        member = self.guild_members.get(guild_id, {}).get(str(user_id))
         if member is None:
             raise not_found(UNKNOWN_MEMBER, "Member")
         payload: dict[str, Any] = {
@@ -401,7 +506,7 @@ class EmulatorState:
         if with_user:
             payload["user"] = self.user_payload(user_id)
         if with_permissions:
-            payload["permissions"] = str(self.member_permissions(user_id))
+            payload["permissions"] = str(self.member_permissions(user_id, guild_id))
         return payload
 
     def channel_payload(self, channel_id: str) -> dict[str, Any]:
@@ -410,34 +515,45 @@ class EmulatorState:
         except KeyError:
             raise not_found(UNKNOWN_CHANNEL, "Channel") from None
 
-    def guild_payload(self) -> dict[str, Any]:
-        payload = dict(self.guild)
+    def guild_roles(self, guild_id: str | None = None) -> list[dict[str, Any]]:
+        guild_id = self.resolve_guild(guild_id)
+        return [
+            dict(r) for rid, r in self.roles.items() if self.role_guilds.get(rid, self.guild_id) == guild_id
+        ]
+
+    def guild_payload(self, guild_id: str | None = None) -> dict[str, Any]:
+        payload = dict(self.guilds[self.resolve_guild(guild_id)])
         payload.pop("joined_at", None)
-        payload["roles"] = [dict(r) for r in self.roles.values()]
+        payload["roles"] = self.guild_roles(guild_id)
         payload["emojis"] = []
         payload["stickers"] = []
         return payload
 
-    def guild_channels(self) -> list[dict[str, Any]]:
-        return [dict(c) for c in self.channels.values() if c.get("guild_id") == self.guild_id]
+    def guild_channels(self, guild_id: str | None = None) -> list[dict[str, Any]]:
+        guild_id = self.resolve_guild(guild_id)
+        return [dict(c) for c in self.channels.values() if c.get("guild_id") == guild_id]
 
-    def guild_create_payload(self, *, include_members: bool) -> dict[str, Any]:
-        """GUILD_CREATE as sent after READY.
+    def guild_create_payload(self, guild_id: str | None = None, *, include_members: bool) -> dict[str, Any]:
+        """GUILD_CREATE as sent after READY (or when the bot joins a guild).
 
         Without the GUILD_MEMBERS intent Discord only includes the bot's own
         member; ``member_count`` always reflects the whole guild so
         discord.py's "is this guild chunked?" check behaves as in production.
         """
-        payload = self.guild_payload()
-        member_ids = list(self.members) if include_members else [self.application_id]
+        guild_id = self.resolve_guild(guild_id)
+        members = self.guild_members.get(guild_id, {})
+        payload = self.guild_payload(guild_id)
+        member_ids = list(members) if include_members else [self.application_id]
         payload.update(
             {
-                "joined_at": self.guild.get("joined_at"),
+                "joined_at": self.guilds[guild_id].get("joined_at"),
                 "large": False,
                 "unavailable": False,
-                "member_count": len(self.members),
-                "members": [self.member_payload(uid) for uid in member_ids],
-                "channels": [{k: v for k, v in c.items() if k != "guild_id"} for c in self.guild_channels()],
+                "member_count": len(members),
+                "members": [self.member_payload(uid, guild_id=guild_id) for uid in member_ids],
+                "channels": [
+                    {k: v for k, v in c.items() if k != "guild_id"} for c in self.guild_channels(guild_id)
+                ],
                 "threads": [],
                 "presences": [],
                 "voice_states": [],
@@ -470,7 +586,7 @@ class EmulatorState:
             "install_params": None,
             "custom_install_url": None,
             "integration_types_config": {"0": {}},
-            "approximate_guild_count": 1,
+            "approximate_guild_count": len(self.bot_guilds()),
             "redirect_uris": [],
         }
 
@@ -486,12 +602,15 @@ class EmulatorState:
             "application_id": self.application_id,
             "users": self.users,
             "user_keys": self.user_keys,
-            "guild": self.guild,
+            "guilds": self.guilds,
+            "guild_keys": self.guild_keys,
             "channels": self.channels,
             "channel_keys": self.channel_keys,
             "roles": self.roles,
             "role_keys": self.role_keys,
-            "members": self.members,
+            "role_guilds": self.role_guilds,
+            "guild_members": self.guild_members,
+            "audit_log": self.audit_log,
             "messages": [asdict(m) for m in self.messages.values()],
             "webhooks": self.webhooks,
             "commands": self.commands,
@@ -517,12 +636,15 @@ class EmulatorState:
         self.application_id = data["application_id"]
         self.users = data["users"]
         self.user_keys = data["user_keys"]
-        self.guild = data["guild"]
+        self.guilds = data["guilds"]
+        self.guild_keys = data["guild_keys"]
         self.channels = data["channels"]
         self.channel_keys = data["channel_keys"]
         self.roles = data["roles"]
         self.role_keys = data["role_keys"]
-        self.members = data["members"]
+        self.role_guilds = data["role_guilds"]
+        self.guild_members = data["guild_members"]
+        self.audit_log = data["audit_log"]
         self.messages = {m["payload"]["id"]: StoredMessage(**m) for m in data["messages"]}
         self.webhooks = data["webhooks"]
         self.commands = data["commands"]

@@ -42,6 +42,7 @@ class BotConfig:
     review_channel: int
     moderator_role: int
     allowed_channels: tuple[int, ...] = ()
+    allowed_servers: tuple[int, ...] = ()
     rate_limit_per_minute: float = 0.0  # 0: off, so functional tests are not throttled
     rate_limit_burst: int = 3
     queue_size: int = 32
@@ -85,6 +86,7 @@ class BotConfig:
                 "",
                 "[discord]",
                 f"allowed_channels = [{channels}]",
+                f"allowed_servers = [{', '.join(str(g) for g in self.allowed_servers)}]",
                 f"review_channel = {self.review_channel}",
                 f"moderator_role = {self.moderator_role}",
                 f"review_poll_s = {float(self.review_poll_s)}",

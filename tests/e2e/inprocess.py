@@ -23,7 +23,7 @@ import discord
 from bot.config import ChatSettings, DiscordSettings, PathSettings, Settings
 from bot.discord.api_base import point_discord_at
 from bot.discord.app import OshaberiBot
-from bot.store.store import Store
+from bot.store.store import ExportRow, Store
 from tests.discord_emulator import Call, DiscordEmulator, InteractionRecord, StoredMessage
 from tests.fake_runtime import FakeChat, FakeRuntime
 
@@ -109,6 +109,13 @@ class EmulatedBot:
     def me(self) -> int:
         return int(self.emu.application_id)
 
+    async def exported(self, persona_id: str | None = None) -> list[ExportRow]:
+        """What ``export-reviews`` would take if the operator listed every guild of this emulator
+        (so their approved replies train): the review flow's result, whichever server it was in.
+        Which servers train is tested with the store's own ``listed_servers``."""
+        listed = [int(g) for g in self.emu.state.guilds]
+        return await self.store.approved_for_export(persona_id, listed_servers=listed)
+
     def set_discord(self, **changes: Any) -> None:
         s = self.bot.settings
         self.bot.settings = replace(s, discord=replace(s.discord, **changes))
@@ -163,12 +170,20 @@ class EmulatedBot:
         await self.settle()
 
     async def command(
-        self, name: str, *, user: str = "member", channel: str = "chat", **options: Any
+        self,
+        name: str,
+        *,
+        user: str = "member",
+        channel: str = "chat",
+        options: dict[str, Any] | None = None,
+        **more: Any,
     ) -> Interaction:
-        """``user`` runs ``/name`` with ``options`` (None values left out); returns its answers."""
+        """``user`` runs ``/name`` in ``channel`` with ``options`` and ``more`` (None values left
+        out; ``options`` for an option named like a parameter here, ``channel``); returns its answers."""
         mark = self.emu.mark()
+        given = {**(options or {}), **more}
         record = await self.emu.slash_command(
-            channel, user, name, {k: v for k, v in options.items() if v is not None}
+            channel, user, name, {k: v for k, v in given.items() if v is not None}
         )
         await self.received("interaction", lambda i: i.id == int(record.id))
         await self.settle()
@@ -347,9 +362,10 @@ async def _connected(
             review.stop_polling()
         if bot.chat is not None:
             bot.chat.spool_flusher.cancel()
-        guild = discord.Object(int(emu.guild_id))
-        bot.tree.copy_global_to(guild=guild)
-        await bot.tree.sync(guild=guild)
+        for guild_id in emu.state.bot_guilds():  # every guild of the world (tests may add one)
+            guild = discord.Object(int(guild_id))
+            bot.tree.copy_global_to(guild=guild)
+            await bot.tree.sync(guild=guild)
         task = asyncio.create_task(bot.connect(reconnect=True))
         await asyncio.wait_for(bot.wait_until_ready(), WAIT_S)
         harness = EmulatedBot(emu, bot, runtime)

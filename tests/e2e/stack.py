@@ -79,6 +79,8 @@ async def running_stack(
             review_channel=int(emu.channel_id("review")),
             moderator_role=int(emu.role_id("moderator")),
             allowed_channels=tuple(world.allowed_channels()),
+            # The operator lists its server: served, and its approved replies train by default.
+            allowed_servers=(int(emu.guild_id),),
         )
         bot = BotProcess(
             emu, workdir, model_dir, replace(base, **config), fault_injection=fault_injection, slow_s=slow_s

@@ -19,6 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", type=Path, help="the bot's database (default: paths.database)")
 
 
+def held_back_line(count: int) -> str:
+    """Why approvals are missing from the file, and the two ways to let them in."""
+    return (
+        f"  left out {count} approved replies from Discord servers that do not allow training "
+        "(their admins: /settings training on; or list the server in discord.allowed_servers)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import sqlite3
 
@@ -35,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         if not database.is_file():
             raise FileNotFoundError(f"database {database} does not exist (the bot creates it on first run)")
         out = args.out or Path(settings.paths.data_dir) / f"{card.id}-reviewed.jsonl"
-        result = asyncio.run(export_reviews(database, card.id, out))
+        result = asyncio.run(
+            export_reviews(database, card.id, out, listed_servers=settings.discord.allowed_servers)
+        )
     except (ConfigError, UnknownPersonaError, StoreError, sqlite3.Error, OSError) as exc:
         print(f"export-reviews: {exc}", file=sys.stderr)
         return 1
@@ -44,4 +54,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.skipped:
         print(f"  skipped {result.skipped} rows without a question or a reply")
+    if result.held_back:
+        print(held_back_line(result.held_back))
     return 0

@@ -108,6 +108,14 @@ def _export_reviews(settings: Settings, persona_id: str, cfg: TrainConfig) -> Tr
 
     pattern = cfg.reviewed or "{data_dir}/{persona}-reviewed.jsonl"
     reviewed = Path(pattern.format(data_dir=settings.paths.data_dir, persona=persona_id))
-    exported = asyncio.run(export_reviews(settings.paths.database, persona_id, reviewed))
+    from trainer.commands.export_reviews import held_back_line
+
+    exported = asyncio.run(
+        export_reviews(
+            settings.paths.database, persona_id, reviewed, listed_servers=settings.discord.allowed_servers
+        )
+    )
     print(f"{persona_id}: exported {exported.rows} reviewed dialogues to {reviewed}", flush=True)
+    if exported.held_back:
+        print(held_back_line(exported.held_back), flush=True)
     return replace(cfg, reviewed=str(reviewed))

@@ -1,7 +1,9 @@
 """/status and /reload for moderators; /forget, /optout and /optin for everyone.
 
 Moderator commands are hidden from others by default permissions, but that is only a hint a
-server can change: the ``moderator_only`` check asks again on every use.
+server can change: the ``moderator_only`` check asks again on every use. /status shows the
+server's own settings and review counts, never another server's. A member's privacy request
+covers every server the bot is in (as privacy law expects of one controller of the data).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from discord.ext import commands
 from bot.chatflow.replyflow import ReplyFlow
 from bot.discord.admin_text import status_lines
 from bot.discord.bot_protocol import BotServices
-from bot.discord.checks import model_loaded, moderator_only
+from bot.discord.checks import model_loaded, moderator_only, server_of
 from bot.discord.persona_options import LoadedPersona
 from bot.discord.review_queue import ReviewQueue
+from bot.discord.sender import NO_PINGS
+from bot.discord.settings_text import settings_lines
 from bot.serving.generation import AdapterError
 from bot.store.store import Store, StoreBusyError, within
 from personas.card import PersonaCard, UnknownPersonaError
@@ -59,10 +63,11 @@ class Admin(commands.Cog):
     async def status(self, interaction: discord.Interaction[Any]) -> None:
         runtime = self._runtime()
         stats = runtime.worker.stats()
+        server = server_of(interaction)
         store_stats, busy = None, False
         if self.store is not None:
             try:  # read before the first response, so bounded; the rest of the status still helps
-                store_stats = await within(self.store.stats())
+                store_stats = await within(self.store.stats(self._review_scope(server)))
             except StoreBusyError:
                 busy = True
         spooled = len(self.flow.spool) if self.flow is not None else 0
@@ -71,7 +76,22 @@ class Admin(commands.Cog):
         )
         if busy:
             lines.append("⚠️ **Reviews**: the database is busy, so no counts now; try again shortly.")
-        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+        if server is not None and interaction.guild is not None:
+            lines += ["**This server's settings** (`/settings`):"]
+            lines += settings_lines(server, interaction.guild, set(runtime.cards.cards))
+        await interaction.response.send_message(
+            "\n".join(lines)[:2000], ephemeral=True, allowed_mentions=NO_PINGS
+        )
+
+    def _review_scope(self, server: Any) -> set[int | None] | None:
+        """Whose review counts /status shows: this server's (and, in the operator's review server,
+        the trainer's candidates); in a DM (an owner) every row."""
+        if server is None:
+            return None
+        scope: set[int | None] = {server.guild_id}
+        if self.reviews is not None and self.reviews.home_guild_id() == server.guild_id:
+            scope.add(None)
+        return scope
 
     @app_commands.command(name="reload", description="Reload persona adapters from disk (moderators)")
     @app_commands.describe(persona="Only this persona (default: all)")
@@ -115,8 +135,8 @@ class Admin(commands.Cog):
         if self.reviews is not None and result.review_cards:
             await self.reviews.delete_cards(result.review_cards)
         await interaction.followup.send(
-            f"🗑️ Deleted {result.deleted} logged conversations you took part in. None of it will be used "
-            "for training. Use /optout to stop new messages being logged.",
+            f"🗑️ Deleted {result.deleted} logged conversations you took part in, in every server this bot "
+            "is in. None of it will be used for training. Use /optout to stop new messages being logged.",
             ephemeral=True,
         )
 
@@ -136,11 +156,15 @@ class Admin(commands.Cog):
             return
         if opted_out:
             text = (
-                "You are opted out: the bot still answers you, but conversations with your messages are not "
-                "logged or used for training. Use /forget to delete what was logged before."
+                "You are opted out, in every server this bot is in: it still answers you, but conversations "
+                "with your messages are not logged or used for training. Use /forget to delete what was "
+                "logged before."
             )
         else:
-            text = "You are opted in: replies to your messages are logged and may be reviewed for training."
+            text = (
+                "You are opted in, in every server this bot is in: replies to your messages are logged and "
+                "may be reviewed for training where the server allows it."
+            )
         await interaction.followup.send(text, ephemeral=True)
 
     async def _user_write(

@@ -92,14 +92,16 @@ class Chat(commands.Cog):
             return  # a thread created, a pin, a join …: made by Discord, not said by the member
         if message.guild is None or self.flow is None or self.store is None:
             return  # direct messages are not a place the server's moderators can review
-        settings = self.bot.settings.discord
-        if not channel_allowed(settings, message.channel):
+        server = self.bot.servers.get(message.guild.id)  # its own settings, the TOML's where unset
+        if not server.served:
+            return  # not on discord.allowed_servers: no reply, nothing logged
+        if not channel_allowed(server, message.channel):
             return
         persona_id = await self.store.channel_persona(message.channel.id)
         addressed = await self._addressed(message)
         if persona_id is None and not addressed:
             return
-        if not member_allowed(settings, message.author):
+        if not member_allowed(server, message.author):
             if addressed:
                 await notify(
                     message.channel, "Sorry, you do not have a role that may talk to the bot here.", message
@@ -114,7 +116,7 @@ class Chat(commands.Cog):
         try:
             await self.answer(
                 message,
-                persona_id or self.bot.settings.chat.default_persona,
+                persona_id or server.default_persona,
                 channel_has_persona=persona_id is not None,
             )
         finally:

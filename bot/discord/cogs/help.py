@@ -1,7 +1,7 @@
 """/help: how to talk to the bot in this channel, and the commands this member may use.
 
-Always ephemeral: it describes the asker's situation (their roles, this channel), not the
-channel's. The command list is read from the bot's own command tree, so a new command shows
+Always ephemeral: it describes the asker's situation (their roles, this channel, this server's
+settings), not the channel's. The command list is read from the bot's own command tree, so a new command shows
 up here without editing this file; a command with default permissions is a moderator's.
 """
 
@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.bot_protocol import BotServices
-from bot.discord.checks import channel_allowed, is_moderator, member_allowed
+from bot.discord.checks import access, channel_allowed, is_moderator, member_allowed, server_of
 from bot.discord.sender import NO_PINGS
 from bot.store.store import Store
 
@@ -42,13 +42,19 @@ class Help(commands.Cog):
 
     async def how_to_talk_here(self, interaction: discord.Interaction[Any]) -> str:
         """One or two sentences on who answers in this channel and how to get an answer."""
-        settings = self.bot.settings
-        if interaction.guild is None:
+        server = server_of(interaction)
+        if server is None:
             return "Personas talk in server channels only: use `/help` in a channel of the server."
-        if not channel_allowed(settings.discord, interaction.channel):
-            allowed = " ".join(f"<#{cid}>" for cid in settings.discord.allowed_channels[:10])
-            return f"The bot does not talk in this channel. It talks in {allowed}."
-        if not member_allowed(settings.discord, interaction.user):
+        if not channel_allowed(server, interaction.channel):
+            guild = interaction.guild
+            # Only this server's channels: an id from another server (the TOML's) shows nothing.
+            here = [
+                c for c in server.allowed_channels if guild is not None and guild.get_channel(c) is not None
+            ]
+            if not here:
+                return "The bot does not talk in any channel of this server yet; ask an admin (`/settings`)."
+            return f"The bot does not talk in this channel. It talks in {' '.join(f'<#{c}>' for c in here[:10])}."
+        if not member_allowed(server, interaction.user):
             return "You do not have a role that may talk to the bot; ask a moderator."
         cards = self.runtime.cards.cards if self.runtime is not None else {}
         active = None
@@ -62,7 +68,7 @@ class Help(commands.Cog):
             )
         if active is not None:
             return f"The persona set here (`{active}`) is not loaded; choose another with `/persona`."
-        default = settings.chat.default_persona
+        default = server.default_persona
         name = cards[default].display_name if default in cards else default
         return (
             f"No persona answers every message here: mention {me} or reply to one of its messages, "
@@ -73,11 +79,19 @@ class Help(commands.Cog):
     async def help(self, interaction: discord.Interaction[Any]) -> None:
         everyone, moderators = command_lines(self.bot.tree)
         parts = ["**Talking here**", await self.how_to_talk_here(interaction), "", "**Commands**", *everyone]
-        if moderators and is_moderator(self.bot.settings.discord, interaction.user, interaction.permissions):
+        if moderators and is_moderator(access(interaction), interaction.user, interaction.permissions):
             parts += ["", "**For moderators**", *moderators]
-            review = self.bot.settings.discord.review_channel
-            if review:
+            server, guild = server_of(interaction), interaction.guild
+            review = server.review_channel if server is not None else 0
+            if review and guild is not None and guild.get_channel(review) is not None:
                 parts.append(f"Replies are reviewed in <#{review}> with the buttons on each card.")
+            elif server is not None:
+                parts.append("This server has no review channel: `/settings review-channel` sets one.")
+            if server is not None:
+                training = "may" if server.training else "may not"
+                parts.append(
+                    f"This server's approved replies {training} train the personas (`/settings training`)."
+                )
         # Mentions are written for display only: NO_PINGS makes sure nobody is notified.
         await interaction.response.send_message(
             "\n".join(parts)[:2000], ephemeral=True, allowed_mentions=NO_PINGS

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.bot_protocol import BotServices
-from bot.discord.checks import talks_here
+from bot.discord.checks import server_of, talks_here
 from bot.discord.persona_options import PersonaOrOff
 from bot.discord.sender import NO_PINGS
 from bot.serving.adapter_labels import persona_adapter_labels
@@ -73,7 +73,8 @@ class Persona(commands.Cog):
                 active = await within(self.store.channel_persona(interaction.channel_id))
             except StoreBusyError:
                 busy = True
-        default = self.bot.settings.chat.default_persona
+        server = server_of(interaction)
+        default = server.default_persona if server is not None else self.bot.settings.chat.default_persona
         stats = self.runtime.worker.stats() if self.runtime is not None else None
         labels = persona_adapter_labels(
             cards, stats.adapters if stats else [], stats.canaries if stats else []

@@ -7,6 +7,9 @@ and deleting cards is the review queue's job (``bot/discord/review_queue.py``). 
   (``bind_review_buttons``), after the button's own moderator check.
 * The Edit modal is handled by its custom id in an interaction listener, so a modal opened
   before a restart and submitted after it still counts.
+* A decision is taken only on a row of the moderator's own server (a trainer candidate: of the
+  operator's review server), whatever card or forged id the click came from; anything else is
+  refused privately and nothing is recorded.
 * The decision itself is the store's atomic update; the card then shows whoever won.
 """
 
@@ -21,7 +24,7 @@ import discord
 from discord.ext import commands
 
 from bot.discord.bot_protocol import BotServices
-from bot.discord.checks import is_moderator
+from bot.discord.checks import access, is_moderator
 from bot.discord.review_queue import ReviewQueue
 from bot.discord.review_views import (
     ACTIONS,
@@ -48,6 +51,10 @@ from personas.render import clean_text
 
 log = logging.getLogger(__name__)
 BUSY = "The database is busy right now, so the edit form cannot be opened. Please try again in a moment."
+ELSEWHERE = (
+    "This review item belongs to another server's review queue, so it cannot be decided here. "
+    "Nothing was recorded."
+)
 
 
 class Review(commands.Cog):
@@ -79,7 +86,18 @@ class Review(commands.Cog):
     # -- decisions -----------------------------------------------------------------------------
 
     def is_moderator(self, interaction: discord.Interaction[Any]) -> bool:
-        return is_moderator(self.bot.settings.discord, interaction.user, interaction.permissions)
+        """A moderator of the server the click came from (its moderator role, Manage Messages)."""
+        return is_moderator(access(interaction), interaction.user, interaction.permissions)
+
+    def belongs_here(self, item: ReviewItem, interaction: discord.Interaction[Any]) -> bool:
+        """Whether ``item`` may be decided from this interaction's server: a row of that server
+        (which the bot serves), or a trainer candidate in the operator's review server."""
+        guild_id = interaction.guild_id
+        if guild_id is None:
+            return False
+        if item.guild_id is None:
+            return self.queue is not None and guild_id == self.queue.home_guild_id()
+        return item.guild_id == guild_id and self.bot.servers.get(guild_id).served
 
     async def on_button(self, interaction: discord.Interaction[Any], action: str, log_id: int) -> None:
         """A moderator's click (the button's interaction_check let it through)."""
@@ -97,6 +115,8 @@ class Review(commands.Cog):
                 return
             if item is None:
                 await interaction.response.send_message(_gone_text(log_id), ephemeral=True)
+            elif not self.belongs_here(item, interaction):
+                await interaction.response.send_message(ELSEWHERE, ephemeral=True)
             elif item.decision is not None:
                 await interaction.response.send_message(
                     _already(item.decision, item.decided_by), ephemeral=True
@@ -134,7 +154,10 @@ class Review(commands.Cog):
                 "The edited reply is empty; nothing was recorded.", ephemeral=True
             )
             return
-        await interaction.response.defer()
+        # From a card: the card itself is updated. A form with no card behind it (forged, or its
+        # card deleted) cannot update a message, so it is answered privately instead.
+        no_card = interaction.message is None
+        await interaction.response.defer(ephemeral=no_card, thinking=no_card)
         await self._decide(interaction, log_id, "edited", text[:MAX_EDITED_CHARS])
 
     async def _decide(
@@ -144,6 +167,10 @@ class Review(commands.Cog):
         store = self.store
         assert store is not None
         try:
+            item = await store.get_review(log_id)
+            if item is not None and not self.belongs_here(item, interaction):
+                await self._tell(interaction, ELSEWHERE)
+                return
             outcome = await store.decide(log_id, interaction.user.id, decision, edited)
             item = await store.get_review(log_id)
         except ReviewNotFoundError:
@@ -174,6 +201,8 @@ class Review(commands.Cog):
             log.warning("review card #%s not updated: %s", item.log_id, exc)
         if outcome.already_decided:
             await self._tell(interaction, _already(outcome.decision, outcome.moderator_id))
+        elif interaction.message is None:
+            await self._tell(interaction, f"Recorded: **{item.decision}** on review item #{item.log_id}.")
 
     async def _tell(self, interaction: discord.Interaction[Any], text: str) -> None:
         """An ephemeral note to whoever clicked, whether or not the interaction was answered yet."""
