@@ -74,12 +74,18 @@ class DiscordSink:
     """Where one streamed reply is shown: ``channel``, as ``card``, answering ``reply_to``."""
 
     def __init__(
-        self, sender: ReplySender, channel: Any, card: PersonaCard, reply_to: discord.Message | None
+        self,
+        sender: ReplySender,
+        channel: Any,
+        card: PersonaCard,
+        reply_to: discord.Message | None,
+        view: discord.ui.View | None = None,
     ) -> None:
         self.sender = sender
         self.channel = channel
         self.card = card
         self.reply_to = reply_to
+        self.view = view  # goes on the first message (the Stop button while it is written)
         self.prefix = persona_prefix(card)
         # Sized for the prefixed form too, so a fallback half-way needs no re-split.
         self.limit = DISCORD_LIMIT - len(self.prefix)
@@ -90,7 +96,8 @@ class DiscordSink:
         webhook = None if self._webhook_failed else await self.sender.webhook_for(self.channel)
         if webhook is not None:
             try:
-                message = await self.sender.send_webhook(webhook, self.channel, self.card, text)
+                view = self.view if self._posts == 0 else None
+                message = await self.sender.send_webhook(webhook, self.channel, self.card, text, view=view)
                 self._posts += 1
                 return Posted(message, "")
             except discord.HTTPException as exc:
@@ -100,6 +107,8 @@ class DiscordSink:
         if self._posts == 0 and self.reply_to is not None:
             kwargs["reference"] = self.reply_to.to_reference(fail_if_not_exists=False)
             kwargs["mention_author"] = False
+        if self._posts == 0 and self.view is not None:
+            kwargs["view"] = self.view
         try:
             message = await self.channel.send(self.prefix + text, **kwargs)
         except (discord.HTTPException, discord.RateLimited) as exc:

@@ -182,6 +182,7 @@ class StreamedReply(Generic[M]):
         self._shown = ""  # the visible text of the last round
         self._final: str | None = None
         self._withdraw = False
+        self._keep = False  # stopped by a member: what is shown now is the reply
         self._gone = False  # a message of ours was deleted by someone: stop touching the reply
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()  # cuts a pacing wait short (withdrawal)
@@ -217,6 +218,16 @@ class StreamedReply(Generic[M]):
         if self.posted:  # never started, or it ended before the withdrawal
             await self._delete_all()
 
+    async def stop_here(self) -> str:
+        """Stop updating and keep what is shown (a member pressed Stop); returns that text
+        (screened and defused, "" when nothing was shown). A round of changes already under way
+        ends first, so the text returned is what the messages show."""
+        self._keep = True
+        self._stop.set()
+        self._wake.set()
+        await self._join()
+        return self._shown
+
     def cancel(self) -> None:
         """Stop updating at once, leaving what is posted (the owner is going away)."""
         if self._task is not None:
@@ -233,6 +244,8 @@ class StreamedReply(Generic[M]):
             await self._wake.wait()
             if self._withdraw:
                 await self._delete_all()
+                return
+            if self._keep:
                 return
             delay = self.pacer.delay()
             if delay > 0:
