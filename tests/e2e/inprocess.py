@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -156,6 +157,26 @@ class EmulatedBot:
         await self.settle()
         return message_id
 
+    async def start_thread(
+        self, key: str, name: str, *, channel: str = "chat", user: str = "member", from_message: int | None = None
+    ) -> int:
+        """``user`` starts a thread (from ``from_message`` or on its own) known as ``key`` to later
+        helpers; returns once the bot has it (its id)."""
+        thread = await self.emu.create_thread(channel, user, name, message_id=from_message, key=key)
+        thread_id = int(thread["id"])
+        await self.received("thread_create", lambda t: t.id == thread_id)
+        await self.settle()
+        return thread_id
+
+    async def forum_post(self, key: str, name: str, content: str, *, forum: str = "forum", user: str = "member") -> int:
+        """``user`` opens a post in ``forum`` known as ``key``; returns once the bot has handled
+        its first message (whose id is the post's)."""
+        first = await self.emu.create_forum_post(forum, user, name, content, key=key)
+        post_id = int(first["id"])
+        await self.received("message", lambda m: m.id == post_id)
+        await self.settle()
+        return post_id
+
     async def delete(self, message_id: int, *, channel: str = "chat") -> None:
         """A user deletes their message; returns once the bot has handled the deletion."""
         await self.emu.delete_message(channel, message_id)
@@ -163,13 +184,19 @@ class EmulatedBot:
         await self.settle()
 
     async def command(
-        self, name: str, *, user: str = "member", channel: str = "chat", **options: Any
+        self,
+        name: str,
+        *,
+        user: str = "member",
+        channel: str = "chat",
+        options: dict[str, Any] | None = None,
+        **more: Any,
     ) -> Interaction:
-        """``user`` runs ``/name`` with ``options`` (None values left out); returns its answers."""
+        """``user`` runs ``/name`` in ``channel`` with ``options`` and ``more`` (None values left
+        out; ``options`` for names taken here, such as a ``channel`` option); returns its answers."""
         mark = self.emu.mark()
-        record = await self.emu.slash_command(
-            channel, user, name, {k: v for k, v in options.items() if v is not None}
-        )
+        given = {**(options or {}), **more}
+        record = await self.emu.slash_command(channel, user, name, {k: v for k, v in given.items() if v is not None})
         await self.received("interaction", lambda i: i.id == int(record.id))
         await self.settle()
         return Interaction(self.emu, record, mark)
@@ -193,13 +220,40 @@ class EmulatedBot:
         return list(answer.callback["data"].get("choices") or [])
 
     async def click(
-        self, message_id: int, custom_id: str, *, user: str, channel: str = "review"
+        self, message_id: int, custom_id: str, *, user: str, channel: str = "review", settle: bool = True
     ) -> Interaction:
+        """``user`` clicks a button; returns once the bot is quiet again, or (``settle=False``,
+        while a reply is held in flight) once it has answered this click."""
         mark = self.emu.mark()
         record = await self.emu.click_button(channel, user, message_id, custom_id)
         await self.received("interaction", lambda i: i.id == int(record.id))
-        await self.settle()
+        if settle:
+            await self.settle()
+        else:
+            await self.answered(record)
         return Interaction(self.emu, record, mark)
+
+    def prepare_click(self, message_id: int, custom_id: str, *, user: str, channel: str = "chat") -> PreparedClick:
+        """A click made now (the button is there) that reaches the bot only when sent: a press
+        in flight while the message changes."""
+        cid = self.emu.state.resolve_channel(channel)
+        message = self.emu.state.get_message(cid, str(message_id))
+        data = self.emu.hooks.component_data(message, custom_id, None)
+        record, payload = self.emu.hooks.interaction(
+            3, cid, self.emu.state.resolve_user(user), data, message=message
+        )
+        payload["message"] = dict(message.payload)  # as the client saw it then
+        return PreparedClick(self, record, payload)
+
+    async def answered(self, record: InteractionRecord, timeout: float = WAIT_S) -> None:
+        """Wait until the bot has answered the interaction ``record`` (a callback or more)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not record.responses:
+            if loop.time() > deadline:
+                raise AssertionError("the bot did not answer the interaction")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # a follow-up comes right after the callback
 
     async def submit_modal(self, custom_id: str, values: dict[str, str], *, user: str) -> Interaction:
         mark = self.emu.mark()
@@ -224,6 +278,24 @@ class EmulatedBot:
 
     def calls(self, since: int = 0) -> list[Call]:
         return list(self.emu.calls)[since:]
+
+
+@dataclass
+class PreparedClick:
+    """A click built while its button was on the message; :meth:`send` delivers it."""
+
+    harness: EmulatedBot
+    record: InteractionRecord
+    payload: dict[str, Any]
+
+    async def send(self) -> Interaction:
+        h = self.harness
+        mark = h.emu.mark()
+        self.record.created_at = time.time()  # Discord's 3 s to answer start on delivery
+        h.emu.gateway.dispatch("INTERACTION_CREATE", self.payload)
+        await h.received("interaction", lambda i: i.id == int(self.record.id))
+        await h.settle()
+        return Interaction(h.emu, self.record, mark)
 
 
 @dataclass

@@ -95,7 +95,11 @@ class ReplyButtons(commands.Cog):
         self, interaction: discord.Interaction[Any], action: str, asker_id: int, answered_id: int
     ) -> None:
         # Acknowledge now (the message stays as it is); refusals follow privately.
-        await interaction.response.defer()
+        try:
+            await interaction.response.defer()
+        except discord.HTTPException as exc:  # the reply was deleted meanwhile, or Discord is down
+            log.warning("a press on message %s could not be acknowledged: %s", interaction.message, exc)
+            return
         if action == STOP:
             await self._stop(interaction, asker_id, answered_id)
         else:
