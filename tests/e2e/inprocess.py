@@ -63,7 +63,7 @@ class EmulatedBot:
     emu: DiscordEmulator
     bot: RecordingBot
     runtime: FakeRuntime
-    _seen: dict[str, int] = field(default_factory=dict)
+    _seen: dict[str, int] = field(default_factory=dict)  # bot messages per channel, deleted ones too
 
     # -- who and where (ints, as the bot sees them) ------------------------------------------------
 
@@ -267,10 +267,14 @@ class EmulatedBot:
     def sent(self, channel: str = "chat") -> list[StoredMessage]:
         """Messages the bot posted in ``channel`` (as itself or through a webhook) since the last
         call for that channel and still there, oldest first."""
-        mine = [m for m in self.emu.messages(channel) if m.source in ("bot", "webhook")]
+        cid = self.emu.state.resolve_channel(channel)
+        mine = sorted(
+            (m for m in self.emu.state.messages.values() if m.channel_id == cid and m.source in ("bot", "webhook")),
+            key=lambda m: int(m.id),
+        )
         start = self._seen.get(channel, 0)
-        self._seen[channel] = len(mine)
-        return [m for m in mine[start:] if not m.deleted]
+        self._seen[channel] = len(mine)  # counted with the deleted ones, so a deletion shifts nothing
+        return [m for m in mine[start:] if not m.deleted and not m.ephemeral]
 
     def present(self, channel: str) -> list[StoredMessage]:
         """Every message now in ``channel`` (deleted ones left out)."""
