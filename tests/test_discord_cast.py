@@ -348,3 +348,17 @@ async def test_a_persona_removed_while_writing_finishes_once_and_then_is_gone(h:
     # afterwards her name no longer reaches her: the lead answers
     await h.say("ずんだもん、まだいる？")
     assert [speaker(m) for m in h.sent() if m.source == "webhook"] == ["霧雨魔理沙"]
+
+
+async def test_personas_and_help_show_the_cast_here_and_in_a_thread(h: EmulatedBot) -> None:
+    await h.command("cast add", persona="marisa")
+    await h.command("cast add", persona="zundamon")
+    await h.start_thread("thread", "スレッド")
+    for where in ("chat", "thread"):
+        shown = await h.command("personas", channel=where)
+        names = [f["name"] for f in shown.callback["data"]["embeds"][0]["fields"]]
+        marks = {n.split(" — ")[0]: n for n in names}
+        assert "leads the cast here" in marks["霧雨魔理沙"] and "in the cast here" in marks["ずんだもん"]
+        assert "cast" not in marks["お嬢様"]
+        helped = await h.command("help", channel=where)
+        assert "leads the cast here" in helped.text and "ずんだもん" in helped.text

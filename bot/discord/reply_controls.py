@@ -15,11 +15,13 @@ Built like the review card's buttons (``bot/discord/review_views.py``), after di
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, ClassVar, Protocol
 
 import discord
 
+log = logging.getLogger(__name__)
 ID_PREFIX = "oshaberi:reply"
 BUTTON_TEMPLATE = rf"{ID_PREFIX}:(?P<action>stop|regen):(?P<asker>[0-9]{{1,20}}):(?P<answered>[0-9]{{1,20}})"
 STOP, REGENERATE = "stop", "regen"
@@ -41,6 +43,29 @@ def controls_view(asker_id: int, answered_id: int, *, writing: bool) -> discord.
     view.add_item(ReplyButton(STOP if writing else REGENERATE, asker_id, answered_id))
     view.stop()
     return view
+
+
+async def show_final_buttons(messages: list[Any], view: discord.ui.View) -> None:
+    """A streamed reply is done: Stop leaves its first message, ``view`` (Regenerate) goes on its
+    last. A failure is logged: the reply stands without its buttons."""
+    if not messages:
+        return
+    try:
+        if len(messages) > 1:
+            await messages[0].edit(view=None)
+        await messages[-1].edit(view=view)
+    except discord.HTTPException as exc:
+        log.warning("could not update a reply's buttons: %s", exc)
+
+
+async def delete_replaced(messages: tuple[Any, ...]) -> None:
+    """Delete a regenerated-away reply's messages (its new reply is shown); one already gone is fine."""
+    for old in messages:
+        try:
+            await old.delete()
+        except discord.HTTPException as exc:
+            if not isinstance(exc, discord.NotFound):
+                log.warning("could not delete a regenerated-away reply's message: %s", exc)
 
 
 class PressHandler(Protocol):

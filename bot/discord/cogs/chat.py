@@ -31,7 +31,7 @@ from bot.discord.history import (
     persona_line,
     read_conversation,
 )
-from bot.discord.reply_controls import controls_view
+from bot.discord.reply_controls import controls_view, delete_replaced, show_final_buttons
 from bot.discord.reply_job import Answered, ReplyJob
 from bot.discord.sender import notify
 from bot.discord.streaming import DiscordSink, Posted, feed_stream
@@ -282,7 +282,7 @@ class Chat(commands.Cog):
                 return None
             if not sent:
                 log.warning("could not post the streamed reply to message %s", message.id)
-            await self._show_buttons([p.message for p in sent], buttons)
+            await show_final_buttons([p.message for p in sent], buttons)
         else:
             try:
                 sent = await bot.sender.send(channel, card, filtered.text, message, view=buttons)
@@ -291,7 +291,7 @@ class Chat(commands.Cog):
                 log.warning("could not post the reply to message %s: %s", message.id, exc)
         shown = [getattr(m, "message", m) for m in sent]
         if shown and job.replaced:
-            await _delete_quietly(job.replaced)  # the regenerated-away reply gives way to this one
+            await delete_replaced(job.replaced)  # the regenerated-away reply gives way to this one
 
         incoming = Incoming(
             guild_id=message.guild.id if message.guild else None,
@@ -310,17 +310,6 @@ class Chat(commands.Cog):
         if log_id is not None and self.reviews is not None:
             await self.reviews.post_new(log_id)
         return Answered(job, card, "" if filtered.is_blocked else filtered.text, tuple(shown), log_id)
-
-    async def _show_buttons(self, messages: list[Any], buttons: discord.ui.View) -> None:
-        """A streamed reply is done: Stop leaves its first message, Regenerate goes on its last."""
-        if not messages:
-            return
-        try:
-            if len(messages) > 1:
-                await messages[0].edit(view=None)
-            await messages[-1].edit(view=buttons)
-        except discord.HTTPException as exc:
-            log.warning("could not update a reply's buttons: %s", exc)
 
     async def _await_text(
         self,
@@ -490,15 +479,6 @@ class Chat(commands.Cog):
                 for pending in list(self._pending.values()):
                     pending.cancel()
                 await asyncio.wait(still, timeout=10)
-
-
-async def _delete_quietly(messages: tuple[Any, ...]) -> None:
-    for old in messages:
-        try:
-            await old.delete()
-        except discord.HTTPException as exc:
-            if not isinstance(exc, discord.NotFound):
-                log.warning("could not delete a regenerated-away reply's message: %s", exc)
 
 
 async def _withdraw_stream(stream: StreamedReply[Posted] | None, notice: QueueNotice) -> None:
