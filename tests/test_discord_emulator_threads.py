@@ -4,14 +4,35 @@ and what Discord refuses is refused."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import discord
 import pytest
 
-from tests.discord_emulator import DiscordEmulator
+from tests.discord_emulator import DiscordEmulator, point_discord_at
 from tests.discord_emulator.errors import ApiError
-from tests.test_discord_emulator import EmuBot, bot, emu, start_bot, stop_bot, wait_until  # noqa: F401 - fixtures
+from tests.test_discord_emulator import TOKEN, EmuBot, start_bot, stop_bot, wait_until
 
 CHANNEL_FORUM = 15
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator(token=TOKEN) as emulator:
+        restore = point_discord_at(emulator.base_url)
+        try:
+            yield emulator
+        finally:
+            restore()
+
+
+@pytest.fixture
+async def bot(emu: DiscordEmulator) -> AsyncIterator[EmuBot]:
+    b, task = await start_bot(emu)
+    try:
+        yield b
+    finally:
+        await stop_bot(b, task)
 
 
 def forum_of(emu: DiscordEmulator) -> int:
