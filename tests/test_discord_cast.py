@@ -192,6 +192,22 @@ async def test_a_thread_follows_its_channel_until_it_has_its_own_persona(h: Emul
     assert h.sent("thread") == []
 
 
+async def test_a_thread_the_bot_has_not_cached_is_looked_up_once(h: EmulatedBot) -> None:
+    await h.command("persona", persona="marisa")
+    thread_id = await h.start_thread("lost", "キャッシュにないスレッド")
+    guild = h.bot.get_guild(int(h.emu.guild_id))
+    guild._remove_thread(guild.get_thread(thread_id))  # as after a cache miss: a PartialMessageable
+    mark = h.emu.mark()
+    await h.say("魔理沙、聞こえる？", channel="lost")
+    [reply] = h.sent("lost")
+    assert "霧雨魔理沙" in reply.content  # the parent's persona answered
+    lookups = [c for c in h.calls(mark) if c.method == "GET" and c.path == f"/channels/{thread_id}"]
+    await h.say("もう一回", channel="lost")
+    assert len(h.sent("lost")) == 1
+    again = [c for c in h.calls(mark) if c.method == "GET" and c.path == f"/channels/{thread_id}"]
+    assert len(lookups) == len(again) == 1  # remembered
+
+
 async def test_a_thread_started_on_its_own_takes_the_cast_and_lists_where_from(h: EmulatedBot) -> None:
     await h.command("cast add", persona="marisa")
     await h.command("cast add", persona="zundamon")

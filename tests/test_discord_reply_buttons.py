@@ -95,6 +95,14 @@ async def test_stop_keeps_what_was_shown_and_logs_it_once(streamed: EmulatedBot)
     assert row.review_message_id is not None  # reviewed like any reply
     assert len(persona_messages(h)) == 1
 
+    # a stopped reply may be regenerated: the new one streams in, and the stopped one gives way
+    h.fake_chat.scripts.append(Script("今度は最後まで話すぜ。"))
+    await h.click(int(reply.id), custom_id("regen", h.alice, asked), user="member", channel="chat")
+    [new] = persona_messages(h)
+    assert new.content == "今度は最後まで話すぜ。" and buttons(new) == [custom_id("regen", h.alice, asked)]
+    stopped, again = await logs(h)
+    assert stopped.regenerated_by == h.alice and again.replaces == stopped.log_id and again.stopped_by is None
+
 
 async def test_a_moderator_may_stop_and_a_second_press_is_told_who_stopped(streamed: EmulatedBot) -> None:
     h = streamed

@@ -114,6 +114,13 @@ async def test_a_member_speaking_ends_the_chain() -> None:
     assert await answer_each_other(chat, Casting(("marisa", "zundamon")), first, 5) == 0
 
 
+async def test_a_stopped_reply_ends_the_chain() -> None:
+    channel = Channel([])
+    first = first_answer(channel, line("みんな、どう思う？"))
+    stopped = Answered(first.job, first.card, first.text, first.messages, None, stopped=True)
+    assert await answer_each_other(Chat(channel), Casting(("marisa", "zundamon")), stopped, 5) == 0
+
+
 async def test_no_chain_without_a_second_member_or_an_unreadable_channel() -> None:
     channel = Channel([])
     first = first_answer(channel, line("ねえ"))

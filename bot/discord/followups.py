@@ -38,7 +38,8 @@ async def answer_each_other(chat: Answerer, casting: CastLookup, first: Answered
     many answered. Stops at the first turn that is not posted (held back, failed, withdrawn)."""
     answered = 0
     last = first
-    while limit > 0 and last.messages and chat.bot.accepting:
+    # A reply a member stopped, held back or not posted ends the chain; so does a shutdown.
+    while limit > 0 and last.messages and not last.stopped and chat.bot.accepting:
         job = last.job
         channel = job.message.channel
         cast = await casting.cast_for(channel)  # re-read: a persona removed meanwhile is left out

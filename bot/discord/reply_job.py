@@ -34,6 +34,11 @@ class ReplyJob:
     replaces: int | None = None
     replaced: tuple[Any, ...] = ()
 
+    @property
+    def is_followup(self) -> bool:
+        """A persona answering another on its own (not a member's Regenerate)."""
+        return self.turn > 0 and not self.replaced
+
     @classmethod
     def for_member(
         cls,
@@ -57,10 +62,12 @@ class ReplyJob:
 @dataclass(frozen=True)
 class Answered:
     """A reply that was written: the card that spoke, its text as posted (empty when held back),
-    the messages showing it (empty when held back or Discord refused), its log id if logged."""
+    the messages showing it (empty when held back or Discord refused), its log id if logged,
+    and whether a member stopped it part-way."""
 
     job: ReplyJob
     card: PersonaCard
     text: str
     messages: tuple[Any, ...]
     log_id: int | None
+    stopped: bool = False

@@ -186,7 +186,7 @@ class Chat(commands.Cog):
 
         decision = flow.rate(job.asker_id)
         if not decision.allowed:
-            if job.turn > 0:
+            if job.is_followup:
                 return None  # personas answering each other spend the member's allowance quietly
             if decision.first_refusal:
                 await notify(
@@ -309,7 +309,8 @@ class Chat(commands.Cog):
         log_id = await flow.record(entry)
         if log_id is not None and self.reviews is not None:
             await self.reviews.post_new(log_id)
-        return Answered(job, card, "" if filtered.is_blocked else filtered.text, tuple(shown), log_id)
+        text = "" if filtered.is_blocked else filtered.text
+        return Answered(job, card, text, tuple(shown), log_id, stopped=writing.stopped_by is not None)
 
     async def _await_text(
         self,
