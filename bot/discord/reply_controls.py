@@ -45,19 +45,6 @@ def controls_view(asker_id: int, answered_id: int, *, writing: bool) -> discord.
     return view
 
 
-async def show_final_buttons(messages: list[Any], view: discord.ui.View) -> None:
-    """A streamed reply is done: Stop leaves its first message, ``view`` (Regenerate) goes on its
-    last. A failure is logged: the reply stands without its buttons."""
-    if not messages:
-        return
-    try:
-        if len(messages) > 1:
-            await messages[0].edit(view=None)
-        await messages[-1].edit(view=view)
-    except discord.HTTPException as exc:
-        log.warning("could not update a reply's buttons: %s", exc)
-
-
 async def delete_replaced(messages: tuple[Any, ...]) -> None:
     """Delete a regenerated-away reply's messages (its new reply is shown); one already gone is fine."""
     for old in messages:

@@ -93,7 +93,7 @@ class ReplySender:
 
         Chunks are cut to fit the prefixed form too, so when a webhook fails half-way the rest of
         the reply continues as the bot without repeating what was already posted. ``view`` (the
-        reply's buttons) goes on the last message.
+        reply's buttons) goes on the first message, as a streamed reply has it.
         """
         prefix = persona_prefix(card)
         chunks = split_message(defuse_mentions(text), DISCORD_LIMIT - len(prefix))
@@ -102,14 +102,14 @@ class ReplySender:
         if webhook is not None:
             try:
                 for i, chunk in enumerate(chunks):
-                    last = view if i == len(chunks) - 1 else None
-                    sent.append(await self.send_webhook(webhook, channel, card, chunk, view=last))
+                    first = view if i == 0 else None
+                    sent.append(await self.send_webhook(webhook, channel, card, chunk, view=first))
                 return sent
             except discord.HTTPException as exc:
                 self.webhook_failed(channel, exc)
         for i, chunk in enumerate(chunks[len(sent) :], len(sent)):
             kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
-            if view is not None and i == len(chunks) - 1:
+            if view is not None and i == 0:
                 kwargs["view"] = view
             if not sent and reply_to is not None:
                 kwargs["reference"] = reply_to.to_reference(fail_if_not_exists=False)

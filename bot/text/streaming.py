@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from bot.text.mentions import defuse_mentions
 from bot.text.splitter import split_message
@@ -151,6 +151,16 @@ class MessageSink(Protocol[M]):
     async def delete(self, message: M) -> None: ...
 
 
+@runtime_checkable
+class FinishingSink(Protocol):
+    """A sink that shows, beside the text, whether the reply is still being written (Discord: a
+    Stop button that becomes Regenerate). :meth:`finishing` is called before the last round,
+    and that round always edits the first message (even when its text is unchanged), so the
+    change rides on an edit that is paced like any other instead of costing one more."""
+
+    def finishing(self) -> None: ...
+
+
 # -- the reply -------------------------------------------------------------------------------------
 
 
@@ -219,11 +229,11 @@ class StreamedReply(Generic[M]):
             await self._delete_all()
 
     async def stop_here(self) -> str:
-        """Stop updating and keep what is shown (a member pressed Stop); returns that text
-        (screened and defused, "" when nothing was shown). A round of changes already under way
-        ends first, so the text returned is what the messages show."""
+        """Stop updating and keep what is shown (a member pressed Stop) as the final text;
+        returns it (screened and defused, "" when nothing was shown). A round already under way
+        ends first, so the text returned is what the messages show; then the last round runs
+        as after :meth:`finish` (paced, and telling a :class:`FinishingSink` it is done)."""
         self._keep = True
-        self._stop.set()
         self._wake.set()
         await self._join()
         return self._shown
@@ -245,8 +255,8 @@ class StreamedReply(Generic[M]):
             if self._withdraw:
                 await self._delete_all()
                 return
-            if self._keep:
-                return
+            if self._keep and self._final is None:
+                self._final = self._shown  # stopped: what is shown is the reply
             delay = self.pacer.delay()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -260,6 +270,8 @@ class StreamedReply(Generic[M]):
                     return
                 continue
             if final is not None:
+                if isinstance(self.sink, FinishingSink):
+                    self.sink.finishing()
                 target = layout(final, self.sink.limit)
             else:
                 visible = screen(self.draft(self._raw), self.words)
@@ -270,7 +282,7 @@ class StreamedReply(Generic[M]):
                 target = layout(visible.text, self.sink.limit)
                 shown_now = visible.text
             try:
-                await self._apply(target)
+                await self._apply(target, last_round=final is not None)
             except Exception as exc:
                 if not isinstance(exc, SendError):  # a bug or an unforeseen client error
                     log.exception("updating a streamed reply failed")
@@ -294,9 +306,12 @@ class StreamedReply(Generic[M]):
                 return  # the final text is shown
             self._shown = shown_now
 
-    async def _apply(self, target: list[str]) -> None:
+    async def _apply(self, target: list[str], *, last_round: bool = False) -> None:
         """One round: make the messages show ``target``; raises SendError (done steps are kept)."""
         steps = plan([text for _, text in self.posted], target)
+        touch_first = last_round and self.posted and target and isinstance(self.sink, FinishingSink)
+        if touch_first and not any(step.index == 0 and step.action == "edit" for step in steps):
+            steps.insert(0, Step("edit", 0, target[0]))  # the sink shows the reply is done
         if not steps:
             return
         first = not self.posted

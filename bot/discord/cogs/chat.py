@@ -31,7 +31,7 @@ from bot.discord.history import (
     persona_line,
     read_conversation,
 )
-from bot.discord.reply_controls import controls_view, delete_replaced, show_final_buttons
+from bot.discord.reply_controls import controls_view, delete_replaced
 from bot.discord.reply_job import Answered, ReplyJob
 from bot.discord.sender import notify
 from bot.discord.streaming import DiscordSink, Posted, feed_stream
@@ -282,7 +282,6 @@ class Chat(commands.Cog):
                 return None
             if not sent:
                 log.warning("could not post the streamed reply to message %s", message.id)
-            await show_final_buttons([p.message for p in sent], buttons)
         else:
             try:
                 sent = await bot.sender.send(channel, card, filtered.text, message, view=buttons)
@@ -372,8 +371,9 @@ class Chat(commands.Cog):
     ) -> StreamedReply[Posted]:
         assert self.flow is not None
         stop = controls_view(job.asker_id, message.id, writing=True)
+        regenerate = controls_view(job.asker_id, message.id, writing=False)
         return StreamedReply(
-            DiscordSink(self.bot.sender, channel, card, message, view=stop),
+            DiscordSink(self.bot.sender, channel, card, message, view=stop, done_view=regenerate),
             self.flow.words,
             pending.draft,
             self.bot.settings.chat.stream_edit_interval_s,

@@ -142,10 +142,10 @@ class ReplyButtons(commands.Cog):
             return
         card = said[0]
         try:
-            if await self._moved_on(channel, reply, cards, bot_user_id, webhook_ids):
+            old_messages, moved_on = await self._reply_and_after(channel, reply, card.id, cards)
+            if moved_on:
                 await self._tell(interaction, MOVED_ON)
                 return
-            old_messages = await self._reply_messages(channel, answered_id, reply, card.id, cards)
             press = await store.record_press(PRESS_REGENERATE, reply.id, interaction.user.id)
         except discord.HTTPException as exc:
             log.warning("regenerate: cannot read channel %s: %s", channel.id, exc)
@@ -205,40 +205,28 @@ class ReplyButtons(commands.Cog):
                 await self.reviews.refresh(old.log_id)
         return result
 
-    async def _moved_on(
-        self,
-        channel: Any,
-        reply: discord.Message,
-        cards: list[Any],
-        bot_user_id: int | None,
-        webhook_ids: set[int],
-    ) -> bool:
-        """Whether anyone (a member or a persona) spoke after ``reply`` (the bot's notices aside)."""
+    async def _reply_and_after(
+        self, channel: Any, reply: discord.Message, persona_id: str, cards: list[Any]
+    ) -> tuple[list[discord.Message], bool]:
+        """The messages of the reply that starts with ``reply`` (a long one is split; its buttons
+        are on the first), and whether anyone, a member or a persona, spoke after it. The bot's
+        own notices do not count."""
+        bot_user_id = self.bot.user.id if self.bot.user else None
+        webhook_ids = self.bot.sender.known_webhook_ids()
+        mine, running = [reply], True
         async for later in channel.history(limit=LATER_READ, after=reply, oldest_first=True):
             if not is_conversation(later):
                 continue
-            if persona_line(later, cards, bot_user_id=bot_user_id, webhook_ids=webhook_ids) is not None:
-                return True
+            said = persona_line(later, cards, bot_user_id=bot_user_id, webhook_ids=webhook_ids)
+            if said is not None:
+                if said[0].id == persona_id and running:
+                    mine.append(later)  # the rest of the same reply, posted right after it
+                    continue
+                return mine, True
             if not later.author.bot and later.webhook_id is None:
-                return True
-        return False
-
-    async def _reply_messages(
-        self, channel: Any, answered_id: int, reply: discord.Message, persona_id: str, cards: list[Any]
-    ) -> list[discord.Message]:
-        """The messages of the reply ending with ``reply`` (a long reply is split): ``persona_id``'s
-        lines right before it, back to the message it answered."""
-        bot_user_id = self.bot.user.id if self.bot.user else None
-        webhook_ids = self.bot.sender.known_webhook_ids()
-        found = [reply]
-        async for earlier in channel.history(
-            limit=LATER_READ, before=reply, after=discord.Object(answered_id), oldest_first=False
-        ):
-            said = persona_line(earlier, cards, bot_user_id=bot_user_id, webhook_ids=webhook_ids)
-            if said is None or said[0].id != persona_id:
-                break
-            found.append(earlier)
-        return found
+                return mine, True
+            running = False  # a notice of the bot's: what follows is not this reply any more
+        return mine, False
 
     async def _tell(self, interaction: discord.Interaction[Any], text: str) -> None:
         with contextlib.suppress(discord.HTTPException):
