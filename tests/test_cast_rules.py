@@ -87,8 +87,11 @@ def test_the_longest_name_wins_and_a_shared_one_is_ambiguous() -> None:
     assert {c.id for c in named} == {"marisa", "marisa2"}
     addressee = who_answers("魔理沙、元気？", [MARISA, twin], None)
     assert addressee.card is None and addressee.how == "ambiguous"
-    notice = addressee.ambiguity_notice("魔理沙、元気？")
-    assert "`marisa`" in notice and "`marisa2`" in notice and "full name or the id" in notice
+    notice = addressee.ambiguity_notice()
+    assert notice.startswith("「魔理沙」 could mean 霧雨魔理沙 (`marisa`) or 霧雨魔理沙 (`marisa2`)")
+    assert "full name or the id" in notice
+    spaced = who_answers("@ 魔理沙さん 元気？", [MARISA, twin], None)
+    assert spaced.said == "魔理沙"
     # the id is unique, so it is not ambiguous
     assert who_answers("marisa2、元気？", [MARISA, twin], None).card.id == "marisa2"
     # a longer name beats a shorter one it contains

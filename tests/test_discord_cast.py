@@ -120,7 +120,7 @@ async def test_when_the_lead_leaves_the_next_leads_and_replies_still_reach_their
     [hello] = h.sent()
     assert speaker(hello) == "霧雨魔理沙"
     removed = await h.command("cast remove", persona="marisa")
-    assert "left the cast here, which is now: ずんだもん (lead)" in removed.text
+    assert "**霧雨魔理沙** left the cast here, which is now: ずんだもん (lead)" in removed.text
     await h.command("cast add", persona="marisa")  # back, behind the new lead
     await h.say("元気？")
     [lead] = h.sent()
@@ -129,12 +129,28 @@ async def test_when_the_lead_leaves_the_next_leads_and_replies_still_reach_their
     [reply] = h.sent()
     assert speaker(reply) == "霧雨魔理沙"
     not_in = await h.command("cast remove", persona="ojousama")
-    assert "is not in the cast here" in not_in.text
+    assert "**お嬢様** is not in the cast here" in not_in.text
+    choices = await h.autocomplete("cast remove", "persona", "")
+    assert [c["value"] for c in choices] == ["zundamon", "marisa"]
     off = await h.command("persona", persona="off")
     assert "No persona answers every message" in off.text
     await h.say("誰かいる？")
     assert h.sent() == []
     assert "No cast here" in (await h.command("cast list")).text
+
+
+async def test_a_persona_no_longer_loaded_is_skipped_and_can_be_removed(h: EmulatedBot) -> None:
+    await h.store.set_cast(h.chat, ["retired", "zundamon"])  # a card taken off disk since
+    listed = await h.command("cast list")
+    assert "`retired` (not loaded) (lead), ずんだもん" in listed.text
+    await h.say("こんにちは")
+    [reply] = h.sent()
+    assert speaker(reply) == "ずんだもん"  # the first loaded one leads
+    removed = await h.command("cast remove", persona="retired")
+    assert "`retired` left the cast here, which is now: ずんだもん (lead)" in removed.text
+    odd = await h.command("cast remove", persona="`x` @everyone")
+    assert "is not in the cast here" in odd.text and "@everyone" not in odd.text  # defused
+    assert await h.store.channel_cast(h.chat) == ("zundamon",)
 
 
 async def test_cast_commands_are_checked_like_persona(tmp_path: Path) -> None:
@@ -353,7 +369,7 @@ async def test_a_persona_removed_while_writing_finishes_once_and_then_is_gone(h:
         5,
         what="the removal notice",
     )
-    assert "ずんだもん finishes the reply it is writing now" in removal[0]
+    assert "**ずんだもん** finishes the reply it is writing now" in removal[0]
     assert await h.store.channel_cast(h.chat) == ("marisa",)
     gate.set()
     await h.settle()

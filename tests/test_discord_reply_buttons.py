@@ -268,3 +268,19 @@ async def test_the_custom_id_is_parsed_and_nothing_else_matches() -> None:
     assert re.fullmatch(BUTTON_TEMPLATE, "oshaberi:reply:delete:1:2") is None
     assert re.fullmatch(BUTTON_TEMPLATE, "oshaberi:reply:stop:1:2; DROP") is None
     assert len(custom_id("regen", 2**64 - 1, 2**64 - 1)) <= 100  # Discord's limit
+
+
+async def test_without_a_cast_only_an_answer_to_the_reply_moves_the_conversation_on(tmp_path: Path) -> None:
+    async with emulated_bot(tmp_path, discord_settings=WEBHOOKS, chat_settings={"rate_limit_per_minute": 0}) as h:
+        h.fake_chat.scripts.extend([Script("呼んだか？"), Script("やっぱり呼んだな。"), Script("もう一度だぜ")])
+        asked = await h.say(f"<@{h.me}> ねえ", channel="general")
+        [reply] = [m for m in h.present("general") if m.source == "webhook"]
+        regen = custom_id("regen", h.alice, asked)
+        await h.say("関係ない雑談", channel="general", user="member2")  # not said to the bot
+        await h.click(int(reply.id), regen, user="member", channel="general")
+        [new] = [m for m in h.present("general") if m.source == "webhook"]
+        assert new.content == "やっぱり呼んだな。" and h.emu.message(reply.id).deleted
+        # once someone answers the reply, it stays as it is
+        await h.say("それで？", channel="general", user="member2", message_reference=new.id)
+        moved = await h.click(int(new.id), regen, user="member", channel="general")
+        assert ["moved on" in t for t in told(moved)] == [True]

@@ -134,13 +134,13 @@ class Addressee:
     card: PersonaCard | None
     how: str  # "name" | "reply" | "lead" | "ambiguous"
     candidates: tuple[PersonaCard, ...] = ()
+    said: str = ""  # the name as the member wrote it (ambiguous only)
 
-    def ambiguity_notice(self, text: str) -> str:
+    def ambiguity_notice(self) -> str:
         """What to tell a member whose message names two personas at once."""
-        said = _strip_leading(text)[:40].split("、")[0].split(",")[0].strip()
         options = " or ".join(f"{c.display_name} (`{c.id}`)" for c in self.candidates)
         return (
-            f"「{said}」 could mean {options}. Start your message with the full name or the id "
+            f"「{self.said}」 could mean {options}. Start your message with the full name or the id "
             "of the one you mean."
         )
 
@@ -157,11 +157,18 @@ def who_answers(text: str, cast: Sequence[PersonaCard], replied_to: str | None) 
     if len(named) == 1:
         return Addressee(named[0], "name")
     if len(named) > 1:
-        return Addressee(None, "ambiguous", named)
+        return Addressee(None, "ambiguous", named, _name_as_written(text, named[0]))
     for card in cast:
         if card.id == replied_to:
             return Addressee(card, "reply")
     return Addressee(cast[0], "lead")
+
+
+def _name_as_written(text: str, card: PersonaCard) -> str:
+    """The longest of ``card``'s names ``text`` starts with, as the member typed it."""
+    head = _strip_leading(text)
+    lengths = [len(n) for n in address_names(card) if _norm(head).startswith(_norm(n))]
+    return head[: max(lengths)] if lengths else head[:20]
 
 
 def other_speaker_label(card: PersonaCard, other: PersonaCard) -> str:

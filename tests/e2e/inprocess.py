@@ -207,7 +207,10 @@ class EmulatedBot:
         """The choices the bot offers while ``user`` types ``value`` into ``/name``'s ``option``."""
         mark = self.emu.mark()
         data = self.emu.hooks.command_data(name, {option: value})
-        for opt in data["options"]:
+        leaves = data["options"]
+        while leaves and leaves[0]["type"] in (1, 2):  # subcommand (group): the options are inside
+            leaves = leaves[0]["options"]
+        for opt in leaves:
             opt["focused"] = opt["name"] == option
         record, payload = self.emu.hooks.interaction(
             APPLICATION_COMMAND_AUTOCOMPLETE, self.emu.channel_id("chat"), self.emu.user_id(user), data

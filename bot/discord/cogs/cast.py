@@ -26,6 +26,7 @@ from bot.discord.sender import NO_PINGS
 from bot.model.adapters import current_version
 from bot.store.casts import CastChange, CastFullError
 from bot.store.store import Store, StoreBusyError, within
+from bot.text.mentions import defuse_mentions
 from personas.card import PersonaCard
 
 if TYPE_CHECKING:
@@ -116,38 +117,57 @@ class Cast(commands.GroupCog, group_name="cast", group_description="Several pers
     @app_commands.guild_only()
     @talks_here()
     async def remove(
-        self,
-        interaction: discord.Interaction[Any],
-        persona: app_commands.Transform[PersonaCard, LoadedPersona],
-        channel: Target | None = None,
+        self, interaction: discord.Interaction[Any], persona: str, channel: Target | None = None
     ) -> None:
+        # Any id in the cast may go, loaded or not: a card taken off disk must not stay stuck in
+        # a cast. An id not in the cast changes nothing, so the value needs no other check.
         store, casting = self.store, self.casting
         assert store is not None and casting is not None
         target, parent = await self._target(interaction, channel)
         await interaction.response.defer(thinking=True)
+        pid = persona.strip().lower()[:64]
+        name = self._name(pid)
         try:
             inherited = await casting.cast_for_ids(target, parent)
-            change = await store.remove_from_cast(target, persona.id, inherited.persona_ids)
+            change = await store.remove_from_cast(target, pid, inherited.persona_ids)
         except Exception:
             log.exception("/cast remove could not be saved")
             await self._say(interaction, SAVE_FAILED)
             return
         where = _where(interaction, target)
         if not change.changed:
-            await self._say(
-                interaction,
-                f"**{persona.display_name}** is not in the cast {where}: {self._roll(change.after)}.",
-            )
+            await self._say(interaction, f"{name} is not in the cast {where}: {self._roll(change.after)}.")
             return
-        text = self._after_removal(persona, change, where)
-        writing = self.replies.writing_for(target, persona.id) if self.replies is not None else []
-        if writing:
+        text = self._after_removal(name, change, where)
+        if self.replies is not None and self.replies.writing_for(target, pid):
             # Nothing is lost: the member asked before the removal, so that reply is still posted.
-            text += (
-                f" {persona.display_name} finishes the reply it is writing now; it answers nothing "
-                f"{where} after that."
-            )
+            text += f" {name} finishes the reply it is writing now; it answers nothing {where} after that."
         await self._say(interaction, text)
+
+    @remove.autocomplete("persona")
+    async def _cast_members(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The cast here (or in the channel already chosen), filtered by what was typed."""
+        if self.casting is None or interaction.channel_id is None:
+            return []
+        chosen = getattr(interaction.namespace, "channel", None)
+        if chosen is not None:
+            target, parent = chosen.id, getattr(chosen, "parent_id", None)
+        else:
+            target, parent = interaction.channel_id, await self.casting.parent_id(interaction.channel)
+        try:
+            cast = await within(self.casting.cast_for_ids(target, parent))
+        except StoreBusyError:
+            return []
+        needle = current.strip().casefold()
+        cards = self._cards()
+        choices = []
+        for pid in cast.persona_ids:
+            label = f"{cards[pid].display_name} ({pid})" if pid in cards else f"{pid} (not loaded)"
+            if not needle or needle in label.casefold():
+                choices.append(app_commands.Choice(name=label[:100], value=pid))
+        return choices[:25]
 
     @app_commands.command(name="list", description="Who answers in this channel")
     @app_commands.describe(channel="Show this channel, forum or thread instead of the one here")
@@ -203,13 +223,17 @@ class Cast(commands.GroupCog, group_name="cast", group_description="Several pers
         ]
         return ", ".join(names)
 
-    def _after_removal(self, persona: PersonaCard, change: CastChange, where: str) -> str:
+    def _name(self, persona_id: str) -> str:
+        """``**霧雨魔理沙**`` for a loaded persona, else the id as code (it may be any text)."""
+        card = self._cards().get(persona_id)
+        if card is not None:
+            return f"**{card.display_name}**"
+        return "`" + persona_id.replace("`", "'") + "`"
+
+    def _after_removal(self, name: str, change: CastChange, where: str) -> str:
         if not change.after:
-            return (
-                f"**{persona.display_name}** left; nobody answers every message {where} now "
-                "(mention the bot to talk, or `/cast add`)."
-            )
-        return f"**{persona.display_name}** left the cast {where}, which is now: {self._roll(change.after)}."
+            return f"{name} left; nobody answers every message {where} now (mention the bot to talk, or `/cast add`)."
+        return f"{name} left the cast {where}, which is now: {self._roll(change.after)}."
 
     def _adapter_note(self, card: PersonaCard) -> str:
         """A warning when ``card`` has a published adapter that did not load (it then answers
@@ -245,7 +269,7 @@ class Cast(commands.GroupCog, group_name="cast", group_description="Several pers
 
     async def _say(self, interaction: discord.Interaction[Any], text: str) -> None:
         try:
-            await interaction.followup.send(text, allowed_mentions=NO_PINGS)
+            await interaction.followup.send(defuse_mentions(text), allowed_mentions=NO_PINGS)
         except discord.HTTPException as exc:
             log.warning("could not answer /cast: %s", exc)
 

@@ -122,7 +122,7 @@ class Chat(commands.Cog):
             return
         who = casting.addressee(message, cast, self.bot.settings.chat.default_persona)
         if who is not None and who.card is None:
-            await notify(message.channel, who.ambiguity_notice(message.content), message)
+            await notify(message.channel, who.ambiguity_notice(), message)
             return
         persona_id = who.card.id if who is not None and who.card is not None else None
         job = ReplyJob.for_member(

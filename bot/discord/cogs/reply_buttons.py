@@ -142,7 +142,10 @@ class ReplyButtons(commands.Cog):
             return
         card = said[0]
         try:
-            old_messages, moved_on = await self._reply_and_after(channel, reply, card.id, cards)
+            cast = await casting.cast_for(channel)
+            old_messages, moved_on = await self._reply_and_after(
+                channel, reply, card.id, cards, whole_channel=bool(cast.persona_ids)
+            )
             if moved_on:
                 await self._tell(interaction, MOVED_ON)
                 return
@@ -206,27 +209,30 @@ class ReplyButtons(commands.Cog):
         return result
 
     async def _reply_and_after(
-        self, channel: Any, reply: discord.Message, persona_id: str, cards: list[Any]
+        self, channel: Any, reply: discord.Message, persona_id: str, cards: list[Any], *, whole_channel: bool
     ) -> tuple[list[discord.Message], bool]:
         """The messages of the reply that starts with ``reply`` (a long one is split; its buttons
-        are on the first), and whether anyone, a member or a persona, spoke after it. The bot's
-        own notices do not count."""
+        are on the first), and whether the conversation moved on after it. With a cast
+        (``whole_channel``) the channel is the conversation: anyone speaking after it, a member
+        or a persona, moves it on. Elsewhere only the reply chain is: a message that replies to
+        this reply. The bot's own notices never count."""
         bot_user_id = self.bot.user.id if self.bot.user else None
         webhook_ids = self.bot.sender.known_webhook_ids()
-        mine, running = [reply], True
+        mine, running, moved = [reply], True, False
         async for later in channel.history(limit=LATER_READ, after=reply, oldest_first=True):
             if not is_conversation(later):
                 continue
             said = persona_line(later, cards, bot_user_id=bot_user_id, webhook_ids=webhook_ids)
-            if said is not None:
-                if said[0].id == persona_id and running:
-                    mine.append(later)  # the rest of the same reply, posted right after it
-                    continue
-                return mine, True
-            if not later.author.bot and later.webhook_id is None:
-                return mine, True
-            running = False  # a notice of the bot's: what follows is not this reply any more
-        return mine, False
+            if said is not None and said[0].id == persona_id and running:
+                mine.append(later)  # the rest of the same reply, posted right after it
+                continue
+            running = False
+            ref = later.reference.message_id if later.reference is not None else None
+            if whole_channel and (said is not None or not (later.author.bot or later.webhook_id is not None)):
+                moved = True
+            elif ref is not None and ref in {m.id for m in mine}:
+                moved = True  # someone answered this reply
+        return mine, moved
 
     async def _tell(self, interaction: discord.Interaction[Any], text: str) -> None:
         with contextlib.suppress(discord.HTTPException):
