@@ -252,7 +252,6 @@ class Chat(commands.Cog):
 
         filtered = flow.filter(text)
         sent: list[Any] = []
-        buttons = controls_view(job.asker_id, message.id, writing=False)
         if not filtered.text.strip():
             if stream is not None:
                 await stream.withdraw()
@@ -284,6 +283,7 @@ class Chat(commands.Cog):
                 log.warning("could not post the streamed reply to message %s", message.id)
         else:
             try:
+                buttons = controls_view(job.asker_id, message.id, writing=False)
                 sent = await bot.sender.send(channel, card, filtered.text, message, view=buttons)
             except discord.HTTPException as exc:
                 # Discord is down or refuses: the reply is still logged, so it is not lost for review.
