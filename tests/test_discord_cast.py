@@ -394,3 +394,52 @@ async def test_personas_and_help_show_the_cast_here_and_in_a_thread(h: EmulatedB
         assert "cast" not in marks["お嬢様"]
         helped = await h.command("help", channel=where)
         assert "leads the cast here" in helped.text and "ずんだもん" in helped.text
+
+
+async def test_every_cast_member_passes_the_same_filters_and_privacy_rules(tmp_path: Path) -> None:
+    async with emulated_bot(
+        tmp_path,
+        discord_settings={"use_webhooks": True},
+        chat_settings={"cast_followups": 1, "rate_limit_per_minute": 0},
+    ) as h:
+        await h.command("cast add", persona="marisa")
+        await h.command("cast add", persona="zundamon")
+        # the word filter and mention defusing, on the persona answering another too
+        h.fake_chat.scripts.extend([Script("@everyone 集まれだぜ！"), Script("死ね、なのだ")])
+        asked = await h.say("みんな集まって")
+        said = h.sent()
+        assert speaker(said[0]) == "霧雨魔理沙" and "@\u200beveryone" in said[0].content
+        assert said[0].allowed_mentions == {"parse": []}
+        assert [m.source for m in said[1:]] == ["bot"] and "held back" in said[1].content
+        rows = await logs(h)
+        assert [(r.persona_id, r.status, r.turn) for r in rows] == [
+            ("marisa", "pending", 0),
+            ("zundamon", "blocked", 1),
+        ]
+        assert all(r.message_id == asked for r in rows)
+        # an opted-out member is answered by the cast, and nothing of it is logged
+        await h.command("optout")
+        h.fake_chat.scripts.extend([Script("こんにちはだぜ"), Script("こんにちはなのだ")])
+        await h.say("こんにちは")
+        assert [speaker(m) for m in h.sent()] == ["霧雨魔理沙", "ずんだもん"]
+        assert len(await logs(h)) == 2
+
+
+async def test_a_persona_removed_during_a_chain_does_not_speak_again(tmp_path: Path) -> None:
+    async with emulated_bot(
+        tmp_path,
+        discord_settings={"use_webhooks": True},
+        chat_settings={"cast_followups": 3, "rate_limit_per_minute": 0},
+    ) as h:
+        await h.command("cast add", persona="marisa")
+        await h.command("cast add", persona="zundamon")
+        gate = asyncio.Event()
+        h.fake_chat.scripts.extend([Script("最初だぜ"), Script("次なのだ", gate=gate), Script("また私だぜ")])
+        await h.emu.send_message("chat", "member", "話して")
+        await wait_until(lambda: len(h.fake_chat.submitted) == 2, 5, interval=0.01, what="the second turn")
+        await h.store.remove_from_cast(h.chat, "zundamon")
+        gate.set()
+        await h.settle()
+        # ずんだもん's turn in progress is posted; then the cast has one member: the chain ends
+        assert [speaker(m) for m in h.sent()] == ["霧雨魔理沙", "ずんだもん"]
+        assert len(h.fake_chat.submitted) == 2
