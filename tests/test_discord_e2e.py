@@ -270,7 +270,18 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
         c for c in emu.calls if c.method == "PUT" and c.path.endswith(f"/guilds/{emu.guild_id}/commands")
     ]
     names = sorted(cmd["name"] for cmd in put.json)
-    assert names == ["cast", "forget", "help", "optin", "optout", "persona", "personas", "reload", "reset", "status"]
+    assert names == [
+        "cast",
+        "forget",
+        "help",
+        "optin",
+        "optout",
+        "persona",
+        "personas",
+        "reload",
+        "reset",
+        "status",
+    ]
     persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
     assert persona["options"][0]["autocomplete"] is True
     cast = next(cmd for cmd in put.json if cmd["name"] == "cast")

@@ -271,8 +271,12 @@ async def test_the_custom_id_is_parsed_and_nothing_else_matches() -> None:
 
 
 async def test_without_a_cast_only_an_answer_to_the_reply_moves_the_conversation_on(tmp_path: Path) -> None:
-    async with emulated_bot(tmp_path, discord_settings=WEBHOOKS, chat_settings={"rate_limit_per_minute": 0}) as h:
-        h.fake_chat.scripts.extend([Script("呼んだか？"), Script("やっぱり呼んだな。"), Script("もう一度だぜ")])
+    async with emulated_bot(
+        tmp_path, discord_settings=WEBHOOKS, chat_settings={"rate_limit_per_minute": 0}
+    ) as h:
+        h.fake_chat.scripts.extend(
+            [Script("呼んだか？"), Script("やっぱり呼んだな。"), Script("もう一度だぜ")]
+        )
         asked = await h.say(f"<@{h.me}> ねえ", channel="general")
         [reply] = [m for m in h.present("general") if m.source == "webhook"]
         regen = custom_id("regen", h.alice, asked)

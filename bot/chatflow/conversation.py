@@ -82,7 +82,12 @@ def build_conversation(card: PersonaCard, messages: Sequence[ChatMessage], max_m
     # It is a member's message, or another persona's line when personas answer each other (the
     # earlier parts of that persona's split reply then join it: one turn, as for its own lines).
     newest_text = strip_markup(newest.text)
-    if newest.speaker is not None and turns and turns[-1].speaker == newest.speaker and not turns[-1].is_persona:
+    if (
+        newest.speaker is not None
+        and turns
+        and turns[-1].speaker == newest.speaker
+        and not turns[-1].is_persona
+    ):
         newest_text = f"{turns.pop().text} {newest_text}"
     turns.append(Turn(newest.speaker or card.user_label, newest_text))
     if newest.author_id is not None:

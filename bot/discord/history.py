@@ -79,7 +79,10 @@ def classify(
         return None
     if message.webhook_id is not None or (bot_user_id is not None and message.author.id == bot_user_id):
         said = persona_line(
-            message, [card, *(o for o in others if o.id != card.id)], bot_user_id=bot_user_id, webhook_ids=webhook_ids
+            message,
+            [card, *(o for o in others if o.id != card.id)],
+            bot_user_id=bot_user_id,
+            webhook_ids=webhook_ids,
         )
         if said is None:
             return None

@@ -125,14 +125,18 @@ def member_signals(item: ReviewItem) -> list[tuple[str, str]]:
     if item.turn:
         signals.append(("Persona turn", f"answers another persona ({item.turn} after the member's message)"))
     if item.stopped_by is not None:
-        signals.append(("⏹ Stopped", f"by <@{item.stopped_by}> while it was written (the reply is what was shown)"))
+        signals.append(
+            ("⏹ Stopped", f"by <@{item.stopped_by}> while it was written (the reply is what was shown)")
+        )
     if item.replaces is not None:
         signals.append(("🔁 Regeneration", f"of #{item.replaces}"))
     if item.regenerated_by is not None:
         when = ""
         with contextlib.suppress(TypeError, ValueError):
             when = f" <t:{int(datetime.fromisoformat(item.regenerated_at or '').timestamp())}:R>"
-        signals.append(("🔁 Regenerated away", f"by <@{item.regenerated_by}>{when}: a member asked for another reply"))
+        signals.append(
+            ("🔁 Regenerated away", f"by <@{item.regenerated_by}>{when}: a member asked for another reply")
+        )
     return signals
 
 

@@ -158,7 +158,13 @@ class EmulatedBot:
         return message_id
 
     async def start_thread(
-        self, key: str, name: str, *, channel: str = "chat", user: str = "member", from_message: int | None = None
+        self,
+        key: str,
+        name: str,
+        *,
+        channel: str = "chat",
+        user: str = "member",
+        from_message: int | None = None,
     ) -> int:
         """``user`` starts a thread (from ``from_message`` or on its own) known as ``key`` to later
         helpers; returns once the bot has it (its id)."""
@@ -168,7 +174,9 @@ class EmulatedBot:
         await self.settle()
         return thread_id
 
-    async def forum_post(self, key: str, name: str, content: str, *, forum: str = "forum", user: str = "member") -> int:
+    async def forum_post(
+        self, key: str, name: str, content: str, *, forum: str = "forum", user: str = "member"
+    ) -> int:
         """``user`` opens a post in ``forum`` known as ``key``; returns once the bot has handled
         its first message (whose id is the post's)."""
         first = await self.emu.create_forum_post(forum, user, name, content, key=key)
@@ -196,7 +204,9 @@ class EmulatedBot:
         out; ``options`` for names taken here, such as a ``channel`` option); returns its answers."""
         mark = self.emu.mark()
         given = {**(options or {}), **more}
-        record = await self.emu.slash_command(channel, user, name, {k: v for k, v in given.items() if v is not None})
+        record = await self.emu.slash_command(
+            channel, user, name, {k: v for k, v in given.items() if v is not None}
+        )
         await self.received("interaction", lambda i: i.id == int(record.id))
         await self.settle()
         return Interaction(self.emu, record, mark)
@@ -236,7 +246,9 @@ class EmulatedBot:
             await self.answered(record)
         return Interaction(self.emu, record, mark)
 
-    def prepare_click(self, message_id: int, custom_id: str, *, user: str, channel: str = "chat") -> PreparedClick:
+    def prepare_click(
+        self, message_id: int, custom_id: str, *, user: str, channel: str = "chat"
+    ) -> PreparedClick:
         """A click made now (the button is there) that reaches the bot only when sent: a press
         in flight while the message changes."""
         cid = self.emu.state.resolve_channel(channel)
@@ -272,7 +284,11 @@ class EmulatedBot:
         call for that channel and still there, oldest first."""
         cid = self.emu.state.resolve_channel(channel)
         mine = sorted(
-            (m for m in self.emu.state.messages.values() if m.channel_id == cid and m.source in ("bot", "webhook")),
+            (
+                m
+                for m in self.emu.state.messages.values()
+                if m.channel_id == cid and m.source in ("bot", "webhook")
+            ),
             key=lambda m: int(m.id),
         )
         start = self._seen.get(channel, 0)
