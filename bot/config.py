@@ -95,7 +95,7 @@ class ChatSettings:
     queue_notice_position: int = 4  # tell users their queue position from this place on; 0: never
     stream_replies: bool = True  # show a reply while it is written; false: post it whole at the end
     stream_edit_interval_s: float = 1.5  # at most one edit of a streamed Discord reply this often
-    cast_followups: int = 0  # times a cast answers itself after a member's message; 0: never
+    cast_followups: int = 0  # turns in which personas answer each other, per member message; 0: never
 
 
 @dataclass(frozen=True)
