@@ -95,6 +95,7 @@ class ChatSettings:
     queue_notice_position: int = 4  # tell users their queue position from this place on; 0: never
     stream_replies: bool = True  # show a reply while it is written; false: post it whole at the end
     stream_edit_interval_s: float = 1.5  # at most one edit of a streamed Discord reply this often
+    cast_followups: int = 0  # turns in which personas answer each other, per member message; 0: never
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,7 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
             False,
             " (seconds; Discord allows about 5 edits per 5 s in a channel, 1.5 is a good value)",
         ),
+        ("chat.cast_followups", s.chat.cast_followups, 0, True, " (0: personas never answer each other)"),
         ("discord.review_poll_s", s.discord.review_poll_s, 0, False, " (seconds)"),
         ("discord.shutdown_grace_s", s.discord.shutdown_grace_s, 0, True, " (seconds)"),
         ("schedule.min_new_approved", s.schedule.min_new_approved, 0, True, " (0: every tick)"),

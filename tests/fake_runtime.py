@@ -31,6 +31,9 @@ class Script:
     reply: str | BaseException = "おう、元気だぜ！"
     positions: list[int] = field(default_factory=lambda: [0])  # reported queue positions, in order
     gate: asyncio.Event | None = None  # generation waits for it (to hold a request in flight)
+    # Streamed, the first this many characters of ``reply`` arrive before the gate is waited for
+    # (a reply held half-written, for Stop); the rest after it.
+    shown_before_gate: int = 0
 
 
 class FakePending:
@@ -53,7 +56,8 @@ class FakePending:
             return self._positions.popleft()
         return self._positions[0] if self._positions else 0
 
-    async def text(self) -> str:
+    async def _held(self) -> None:
+        """Wait for the script's gate (if any) or a cancel, whichever comes first."""
         if self.script.gate is not None:
             gate = asyncio.ensure_future(self.script.gate.wait())
             cancel = asyncio.ensure_future(self._cancel_event.wait())
@@ -62,6 +66,23 @@ class FakePending:
             cancel.cancel()
         else:
             await asyncio.sleep(0)
+
+    async def pieces(self):
+        """The reply as it is "generated": its first ``shown_before_gate`` characters, then
+        (once the gate opens) the rest; nothing more after a cancel."""
+        reply = self.script.reply if isinstance(self.script.reply, str) else ""
+        head = reply[: self.script.shown_before_gate]
+        if head:
+            yield head
+        await self._held()
+        if not self.cancelled and reply[len(head) :]:
+            yield reply[len(head) :]
+
+    def draft(self, raw: str) -> str:
+        return PromptRenderer(self.card).draft_reply(raw)
+
+    async def text(self) -> str:
+        await self._held()
         if self.cancelled:
             raise RequestCancelledError("The request was cancelled.")
         if isinstance(self.script.reply, BaseException):
@@ -91,9 +112,13 @@ class FakeChat:
         self.submitted: list[tuple[str, list[Turn]]] = []
         self.pending: list[FakePending] = []
         self.full = False
+        # Personas whose requests fail at once (an adapter the backend cannot serve), with why.
+        self.failing: dict[str, BaseException] = {}
 
     def submit(self, persona_id: str, history: list[Turn]) -> FakePending:
         card = self.cards.get(persona_id)
+        if persona_id in self.failing:
+            raise self.failing[persona_id]
         if not history:
             validate_user_message("")
         newest = history[-1]

@@ -297,13 +297,13 @@ async def test_message_deleted_while_its_reply_is_written_gets_no_reply_and_no_l
     h.fake_chat.scripts.append(Script("消えた質問への返事", gate=gate))
     chat = h.bot.get_cog("Chat")
     payload = await h.emu.send_message("chat", "member", "やっぱり今のは無し")
-    await wait_until(lambda: chat._answering, 5, interval=0.01, what="the reply to start")
-    [message_id] = list(chat._answering)
+    await wait_until(lambda: chat.replies.all(), 5, interval=0.01, what="the reply to start")
+    [message_id] = [r.message_id for r in chat.replies.all()]
     assert message_id == int(payload["id"])
     await h.delete(message_id)  # MESSAGE_DELETE reaches the bot while the reply is generating
     assert h.fake_chat.pending[0].cancelled
     assert h.sent() == [] and await all_logs(h) == []
-    assert not chat._answering and not chat._withdrawn
+    assert not chat.replies.all() and not chat._withdrawn
     # a deletion of a message nobody is answering changes nothing
     unanswered = await h.say("ただの雑談", channel="general")
     await h.delete(unanswered, channel="general")

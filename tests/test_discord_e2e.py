@@ -276,6 +276,7 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
     ]
     names = sorted(cmd["name"] for cmd in put.json)
     assert names == [
+        "cast",
         "forget",
         "help",
         "optin",
@@ -289,7 +290,9 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
     ]
     persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
     assert persona["options"][0]["autocomplete"] is True
+    cast = next(cmd for cmd in put.json if cmd["name"] == "cast")
+    assert sorted(sub["name"] for sub in cast["options"]) == ["add", "list", "remove"]
     status = next(cmd for cmd in put.json if cmd["name"] == "status")
     assert int(status["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
     assert not (tmp_path / "unused.sqlite3").exists()  # sync touches no database
-    assert "synced 10 commands" in text
+    assert "synced 11 commands" in text

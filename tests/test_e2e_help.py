@@ -17,7 +17,7 @@ from tests.e2e.world import OFFLIMITS, run_command
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 EPHEMERAL = 64
-MEMBER_COMMANDS = ("/help", "/persona", "/personas", "/reset", "/forget", "/optout", "/optin")
+MEMBER_COMMANDS = ("/help", "/persona", "/personas", "/cast", "/reset", "/forget", "/optout", "/optin")
 MODERATOR_COMMANDS = ("/status", "/reload")
 
 

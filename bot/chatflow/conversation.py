@@ -23,12 +23,17 @@ _CUSTOM_EMOJI = re.compile(r"<a?:(\w{1,64}):\d+>")
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """A message as the conversation logic needs it; ``author_id`` is None for persona lines."""
+    """A message as the conversation logic needs it; ``author_id`` is None for persona lines.
+
+    ``is_persona`` marks the answering persona's own lines; ``speaker`` labels another persona's
+    (a cast member: a turn of another speaker under that name, never one of this persona's own).
+    """
 
     message_id: int
     author_id: int | None
     text: str
     is_persona: bool = False
+    speaker: str | None = None
 
 
 def strip_markup(text: str) -> str:
@@ -62,17 +67,29 @@ def build_conversation(card: PersonaCard, messages: Sequence[ChatMessage], max_m
         text = strip_markup(msg.text)[-MAX_INPUT_CHARS:]
         if not text:
             continue
-        if msg.is_persona:
-            if turns and turns[-1].is_persona:
-                turns[-1] = Turn(card.speaker, f"{turns[-1].text} {text}", True)
+        if msg.is_persona or msg.speaker is not None:
+            speaker = card.speaker if msg.is_persona else str(msg.speaker)
+            last = turns[-1] if turns else None
+            if last is not None and last.speaker == speaker and last.is_persona == msg.is_persona:
+                turns[-1] = Turn(speaker, f"{last.text} {text}", msg.is_persona)
             else:
-                turns.append(Turn(card.speaker, text, True))
+                turns.append(Turn(speaker, text, msg.is_persona))
         else:
             turns.append(Turn(card.user_label, text))
             if msg.author_id is not None:
                 people.append(msg.author_id)
     # The newest is kept whole (even empty): the chat service validates it and says what is wrong.
-    turns.append(Turn(card.user_label, strip_markup(newest.text)))
+    # It is a member's message, or another persona's line when personas answer each other (the
+    # earlier parts of that persona's split reply then join it: one turn, as for its own lines).
+    newest_text = strip_markup(newest.text)
+    if (
+        newest.speaker is not None
+        and turns
+        and turns[-1].speaker == newest.speaker
+        and not turns[-1].is_persona
+    ):
+        newest_text = f"{turns.pop().text} {newest_text}"
+    turns.append(Turn(newest.speaker or card.user_label, newest_text))
     if newest.author_id is not None:
         people.append(newest.author_id)
     return Conversation(turns, tuple(dict.fromkeys(people)))

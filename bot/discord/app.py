@@ -25,10 +25,13 @@ from bot.chatflow.ratelimit import RateLimiter
 from bot.chatflow.replyflow import LogSpool, ReplyFlow
 from bot.config import Settings
 from bot.discord.api_base import apply_api_base_from_env
+from bot.discord.cast_lookup import CastLookup
 from bot.discord.cogs.admin import Admin
+from bot.discord.cogs.cast import Cast
 from bot.discord.cogs.chat import Chat
 from bot.discord.cogs.help import Help
 from bot.discord.cogs.persona import Persona
+from bot.discord.cogs.reply_buttons import ReplyButtons
 from bot.discord.cogs.review import Review
 from bot.discord.cogs.server_access import ServerAccess
 from bot.discord.cogs.settings import ServerSettingsCog
@@ -223,14 +226,19 @@ class OshaberiClient:
         cog looks another up by name, and every dependency is visible here."""
         store, flow, runtime = self.store, self.flow, self.runtime
         self.reviews = ReviewQueue(self, store, self.persona_name) if store is not None else None
-        self.chat = Chat(self, store, flow, runtime, self.reviews)
+        casting = CastLookup(self, store) if store is not None else None
+        self.chat = Chat(self, store, flow, runtime, self.reviews, casting)
         review = Review(self, store, self.reviews, self.persona_name)
-        # Registered before any event: a click on a card from before the restart finds its handler.
-        self.add_dynamic_items(review.button_class)
+        buttons = ReplyButtons(self, store, self.chat, casting, self.reviews)
+        # Registered before any event: a click on a card or a reply from before the restart
+        # finds its handler.
+        self.add_dynamic_items(review.button_class, buttons.button_class)
         for cog in (
             Persona(self, store, runtime),
+            Cast(self, store, runtime, casting, self.chat.replies),
             self.chat,
             review,
+            buttons,
             Admin(self, store, flow, runtime, self.reviews),
             Help(self, store, runtime),
             ServerSettingsCog(self, runtime),

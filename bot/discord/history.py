@@ -7,11 +7,12 @@ deleted message are all reflected the next time history is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import discord
 
+from bot.chatflow.cast import other_speaker_label
 from bot.chatflow.conversation import ChatMessage, Conversation, build_conversation, parse_prefixed
 from bot.store.store import Store
 from personas.card import PersonaCard
@@ -34,29 +35,61 @@ def is_conversation(message: discord.Message) -> bool:
     return message.type in CONVERSATION_TYPES
 
 
+def persona_line(
+    message: discord.Message,
+    cards: Sequence[PersonaCard],
+    *,
+    bot_user_id: int | None,
+    webhook_ids: set[int],
+) -> tuple[PersonaCard, str] | None:
+    """Which of ``cards`` said ``message``, and the line itself; None when no persona did.
+
+    A persona speaks through the bot's webhook under its display name, or as the bot with a
+    ``**name**:`` prefix (without webhooks).
+    """
+    if not is_conversation(message):
+        return None
+    if message.webhook_id is not None:
+        if webhook_ids and message.webhook_id not in webhook_ids:
+            return None
+        name = message.author.name
+        card = next((c for c in cards if c.display_name[:80] == name), None)
+        return (card, message.content) if card is not None else None
+    if bot_user_id is not None and message.author.id == bot_user_id:
+        return parse_prefixed(message.content, cards)
+    return None
+
+
 def classify(
     message: discord.Message,
     *,
     bot_user_id: int | None,
     card: PersonaCard,
     webhook_ids: set[int],
+    others: Sequence[PersonaCard] = (),
 ) -> ChatMessage | None:
     """A message as a conversation line for ``card``; None for lines that are not part of it.
 
     Persona lines are the bot's webhook posts under the card's name and its own prefixed posts.
-    Other bots, other webhooks, other personas' lines, the bot's notices and system messages
-    (a thread's name, "pinned a message" …) are left out.
+    Lines of ``others`` (the other personas: a cast) are another speaker's, under their names.
+    Other bots, other webhooks, the bot's notices and system messages (a thread's name, "pinned
+    a message" …) are left out.
     """
     if not is_conversation(message):
         return None
-    if message.webhook_id is not None:
-        ours = not webhook_ids or message.webhook_id in webhook_ids
-        if ours and message.author.name == card.display_name[:80]:
-            return ChatMessage(message.id, None, message.content, is_persona=True)
-        return None
-    if bot_user_id is not None and message.author.id == bot_user_id:
-        parsed = parse_prefixed(message.content, [card])
-        return ChatMessage(message.id, None, parsed[1], is_persona=True) if parsed else None
+    if message.webhook_id is not None or (bot_user_id is not None and message.author.id == bot_user_id):
+        said = persona_line(
+            message,
+            [card, *(o for o in others if o.id != card.id)],
+            bot_user_id=bot_user_id,
+            webhook_ids=webhook_ids,
+        )
+        if said is None:
+            return None
+        speaker, line = said
+        if speaker.id == card.id:
+            return ChatMessage(message.id, None, line, is_persona=True)
+        return ChatMessage(message.id, None, line, speaker=other_speaker_label(card, speaker))
     if message.author.bot:
         return None
     return ChatMessage(message.id, message.author.id, message.content)
@@ -167,11 +200,18 @@ async def read_conversation(
     limit: int,
     bot_user_id: int | None,
     webhook_ids: Iterable[int],
+    others: Sequence[PersonaCard] = (),
+    speaker: PersonaCard | None = None,
 ) -> Conversation:
     """The conversation ``message`` ends, at most ``limit`` earlier messages after the channel's
     reset marker. In a persona channel, the channel since the reset; elsewhere the bot was
     addressed directly, so only the reply chain counts (other people's chatter there was not
-    meant for it, and would put their words into someone else's log)."""
+    meant for it, and would put their words into someone else's log).
+
+    ``others`` are the other personas whose lines may appear (a cast, any loaded card); when
+    ``message`` itself is one of their lines (``speaker``: personas answering each other), it
+    ends the conversation as that persona's turn, not a member's.
+    """
     marker = await store.channel_reset_marker(message.channel.id)
     if channel_has_persona:
         earlier = await channel_history(message, after=marker, limit=limit)
@@ -180,8 +220,13 @@ async def read_conversation(
     known = set(webhook_ids)
     lines: list[ChatMessage] = []
     for m in earlier:
-        line = classify(m, bot_user_id=bot_user_id, card=card, webhook_ids=known)
+        line = classify(m, bot_user_id=bot_user_id, card=card, webhook_ids=known, others=others)
         if line is not None:
             lines.append(line)
-    lines.append(ChatMessage(message.id, message.author.id, message.content))
+    if speaker is not None:
+        said = persona_line(message, [speaker], bot_user_id=bot_user_id, webhook_ids=known)
+        text = said[1] if said else message.content
+        lines.append(ChatMessage(message.id, None, text, speaker=other_speaker_label(card, speaker)))
+    else:
+        lines.append(ChatMessage(message.id, message.author.id, message.content))
     return build_conversation(card, lines, limit)

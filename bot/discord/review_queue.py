@@ -135,6 +135,23 @@ class ReviewQueue:
             self._unmarked[item.log_id] = (channel.id, message.id)
         return True
 
+    async def refresh(self, log_id: int) -> None:
+        """Redraw ``log_id``'s card (a member regenerated the reply it shows); never raises."""
+        try:
+            item = await self.store.get_review(log_id)
+            if item is None or not item.review_channel_id or not item.review_message_id:
+                return
+            channel = self.bot.get_channel(item.review_channel_id)
+            if channel is None or not hasattr(channel, "get_partial_message"):
+                return
+            await channel.get_partial_message(item.review_message_id).edit(
+                embed=review_embed(item, self.persona_name(item.persona_id)),
+                view=review_view(item.log_id, decided=item.decision is not None),
+                allowed_mentions=NO_PINGS,
+            )
+        except Exception as exc:
+            log.warning("could not redraw review card #%s: %s", log_id, exc)
+
     async def poll(self) -> None:
         """One round: record cards posted but not yet marked, reconcile once after a restart,
         then post cards for anything still without one (trainer candidates, replies whose card

@@ -89,6 +89,8 @@ def review_embed(item: ReviewItem, persona_name: str | None = None) -> discord.E
         embed.add_field(name="From", value="trainer candidate (augment)", inline=False)
     if blocked:
         embed.add_field(name="Blocked words", value=_clip(", ".join(item.blocked_words), 1000), inline=False)
+    for name, value in member_signals(item):
+        embed.add_field(name=name, value=value, inline=False)
     embed.add_field(name="Adapter", value=item.adapter_version or "prompt-only")
     if item.latency_ms is not None:
         embed.add_field(name="Latency", value=f"{item.latency_ms / 1000:.1f} s")
@@ -113,6 +115,29 @@ def review_embed(item: ReviewItem, persona_name: str | None = None) -> discord.E
             )
     embed.set_footer(text=f"oshaberi review #{item.log_id} · {item.origin}")
     return embed
+
+
+def member_signals(item: ReviewItem) -> list[tuple[str, str]]:
+    """What members did with the reply (card fields): answered another persona, stopped while
+    written, regenerated away, or a regeneration of an earlier reply. Weak signals for the
+    moderator, never decisions."""
+    signals = []
+    if item.turn:
+        signals.append(("Persona turn", f"answers another persona ({item.turn} after the member's message)"))
+    if item.stopped_by is not None:
+        signals.append(
+            ("⏹ Stopped", f"by <@{item.stopped_by}> while it was written (the reply is what was shown)")
+        )
+    if item.replaces is not None:
+        signals.append(("🔁 Regeneration", f"of #{item.replaces}"))
+    if item.regenerated_by is not None:
+        when = ""
+        with contextlib.suppress(TypeError, ValueError):
+            when = f" <t:{int(datetime.fromisoformat(item.regenerated_at or '').timestamp())}:R>"
+        signals.append(
+            ("🔁 Regenerated away", f"by <@{item.regenerated_by}>{when}: a member asked for another reply")
+        )
+    return signals
 
 
 def review_view(log_id: int, *, decided: bool = False) -> discord.ui.View:

@@ -82,12 +82,18 @@ class ReplySender:
     # -- sending -------------------------------------------------------------------------------
 
     async def send(
-        self, channel: Any, card: PersonaCard, text: str, reply_to: discord.Message | None = None
+        self,
+        channel: Any,
+        card: PersonaCard,
+        text: str,
+        reply_to: discord.Message | None = None,
+        view: discord.ui.View | None = None,
     ) -> list[discord.Message]:
         """Post ``text`` as ``card``; returns the messages sent. Raises HTTPException if both ways fail.
 
         Chunks are cut to fit the prefixed form too, so when a webhook fails half-way the rest of
-        the reply continues as the bot without repeating what was already posted.
+        the reply continues as the bot without repeating what was already posted. ``view`` (the
+        reply's buttons) goes on the first message, as a streamed reply has it.
         """
         prefix = persona_prefix(card)
         chunks = split_message(defuse_mentions(text), DISCORD_LIMIT - len(prefix))
@@ -95,13 +101,16 @@ class ReplySender:
         webhook = await self.webhook_for(channel)
         if webhook is not None:
             try:
-                for chunk in chunks:
-                    sent.append(await self.send_webhook(webhook, channel, card, chunk))
+                for i, chunk in enumerate(chunks):
+                    first = view if i == 0 else None
+                    sent.append(await self.send_webhook(webhook, channel, card, chunk, view=first))
                 return sent
             except discord.HTTPException as exc:
                 self.webhook_failed(channel, exc)
-        for chunk in chunks[len(sent) :]:
+        for i, chunk in enumerate(chunks[len(sent) :], len(sent)):
             kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
+            if view is not None and i == 0:
+                kwargs["view"] = view
             if not sent and reply_to is not None:
                 kwargs["reference"] = reply_to.to_reference(fail_if_not_exists=False)
                 kwargs["mention_author"] = False
@@ -117,14 +126,22 @@ class ReplySender:
             log.warning("webhook send failed in channel %s (%s); replying as the bot", channel.id, exc)
 
     async def send_webhook(
-        self, webhook: discord.Webhook, channel: Any, card: PersonaCard, chunk: str
+        self,
+        webhook: discord.Webhook,
+        channel: Any,
+        card: PersonaCard,
+        chunk: str,
+        view: discord.ui.View | None = None,
     ) -> discord.Message:
-        """Post one chunk (at most 2,000 characters, defused) through ``webhook`` as ``card``."""
+        """Post one chunk (at most 2,000 characters, defused) through ``webhook`` as ``card``,
+        with ``view`` (buttons: the bot's own webhook may carry them) if given."""
         kwargs: dict[str, Any] = {
             "username": card.display_name[:80],
             "allowed_mentions": NO_PINGS,
             "wait": True,
         }
+        if view is not None:
+            kwargs["view"] = view
         if card.avatar_url:
             kwargs["avatar_url"] = card.avatar_url
         if isinstance(channel, discord.Thread):

@@ -74,25 +74,48 @@ class DiscordSink:
     """Where one streamed reply is shown: ``channel``, as ``card``, answering ``reply_to``."""
 
     def __init__(
-        self, sender: ReplySender, channel: Any, card: PersonaCard, reply_to: discord.Message | None
+        self,
+        sender: ReplySender,
+        channel: Any,
+        card: PersonaCard,
+        reply_to: discord.Message | None,
+        view: discord.ui.View | None = None,
+        done_view: discord.ui.View | None = None,
     ) -> None:
         self.sender = sender
         self.channel = channel
         self.card = card
         self.reply_to = reply_to
+        # The buttons on the first message: ``view`` while it is written (Stop), ``done_view``
+        # from the last round on (Regenerate); see FinishingSink.
+        self.view = view
+        self.done_view = done_view
+        self._done = False
+        self._first: Posted | None = None
         self.prefix = persona_prefix(card)
         # Sized for the prefixed form too, so a fallback half-way needs no re-split.
         self.limit = DISCORD_LIMIT - len(self.prefix)
         self._webhook_failed = False  # once it failed, the rest of this reply goes as the bot
         self._posts = 0
 
+    def finishing(self) -> None:
+        """The next round is the last: the first message's buttons become ``done_view``."""
+        self._done = True
+
+    def _buttons(self) -> discord.ui.View | None:
+        return self.done_view if self._done else self.view
+
     async def post(self, text: str) -> Posted:
+        first = self._posts == 0
         webhook = None if self._webhook_failed else await self.sender.webhook_for(self.channel)
         if webhook is not None:
             try:
-                message = await self.sender.send_webhook(webhook, self.channel, self.card, text)
+                view = self._buttons() if first else None
+                message = await self.sender.send_webhook(webhook, self.channel, self.card, text, view=view)
                 self._posts += 1
-                return Posted(message, "")
+                posted = Posted(message, "")
+                self._first = self._first or posted
+                return posted
             except discord.HTTPException as exc:
                 self.sender.webhook_failed(self.channel, exc)
                 self._webhook_failed = True
@@ -100,16 +123,23 @@ class DiscordSink:
         if self._posts == 0 and self.reply_to is not None:
             kwargs["reference"] = self.reply_to.to_reference(fail_if_not_exists=False)
             kwargs["mention_author"] = False
+        if first and self._buttons() is not None:
+            kwargs["view"] = self._buttons()
         try:
             message = await self.channel.send(self.prefix + text, **kwargs)
         except (discord.HTTPException, discord.RateLimited) as exc:
             raise send_error(exc, "posting a reply") from exc
         self._posts += 1
-        return Posted(message, self.prefix)
+        posted = Posted(message, self.prefix)
+        self._first = self._first or posted
+        return posted
 
     async def edit(self, posted: Posted, text: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if self._done and posted is self._first and self.done_view is not None:
+            kwargs["view"] = self.done_view
         try:
-            await posted.message.edit(content=posted.prefix + text, allowed_mentions=NO_PINGS)
+            await posted.message.edit(content=posted.prefix + text, allowed_mentions=NO_PINGS, **kwargs)
         except (discord.HTTPException, discord.RateLimited) as exc:
             raise send_error(exc, "editing a reply") from exc
 

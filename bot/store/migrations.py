@@ -157,6 +157,53 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "a cast of personas per channel (threads may set their own), reply buttons pressed once, "
+        "stopped and regenerated replies",
+        (
+            # The cast in order; the first is the lead. channel_state.persona_id keeps the lead, so
+            # code that asks for "the channel's persona" still gets one answer.
+            """
+            CREATE TABLE channel_cast (
+                channel_id INTEGER NOT NULL,
+                persona_id TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                added_at TEXT NOT NULL,
+                PRIMARY KEY (channel_id, persona_id)
+            )
+            """,
+            # 1 once /persona or /cast was used here (``off`` included): a thread then no longer
+            # takes its parent channel's cast.
+            "ALTER TABLE channel_state ADD COLUMN cast_set INTEGER NOT NULL DEFAULT 0",
+            """
+            INSERT INTO channel_cast (channel_id, persona_id, position, added_at)
+            SELECT channel_id, persona_id, 0, updated_at FROM channel_state WHERE persona_id IS NOT NULL
+            """,
+            "UPDATE channel_state SET cast_set = 1 WHERE persona_id IS NOT NULL",
+            # Persona turns between the member's message and this reply: 0 answers the member,
+            # 1.. answers another persona (chat.cast_followups).
+            "ALTER TABLE logs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0",
+            # Member feedback, kept apart from moderators' decisions: a weak signal, never a rejection.
+            "ALTER TABLE logs ADD COLUMN stopped_by INTEGER",
+            "ALTER TABLE logs ADD COLUMN regenerated_by INTEGER",
+            "ALTER TABLE logs ADD COLUMN regenerated_at TEXT",
+            "ALTER TABLE logs ADD COLUMN replaces INTEGER",
+            # One row per effective press of a reply's button (Regenerate; a Stop is recorded in
+            # the reply's own row): the primary key makes a second press of the same button
+            # (another member, a double click, a second process) lose.
+            """
+            CREATE TABLE reply_presses (
+                action TEXT NOT NULL,
+                message_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                pressed_at TEXT NOT NULL,
+                PRIMARY KEY (action, message_id)
+            )
+            """,
+            "CREATE INDEX reply_presses_user ON reply_presses (user_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

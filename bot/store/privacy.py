@@ -156,6 +156,8 @@ class PrivacyStore(SqliteDatabase):
                 """,
                 (user_id, user_id),
             )
+            # Which reply buttons they pressed is theirs too.
+            await self._conn.execute("DELETE FROM reply_presses WHERE user_id = ?", (user_id,))
             await self._conn.execute(
                 """
                 INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)

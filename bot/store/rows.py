@@ -60,6 +60,12 @@ class LogEntry:
     participants: tuple[int, ...] = ()
     # When the user's message was sent; a /forget after this time wins over a late log write.
     requested_at: str | None = None
+    # Persona turns since the member's message (0: this answers the member; see chat.cast_followups).
+    turn: int = 0
+    # Who pressed Stop while it was written (the reply is what was shown by then), if anyone.
+    stopped_by: int | None = None
+    # The log id of the reply this one was regenerated from (Regenerate), if any.
+    replaces: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,13 @@ class ReviewItem:
     decided_at: str | None
     review_channel_id: int | None
     review_message_id: int | None
+    turn: int = 0
+    stopped_by: int | None = None
+    # Set when a member pressed Regenerate and this reply was replaced: a member's weak signal,
+    # never a moderator's rejection (``decision`` stays whatever moderators decide).
+    regenerated_by: int | None = None
+    regenerated_at: str | None = None
+    replaces: int | None = None
 
     @property
     def final_text(self) -> str:

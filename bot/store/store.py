@@ -18,8 +18,10 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+from bot.store.casts import CastStore
 from bot.store.decision_stats import DecisionStats, VersionDecisions
 from bot.store.privacy import PrivacyStore
+from bot.store.reply_presses import ReplyPressStore
 from bot.store.rows import (
     DECISIONS,
     LOG_COLUMNS,
@@ -68,7 +70,7 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(ServerSettingsStore, PrivacyStore, DecisionStats):
+class Store(ServerSettingsStore, PrivacyStore, DecisionStats, CastStore, ReplyPressStore):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError
@@ -79,11 +81,14 @@ class Store(ServerSettingsStore, PrivacyStore, DecisionStats):
     # -- channel state -------------------------------------------------------------------------
 
     async def set_channel_persona(self, channel_id: int, persona_id: str | None) -> None:
-        """The persona that answers every message in ``channel_id``; None: only when addressed."""
-        await self._set_channel_field(channel_id, "persona_id", persona_id)
+        """The persona that answers every message in ``channel_id``; None: only when addressed.
+
+        The channel's whole cast becomes that one persona (see :meth:`CastStore.set_cast`).
+        """
+        await self.set_cast(channel_id, [persona_id] if persona_id else [])
 
     async def channel_persona(self, channel_id: int) -> str | None:
-        """The persona set with :meth:`set_channel_persona`, or None."""
+        """The lead of the cast set in ``channel_id`` itself (not inherited), or None."""
         row = await self._fetchone("SELECT persona_id FROM channel_state WHERE channel_id = ?", (channel_id,))
         return row[0] if row else None
 
@@ -147,8 +152,8 @@ class Store(ServerSettingsStore, PrivacyStore, DecisionStats):
                 """
                 INSERT INTO logs (created_at, requested_at, guild_id, channel_id, message_id, user_id,
                     persona_id, adapter_version, prompt, user_text, reply, params, latency_ms, status,
-                    origin, reply_message_id, blocked_words)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    origin, reply_message_id, blocked_words, turn, stopped_by, replaces)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 (
                     created,
@@ -168,6 +173,9 @@ class Store(ServerSettingsStore, PrivacyStore, DecisionStats):
                     entry.origin,
                     entry.reply_message_id,
                     json.dumps(list(entry.blocked_words), ensure_ascii=False),
+                    entry.turn,
+                    entry.stopped_by,
+                    entry.replaces,
                 ),
             )
             log_id = int(cur.lastrowid or 0)

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from bot.text.mentions import defuse_mentions
 from bot.text.splitter import split_message
@@ -151,6 +151,16 @@ class MessageSink(Protocol[M]):
     async def delete(self, message: M) -> None: ...
 
 
+@runtime_checkable
+class FinishingSink(Protocol):
+    """A sink that shows, beside the text, whether the reply is still being written (Discord: a
+    Stop button that becomes Regenerate). :meth:`finishing` is called before the last round,
+    and that round always edits the first message (even when its text is unchanged), so the
+    change rides on an edit that is paced like any other instead of costing one more."""
+
+    def finishing(self) -> None: ...
+
+
 # -- the reply -------------------------------------------------------------------------------------
 
 
@@ -182,6 +192,7 @@ class StreamedReply(Generic[M]):
         self._shown = ""  # the visible text of the last round
         self._final: str | None = None
         self._withdraw = False
+        self._keep = False  # stopped by a member: what is shown now is the reply
         self._gone = False  # a message of ours was deleted by someone: stop touching the reply
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()  # cuts a pacing wait short (withdrawal)
@@ -217,6 +228,16 @@ class StreamedReply(Generic[M]):
         if self.posted:  # never started, or it ended before the withdrawal
             await self._delete_all()
 
+    async def stop_here(self) -> str:
+        """Stop updating and keep what is shown (a member pressed Stop) as the final text;
+        returns it (screened and defused, "" when nothing was shown). A round already under way
+        ends first, so the text returned is what the messages show; then the last round runs
+        as after :meth:`finish` (paced, and telling a :class:`FinishingSink` it is done)."""
+        self._keep = True
+        self._wake.set()
+        await self._join()
+        return self._shown
+
     def cancel(self) -> None:
         """Stop updating at once, leaving what is posted (the owner is going away)."""
         if self._task is not None:
@@ -234,6 +255,8 @@ class StreamedReply(Generic[M]):
             if self._withdraw:
                 await self._delete_all()
                 return
+            if self._keep and self._final is None:
+                self._final = self._shown  # stopped: what is shown is the reply
             delay = self.pacer.delay()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -247,6 +270,8 @@ class StreamedReply(Generic[M]):
                     return
                 continue
             if final is not None:
+                if isinstance(self.sink, FinishingSink):
+                    self.sink.finishing()
                 target = layout(final, self.sink.limit)
             else:
                 visible = screen(self.draft(self._raw), self.words)
@@ -257,7 +282,7 @@ class StreamedReply(Generic[M]):
                 target = layout(visible.text, self.sink.limit)
                 shown_now = visible.text
             try:
-                await self._apply(target)
+                await self._apply(target, last_round=final is not None)
             except Exception as exc:
                 if not isinstance(exc, SendError):  # a bug or an unforeseen client error
                     log.exception("updating a streamed reply failed")
@@ -281,9 +306,12 @@ class StreamedReply(Generic[M]):
                 return  # the final text is shown
             self._shown = shown_now
 
-    async def _apply(self, target: list[str]) -> None:
+    async def _apply(self, target: list[str], *, last_round: bool = False) -> None:
         """One round: make the messages show ``target``; raises SendError (done steps are kept)."""
         steps = plan([text for _, text in self.posted], target)
+        touch_first = last_round and self.posted and target and isinstance(self.sink, FinishingSink)
+        if touch_first and not any(step.index == 0 and step.action == "edit" for step in steps):
+            steps.insert(0, Step("edit", 0, target[0]))  # the sink shows the reply is done
         if not steps:
             return
         first = not self.posted

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     INTERACTION_ALREADY_ACKNOWLEDGED,
     UNKNOWN_APPLICATION_COMMAND,
+    UNKNOWN_CHANNEL,
     UNKNOWN_INTERACTION,
     UNKNOWN_MESSAGE,
     UNKNOWN_WEBHOOK,
@@ -24,7 +25,7 @@ from .errors import (
 )
 from .messages import FLAG_EPHEMERAL, FLAG_LOADING, MT_CHAT_INPUT_COMMAND
 from .rest import ApiRequest, Reply, Router
-from .state import InteractionRecord, StoredMessage
+from .state import CHANNEL_FORUM, InteractionRecord, StoredMessage
 
 if TYPE_CHECKING:
     from .server import DiscordEmulator
@@ -331,6 +332,14 @@ class InteractionRoutes:
             "global_name": None,
         }
         channel_id = str(req.query.get("thread_id") or hook["channel_id"])
+        if "thread_id" in req.query:
+            thread = self.state.channels.get(channel_id)
+            if thread is None or thread.get("parent_id") != hook["channel_id"]:
+                raise not_found(UNKNOWN_CHANNEL, "Channel")  # not a thread of the webhook's channel
+        elif self.state.channels.get(channel_id, {}).get("type") == CHANNEL_FORUM:
+            raise ApiError(
+                400, 220001, "Webhooks posted to forum channels must have a thread_name or thread_id"
+            )
         msg = self.emu.actions.create_from_body(
             channel_id,
             body,

@@ -35,11 +35,14 @@ from .routes_core import CoreRoutes
 from .routes_interactions import InteractionRoutes
 from .routes_messages import MessageRoutes
 from .state import AUDIT_BOT_ADD, EmulatorState, InteractionRecord, StoredMessage
+from .threads import Threads
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 # Hooks the HTTP control API may call by name (standalone mode).
 CONTROL_HOOKS = (
     "send_message",
+    "create_thread",
+    "create_forum_post",
     "edit_message",
     "delete_message",
     "add_reaction",
@@ -117,7 +120,8 @@ class DiscordEmulator:
             allowed_intents=allowed_intents,
         )
         self.rest = RestApi(self)
-        for routes in (CoreRoutes(self), MessageRoutes(self), InteractionRoutes(self)):
+        self.threads = Threads(self)
+        for routes in (CoreRoutes(self), MessageRoutes(self), InteractionRoutes(self), self.threads):
             routes.register(self.rest.router)
         self._runner: web.AppRunner | None = None
         self._trigger_mark = 0
@@ -261,6 +265,52 @@ class DiscordEmulator:
         self.gateway.dispatch("MESSAGE_CREATE", self.factory.gateway_payload(msg), channel_id=cid)
         self.state.save()
         return msg.payload
+
+    async def create_thread(
+        self,
+        channel_id: str | int,
+        user: str | int | dict[str, Any],
+        name: str,
+        *,
+        message_id: str | int | None = None,
+        private: bool = False,
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        """A member starts a thread in a text channel, from ``message_id`` or on its own;
+        dispatches THREAD_CREATE (and the "thread created" message). ``key`` names the thread
+        for later hooks (``send_message(key, …)``). Returns the thread's channel object."""
+        self._mark_trigger()
+        thread = self.threads.start(
+            self.state.resolve_channel(channel_id),
+            self.state.resolve_user(user),
+            name,
+            message_id=str(message_id) if message_id is not None else None,
+            private=private,
+        )
+        if key is not None:
+            self.state.channel_keys[key] = thread["id"]
+        self.state.save()
+        return thread
+
+    async def create_forum_post(
+        self,
+        forum_id: str | int,
+        user: str | int | dict[str, Any],
+        name: str,
+        content: str,
+        *,
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        """A member opens a post in a forum channel: THREAD_CREATE, then MESSAGE_CREATE of its
+        first message (whose id is the thread's). Returns that first message's payload."""
+        self._mark_trigger()
+        thread, first = self.threads.forum_post(
+            self.state.resolve_channel(forum_id), self.state.resolve_user(user), name, content
+        )
+        if key is not None:
+            self.state.channel_keys[key] = thread["id"]
+        self.state.save()
+        return first.payload
 
     async def edit_message(
         self,

@@ -76,6 +76,15 @@ MODERATOR_PERMISSIONS = EVERYONE_PERMISSIONS | P_MANAGE_MESSAGES | P_KICK | P_BA
 STATE_VERSION = 2
 AUDIT_BOT_ADD = 28  # audit log action type: a bot was added to the guild
 
+# Channel types (https://discord.com/developers/docs/resources/channel#channel-object-channel-types).
+CHANNEL_TEXT = 0
+CHANNEL_NEWS = 5
+CHANNEL_NEWS_THREAD = 10
+CHANNEL_PUBLIC_THREAD = 11
+CHANNEL_PRIVATE_THREAD = 12
+CHANNEL_FORUM = 15
+THREAD_TYPES = (CHANNEL_NEWS_THREAD, CHANNEL_PUBLIC_THREAD, CHANNEL_PRIVATE_THREAD)
+
 
 def seed_id(n: int) -> str:
     return str(_SEED_BASE + n)
@@ -367,11 +376,13 @@ class EmulatorState:
         position: int,
         topic: str | None = None,
         guild: str | int | None = None,
+        channel_type: int = CHANNEL_TEXT,
     ) -> dict[str, Any]:
+        """A guild channel: text (0) by default, or a forum (15), whose posts are threads."""
         channel_id = channel_id or self.ids.next()
         self.channels[channel_id] = {
             "id": channel_id,
-            "type": 0,
+            "type": channel_type,
             "guild_id": self.resolve_guild(guild),
             "name": name,
             "position": position,
@@ -383,8 +394,68 @@ class EmulatorState:
             "parent_id": None,
             "flags": 0,
         }
+        if channel_type == CHANNEL_FORUM:
+            self.channels[channel_id].update(
+                {
+                    "available_tags": [],
+                    "default_reaction_emoji": None,
+                    "default_thread_rate_limit_per_user": 0,
+                    "default_sort_order": None,
+                    "default_forum_layout": 0,
+                    "default_auto_archive_duration": 1440,
+                }
+            )
         self.channel_keys[key] = channel_id
         return self.channels[channel_id]
+
+    def add_thread(
+        self,
+        key: str | None,
+        parent_id: str,
+        name: str,
+        owner_id: str,
+        *,
+        thread_id: str | None = None,
+        thread_type: int = CHANNEL_PUBLIC_THREAD,
+    ) -> dict[str, Any]:
+        """A thread under ``parent_id`` (a text channel, or a forum: then it is a forum post).
+
+        ``thread_id`` is the starting message's id for a thread started from a message and for
+        a forum post (Discord gives both the same id); a new snowflake otherwise.
+        """
+        parent = self.channels.get(parent_id)
+        if parent is None or parent.get("type") not in (CHANNEL_TEXT, CHANNEL_NEWS, CHANNEL_FORUM):
+            raise not_found(UNKNOWN_CHANNEL, "Channel")
+        thread_id = thread_id or self.ids.next()
+        now = iso_now()
+        self.channels[thread_id] = {
+            "id": thread_id,
+            "type": thread_type,
+            "guild_id": parent["guild_id"],
+            "parent_id": parent_id,
+            "owner_id": owner_id,
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "total_message_sent": 0,
+            "flags": 0,
+            "applied_tags": [],
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": now,
+                "locked": False,
+                "create_timestamp": now,
+            },
+        }
+        if key is not None:
+            self.channel_keys[key] = thread_id
+        return self.channels[thread_id]
+
+    def is_thread(self, channel_id: str) -> bool:
+        return self.channels.get(str(channel_id), {}).get("type") in THREAD_TYPES
 
     def add_member(
         self,
@@ -530,8 +601,23 @@ class EmulatorState:
         return payload
 
     def guild_channels(self, guild_id: str | None = None) -> list[dict[str, Any]]:
+        """The guild's channels; threads are not among them (Discord lists those apart)."""
         guild_id = self.resolve_guild(guild_id)
-        return [dict(c) for c in self.channels.values() if c.get("guild_id") == guild_id]
+        return [
+            dict(c)
+            for c in self.channels.values()
+            if c.get("guild_id") == guild_id and c.get("type") not in THREAD_TYPES
+        ]
+
+    def active_threads(self, guild_id: str | None = None) -> list[dict[str, Any]]:
+        guild_id = self.resolve_guild(guild_id)
+        return [
+            dict(c)
+            for c in self.channels.values()
+            if c.get("guild_id") == guild_id
+            and c.get("type") in THREAD_TYPES
+            and not c["thread_metadata"]["archived"]
+        ]
 
     def guild_create_payload(self, guild_id: str | None = None, *, include_members: bool) -> dict[str, Any]:
         """GUILD_CREATE as sent after READY (or when the bot joins a guild).
@@ -554,7 +640,7 @@ class EmulatorState:
                 "channels": [
                     {k: v for k, v in c.items() if k != "guild_id"} for c in self.guild_channels(guild_id)
                 ],
-                "threads": [],
+                "threads": self.active_threads(guild_id),
                 "presences": [],
                 "voice_states": [],
                 "stage_instances": [],

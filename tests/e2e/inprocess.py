@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,7 +63,7 @@ class EmulatedBot:
     emu: DiscordEmulator
     bot: RecordingBot
     runtime: FakeRuntime
-    _seen: dict[str, int] = field(default_factory=dict)
+    _seen: dict[str, int] = field(default_factory=dict)  # bot messages per channel, deleted ones too
 
     # -- who and where (ints, as the bot sees them) ------------------------------------------------
 
@@ -163,6 +164,34 @@ class EmulatedBot:
         await self.settle()
         return message_id
 
+    async def start_thread(
+        self,
+        key: str,
+        name: str,
+        *,
+        channel: str = "chat",
+        user: str = "member",
+        from_message: int | None = None,
+    ) -> int:
+        """``user`` starts a thread (from ``from_message`` or on its own) known as ``key`` to later
+        helpers; returns once the bot has it (its id)."""
+        thread = await self.emu.create_thread(channel, user, name, message_id=from_message, key=key)
+        thread_id = int(thread["id"])
+        await self.received("thread_create", lambda t: t.id == thread_id)
+        await self.settle()
+        return thread_id
+
+    async def forum_post(
+        self, key: str, name: str, content: str, *, forum: str = "forum", user: str = "member"
+    ) -> int:
+        """``user`` opens a post in ``forum`` known as ``key``; returns once the bot has handled
+        its first message (whose id is the post's)."""
+        first = await self.emu.create_forum_post(forum, user, name, content, key=key)
+        post_id = int(first["id"])
+        await self.received("message", lambda m: m.id == post_id)
+        await self.settle()
+        return post_id
+
     async def delete(self, message_id: int, *, channel: str = "chat") -> None:
         """A user deletes their message; returns once the bot has handled the deletion."""
         await self.emu.delete_message(channel, message_id)
@@ -195,7 +224,10 @@ class EmulatedBot:
         """The choices the bot offers while ``user`` types ``value`` into ``/name``'s ``option``."""
         mark = self.emu.mark()
         data = self.emu.hooks.command_data(name, {option: value})
-        for opt in data["options"]:
+        leaves = data["options"]
+        while leaves and leaves[0]["type"] in (1, 2):  # subcommand (group): the options are inside
+            leaves = leaves[0]["options"]
+        for opt in leaves:
             opt["focused"] = opt["name"] == option
         record, payload = self.emu.hooks.interaction(
             APPLICATION_COMMAND_AUTOCOMPLETE, self.emu.channel_id("chat"), self.emu.user_id(user), data
@@ -208,13 +240,42 @@ class EmulatedBot:
         return list(answer.callback["data"].get("choices") or [])
 
     async def click(
-        self, message_id: int, custom_id: str, *, user: str, channel: str = "review"
+        self, message_id: int, custom_id: str, *, user: str, channel: str = "review", settle: bool = True
     ) -> Interaction:
+        """``user`` clicks a button; returns once the bot is quiet again, or (``settle=False``,
+        while a reply is held in flight) once it has answered this click."""
         mark = self.emu.mark()
         record = await self.emu.click_button(channel, user, message_id, custom_id)
         await self.received("interaction", lambda i: i.id == int(record.id))
-        await self.settle()
+        if settle:
+            await self.settle()
+        else:
+            await self.answered(record)
         return Interaction(self.emu, record, mark)
+
+    def prepare_click(
+        self, message_id: int, custom_id: str, *, user: str, channel: str = "chat"
+    ) -> PreparedClick:
+        """A click made now (the button is there) that reaches the bot only when sent: a press
+        in flight while the message changes."""
+        cid = self.emu.state.resolve_channel(channel)
+        message = self.emu.state.get_message(cid, str(message_id))
+        data = self.emu.hooks.component_data(message, custom_id, None)
+        record, payload = self.emu.hooks.interaction(
+            3, cid, self.emu.state.resolve_user(user), data, message=message
+        )
+        payload["message"] = dict(message.payload)  # as the client saw it then
+        return PreparedClick(self, record, payload)
+
+    async def answered(self, record: InteractionRecord, timeout: float = WAIT_S) -> None:
+        """Wait until the bot has answered the interaction ``record`` (a callback or more)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not record.responses:
+            if loop.time() > deadline:
+                raise AssertionError("the bot did not answer the interaction")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # a follow-up comes right after the callback
 
     async def submit_modal(self, custom_id: str, values: dict[str, str], *, user: str) -> Interaction:
         mark = self.emu.mark()
@@ -228,10 +289,18 @@ class EmulatedBot:
     def sent(self, channel: str = "chat") -> list[StoredMessage]:
         """Messages the bot posted in ``channel`` (as itself or through a webhook) since the last
         call for that channel and still there, oldest first."""
-        mine = [m for m in self.emu.messages(channel) if m.source in ("bot", "webhook")]
+        cid = self.emu.state.resolve_channel(channel)
+        mine = sorted(
+            (
+                m
+                for m in self.emu.state.messages.values()
+                if m.channel_id == cid and m.source in ("bot", "webhook")
+            ),
+            key=lambda m: int(m.id),
+        )
         start = self._seen.get(channel, 0)
-        self._seen[channel] = len(mine)
-        return [m for m in mine[start:] if not m.deleted]
+        self._seen[channel] = len(mine)  # counted with the deleted ones, so a deletion shifts nothing
+        return [m for m in mine[start:] if not m.deleted and not m.ephemeral]
 
     def present(self, channel: str) -> list[StoredMessage]:
         """Every message now in ``channel`` (deleted ones left out)."""
@@ -239,6 +308,24 @@ class EmulatedBot:
 
     def calls(self, since: int = 0) -> list[Call]:
         return list(self.emu.calls)[since:]
+
+
+@dataclass
+class PreparedClick:
+    """A click built while its button was on the message; :meth:`send` delivers it."""
+
+    harness: EmulatedBot
+    record: InteractionRecord
+    payload: dict[str, Any]
+
+    async def send(self) -> Interaction:
+        h = self.harness
+        mark = h.emu.mark()
+        self.record.created_at = time.time()  # Discord's 3 s to answer start on delivery
+        h.emu.gateway.dispatch("INTERACTION_CREATE", self.payload)
+        await h.received("interaction", lambda i: i.id == int(self.record.id))
+        await h.settle()
+        return Interaction(h.emu, self.record, mark)
 
 
 @dataclass

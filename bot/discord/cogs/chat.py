@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
@@ -16,16 +17,22 @@ import discord
 from discord.ext import commands, tasks
 
 from bot.chatflow.conversation import Conversation
+from bot.chatflow.inflight import RepliesInFlight, ReplyInFlight
 from bot.chatflow.ratelimit import describe_wait
 from bot.chatflow.replyflow import Incoming, ReplyFlow, Stopwatch
 from bot.discord.bot_protocol import BotServices
+from bot.discord.cast_lookup import CastLookup
 from bot.discord.checks import channel_allowed, member_allowed
+from bot.discord.followups import answer_each_other
 from bot.discord.history import (
     is_conversation,
     is_reply_to_bot,
     mentions_bot,
+    persona_line,
     read_conversation,
 )
+from bot.discord.reply_controls import controls_view, delete_replaced
+from bot.discord.reply_job import Answered, ReplyJob
 from bot.discord.sender import notify
 from bot.discord.streaming import DiscordSink, Posted, feed_stream
 from bot.discord.waiting import QueueNotice, TypingIndicator
@@ -49,7 +56,8 @@ ONLY_TEXT = (
 
 class Chat(commands.Cog):
     """Answers messages. ``store`` and ``flow`` are None only for a bot that just syncs commands;
-    ``runtime`` is None until the model is loaded; ``reviews`` posts and deletes review cards."""
+    ``runtime`` is None until the model is loaded; ``reviews`` posts and deletes review cards;
+    ``casting`` says which persona of a channel's cast answers (None without a store)."""
 
     position_poll_s = 2.0  # how often a waiting request's queue position is looked at
 
@@ -60,12 +68,14 @@ class Chat(commands.Cog):
         flow: ReplyFlow | None,
         runtime: Runtime | None,
         reviews: ReviewQueue | None,
+        casting: CastLookup | None = None,
     ) -> None:
         self.bot = bot
         self.store = store
         self.flow = flow
         self.runtime = runtime
         self.reviews = reviews
+        self.casting = casting
         # Log entries the database could not take yet are retried on the review poll's interval.
         self.spool_flusher = tasks.loop(seconds=max(1.0, bot.settings.discord.review_poll_s))(
             self.flush_spool
@@ -74,8 +84,9 @@ class Chat(commands.Cog):
         # Replies being generated, for a graceful shutdown; keyed by id() (PendingReply is unhashable).
         self._pending: dict[int, PendingReply] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        # The same replies by the id of the message they answer, and the messages deleted meanwhile.
-        self._answering: dict[int, PendingReply] = {}
+        # The same replies by the id of the message they answer (Stop, a deletion and /cast remove
+        # find them here), and the messages deleted meanwhile.
+        self.replies = RepliesInFlight()
         self._withdrawn: set[int] = set()
         # Streamed replies whose final edit is on its way, by the id of the message they answer.
         self._finishing: dict[int, StreamedReply[Posted]] = {}
@@ -90,16 +101,17 @@ class Chat(commands.Cog):
             return
         if not is_conversation(message):
             return  # a thread created, a pin, a join …: made by Discord, not said by the member
-        if message.guild is None or self.flow is None or self.store is None:
+        if message.guild is None or self.flow is None or self.store is None or self.casting is None:
             return  # direct messages are not a place the server's moderators can review
         server = self.bot.servers.get(message.guild.id)  # its own settings, the TOML's where unset
         if not server.served:
             return  # not on discord.allowed_servers: no reply, nothing logged
         if not channel_allowed(server, message.channel):
             return
-        persona_id = await self.store.channel_persona(message.channel.id)
+        casting = self.casting
+        cast = await casting.cast_for(message.channel)  # a thread's own, else its parent's
         addressed = await self._addressed(message)
-        if persona_id is None and not addressed:
+        if not cast.persona_ids and not addressed:
             return
         if not member_allowed(server, message.author):
             if addressed:
@@ -110,18 +122,41 @@ class Chat(commands.Cog):
         if not self.bot.accepting:
             await notify(message.channel, SHUTDOWN_NOTICE, message)
             return
+        who = casting.addressee(message, cast, server.default_persona)
+        if who is not None and who.card is None:
+            await notify(message.channel, who.ambiguity_notice(), message)
+            return
+        persona_id = who.card.id if who is not None and who.card is not None else None
+        job = ReplyJob.for_member(
+            message,
+            persona_id or cast.lead or server.default_persona,
+            channel_has_persona=bool(cast.persona_ids),
+            cast_channel_id=cast.set_in,
+        )
+        async with self._tracked():
+            first = await self.answer(job)
+            if first is not None:
+                await answer_each_other(self, casting, first, self.bot.settings.chat.cast_followups)
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self) -> Any:
+        """Count the current task as a reply in progress (a shutdown waits for it, then cancels it)."""
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
-            await self.answer(
-                message,
-                persona_id or server.default_persona,
-                channel_has_persona=persona_id is not None,
-            )
+            yield
         finally:
             if task is not None:
                 self._tasks.discard(task)
+
+    async def regenerate(self, job: ReplyJob) -> Answered | None:
+        """Write ``job`` again (a member pressed Regenerate); the reply buttons' handler calls this."""
+        if not self.bot.accepting:
+            await notify(job.message.channel, SHUTDOWN_NOTICE, job.message)
+            return None
+        async with self._tracked():
+            return await self.answer(job)
 
     async def _addressed(self, message: discord.Message) -> bool:
         """Mentioned (as the user, in either form, or as the role Discord made for the bot), or a
@@ -139,15 +174,22 @@ class Chat(commands.Cog):
 
     # -- answering -----------------------------------------------------------------------------
 
-    async def answer(self, message: discord.Message, persona_id: str, *, channel_has_persona: bool) -> None:
-        """Rate limit → history → queue → wait (typing, position) → filter → send → log → review."""
+    async def answer(self, job: ReplyJob) -> Answered | None:
+        """Rate limit → history → queue → wait (typing, position) → filter → send → log → review.
+
+        Returns what was written (posted, held back, or stopped part-way), or None when nothing
+        was: the member was told why, or the question was withdrawn.
+        """
         bot, flow, store = self.bot, self.flow, self.store
         assert flow is not None and store is not None
+        message, persona_id = job.message, job.persona_id
         channel = message.channel
         clock = Stopwatch()
 
-        decision = flow.rate(message.author.id)
+        decision = flow.rate(job.asker_id)
         if not decision.allowed:
+            if job.is_followup:
+                return None  # personas answering each other spend the member's allowance quietly
             if decision.first_refusal:
                 await notify(
                     channel,
@@ -158,12 +200,12 @@ class Chat(commands.Cog):
             else:
                 with contextlib.suppress(discord.HTTPException):
                     await message.add_reaction("🐢")
-            return
+            return None
 
         runtime = self.runtime
         if runtime is None:
             await notify(channel, "The bot is still starting up. Please try again shortly.", message)
-            return
+            return None
         try:
             card = runtime.cards.get(persona_id)
         except UnknownPersonaError:
@@ -172,10 +214,10 @@ class Chat(commands.Cog):
                 f"The persona `{persona_id}` is not available any more. Choose one with /persona.",
                 message,
             )
-            return
+            return None
 
         try:
-            conversation = await self._conversation(message, card, channel_has_persona)
+            conversation = await self._conversation(message, card, job)
             if (message.attachments or message.stickers) and not clean_text(
                 conversation.turns[-1].text
             ).strip():
@@ -183,41 +225,45 @@ class Chat(commands.Cog):
             pending = runtime.chat.submit(persona_id, conversation.turns)
         except InputError as exc:
             await notify(channel, str(exc), message)
-            return
+            return None
         except QueueFullError as exc:
             await notify(channel, f"🚦 {exc}", message)
-            return
+            return None
         except (GenerationError, UnknownPersonaError) as exc:
-            await notify(channel, f"Sorry, that could not be answered: {exc}", message)
-            return
+            await notify(channel, f"Sorry, {card.display_name} could not answer that: {exc}", message)
+            return None
 
         notice = QueueNotice(channel, message, bot.settings.chat.queue_notice_position)
         stream = None
         if bot.settings.chat.stream_replies:
-            stream = self._streamed_reply(channel, card, message, pending)
+            stream = self._streamed_reply(channel, card, message, pending, job)
         self._pending[id(pending)] = pending
-        self._answering[message.id] = pending
+        writing = ReplyInFlight(
+            message.id, channel.id, persona_id, job.asker_id, pending, cast_channel_id=job.cast_channel_id
+        )
+        self.replies.begin(writing)
         try:
-            text = await self._await_text(message, pending, notice, stream)
+            text = await self._await_text(message, pending, notice, stream, writing)
         finally:
             self._pending.pop(id(pending), None)
-            self._answering.pop(message.id, None)
+            self.replies.end(message.id)
             self._withdrawn.discard(message.id)
         await notice.remove()
         if text is None:
-            return
+            return None
 
         filtered = flow.filter(text)
         sent: list[Any] = []
         if not filtered.text.strip():
             if stream is not None:
                 await stream.withdraw()
+            said = "stopped before it said anything" if writing.stopped_by else "had nothing to say to that"
             await notify(
                 channel,
-                f"{card.display_name} had nothing to say to that. Try saying it another way.",
+                f"{card.display_name} {said}. Try saying it another way.",
                 message,
             )
-            return
+            return None
         if filtered.is_blocked:
             if stream is not None:
                 await stream.withdraw()  # nothing blocked was shown, but the partial must go too
@@ -234,27 +280,38 @@ class Chat(commands.Cog):
             if message.id in self._withdrawn:
                 self._withdrawn.discard(message.id)
                 log.info("message %s was deleted while its reply was shown; nothing logged", message.id)
-                return
+                return None
             if not sent:
                 log.warning("could not post the streamed reply to message %s", message.id)
         else:
             try:
-                sent = await bot.sender.send(channel, card, filtered.text, message)
+                buttons = controls_view(job.asker_id, message.id, writing=False)
+                sent = await bot.sender.send(channel, card, filtered.text, message, view=buttons)
             except discord.HTTPException as exc:
                 # Discord is down or refuses: the reply is still logged, so it is not lost for review.
                 log.warning("could not post the reply to message %s: %s", message.id, exc)
+        shown = [getattr(m, "message", m) for m in sent]
+        if shown and job.replaced:
+            await delete_replaced(job.replaced)  # the regenerated-away reply gives way to this one
 
         incoming = Incoming(
             guild_id=message.guild.id if message.guild else None,
             channel_id=channel.id,
-            message_id=message.id,
-            user_id=message.author.id,
-            created_at=message.created_at,
+            message_id=job.root_id,
+            user_id=job.asker_id,
+            created_at=discord.utils.snowflake_time(job.root_id),
         )
         entry = flow.entry(incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None)
+        if writing.stopped_by is not None:
+            entry = dataclasses.replace(
+                entry, params={**entry.params, "finish_reason": "stopped"}, stopped_by=writing.stopped_by
+            )
+        entry = dataclasses.replace(entry, turn=job.turn, replaces=job.replaces)
         log_id = await flow.record(entry)
         if log_id is not None and self.reviews is not None:
             await self.reviews.post_new(log_id)
+        text = "" if filtered.is_blocked else filtered.text
+        return Answered(job, card, text, tuple(shown), log_id, stopped=writing.stopped_by is not None)
 
     async def _await_text(
         self,
@@ -262,9 +319,11 @@ class Chat(commands.Cog):
         pending: PendingReply,
         notice: QueueNotice,
         stream: StreamedReply[Posted] | None,
+        writing: ReplyInFlight,
     ) -> str | None:
         """The reply's cleaned text, shown as it grows when ``stream`` is given; None when the
-        user was told why there is none (or the question was withdrawn), partial messages gone."""
+        user was told why there is none (or the question was withdrawn), partial messages gone.
+        After Stop, the text shown by then."""
         bot, flow = self.bot, self.flow
         assert flow is not None
         channel = message.channel
@@ -283,6 +342,9 @@ class Chat(commands.Cog):
                 feeder = asyncio.create_task(feed_stream(pending.pieces(), stream))
                 return await flow.wait(pending, notice.update, self.position_poll_s)
         except (RequestCancelledError, WorkerStoppedError) as exc:
+            if writing.stopped_by is not None and message.id not in self._withdrawn and bot.accepting:
+                # A member pressed Stop: what was shown is the reply.
+                return await stream.stop_here() if stream is not None else None
             await _withdraw_stream(stream, notice)
             if message.id in self._withdrawn:
                 log.info("message %s was deleted while its reply was written; nothing posted", message.id)
@@ -307,11 +369,13 @@ class Chat(commands.Cog):
         return None
 
     def _streamed_reply(
-        self, channel: Any, card: PersonaCard, message: discord.Message, pending: PendingReply
+        self, channel: Any, card: PersonaCard, message: discord.Message, pending: PendingReply, job: ReplyJob
     ) -> StreamedReply[Posted]:
         assert self.flow is not None
+        stop = controls_view(job.asker_id, message.id, writing=True)
+        regenerate = controls_view(job.asker_id, message.id, writing=False)
         return StreamedReply(
-            DiscordSink(self.bot.sender, channel, card, message),
+            DiscordSink(self.bot.sender, channel, card, message, view=stop, done_view=regenerate),
             self.flow.words,
             pending.draft,
             self.bot.settings.chat.stream_edit_interval_s,
@@ -335,10 +399,10 @@ class Chat(commands.Cog):
         Either way the words its author took back never reach the review queue or training data,
         and a reply posted afterwards would answer nothing anyone can see.
         """
-        pending = self._answering.get(message_id)
-        if pending is not None:
+        writing = self.replies.get(message_id)
+        if writing is not None:
             self._withdrawn.add(message_id)
-            pending.cancel()
+            writing.pending.cancel()
             return
         stream = self._finishing.get(message_id)
         if stream is not None:
@@ -364,18 +428,24 @@ class Chat(commands.Cog):
         if self.reviews is not None and result.review_cards:
             await self.reviews.delete_cards(result.review_cards)
 
-    async def _conversation(
-        self, message: discord.Message, card: PersonaCard, channel_has_persona: bool
-    ) -> Conversation:
-        assert self.store is not None
+    async def _conversation(self, message: discord.Message, card: PersonaCard, job: ReplyJob) -> Conversation:
+        """The turns ``card`` answers; other personas' lines are another speaker's, and when
+        ``message`` is one (personas answering each other) it is the turn being answered."""
+        assert self.store is not None and self.runtime is not None
+        others = [c for c in self.runtime.cards.cards.values() if c.id != card.id]
+        bot_user_id = self.bot.user.id if self.bot.user else None
+        webhook_ids = self.bot.sender.known_webhook_ids()
+        said = persona_line(message, others, bot_user_id=bot_user_id, webhook_ids=webhook_ids)
         return await read_conversation(
             message,
             card,
             self.store,
-            channel_has_persona=channel_has_persona,
+            channel_has_persona=job.channel_has_persona,
             limit=max(0, self.bot.settings.chat.history_messages),
-            bot_user_id=self.bot.user.id if self.bot.user else None,
-            webhook_ids=self.bot.sender.known_webhook_ids(),
+            bot_user_id=bot_user_id,
+            webhook_ids=webhook_ids,
+            others=others,
+            speaker=said[0] if said else None,
         )
 
     # -- the log spool -------------------------------------------------------------------------

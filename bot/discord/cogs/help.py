@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chatflow.cast import effective_cast
 from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import access, channel_allowed, is_moderator, member_allowed, server_of
 from bot.discord.sender import NO_PINGS
@@ -57,10 +58,19 @@ class Help(commands.Cog):
         if not member_allowed(server, interaction.user):
             return "You do not have a role that may talk to the bot; ask a moderator."
         cards = self.runtime.cards.cards if self.runtime is not None else {}
-        active = None
+        cast: tuple[str, ...] = ()
         if self.store is not None and interaction.channel_id is not None:
-            active = await self.store.channel_persona(interaction.channel_id)
+            parent = getattr(interaction.channel, "parent_id", None)  # a thread takes its channel's
+            cast = (await effective_cast(self.store, interaction.channel_id, parent)).persona_ids
+        active = cast[0] if cast else None
         me = f"<@{self.bot.user.id}>" if self.bot.user is not None else "the bot"
+        if len(cast) > 1 and active in cards:
+            names = ", ".join(cards[p].display_name for p in cast[1:] if p in cards)
+            return (
+                f"**{cards[active].display_name}** leads the cast here and answers every message; "
+                f"start a message with a name ({names}) or reply to a persona's message to talk to that one. "
+                "`/cast list` shows the cast."
+            )
         if active is not None and active in cards:
             return (
                 f"**{cards[active].display_name}** (`{active}`) answers every message in this channel: "

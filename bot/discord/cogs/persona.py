@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chatflow.cast import effective_cast
 from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import server_of, talks_here
 from bot.discord.persona_options import PersonaOrOff
@@ -66,11 +67,14 @@ class Persona(commands.Cog):
     @app_commands.command(name="personas", description="List the personas and show which one is active here")
     async def personas(self, interaction: discord.Interaction[Any]) -> None:
         cards = self._cards()
-        active, busy = None, False
+        active, cast, busy = None, (), False
         if self.store is not None and interaction.channel_id is not None:
             # Read before the first response, so bounded: the list is worth showing without it.
+            # A thread without a cast of its own shows its parent channel's.
+            parent = getattr(interaction.channel, "parent_id", None)
             try:
-                active = await within(self.store.channel_persona(interaction.channel_id))
+                cast = (await within(effective_cast(self.store, interaction.channel_id, parent))).persona_ids
+                active = cast[0] if cast else None
             except StoreBusyError:
                 busy = True
         server = server_of(interaction)
@@ -83,7 +87,9 @@ class Persona(commands.Cog):
         for pid, card in sorted(cards.items())[:25]:
             marks = []
             if pid == active:
-                marks.append("▶ active here")
+                marks.append("▶ active here" if len(cast) == 1 else "▶ leads the cast here")
+            elif pid in cast:
+                marks.append("in the cast here")
             if pid == default:
                 marks.append("default")
             note = f" ({', '.join(marks)})" if marks else ""
