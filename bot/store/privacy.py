@@ -37,7 +37,17 @@ class PrivacyStore(SqliteDatabase):
 
     async def approved_for_export(self, persona_id: str | None = None) -> list[ExportRow]:
         """Approved and edited replies for training, never with an opted-out or forgotten user in them."""
-        where = "l.decision IN ('approved', 'edited')"
+        return await self._exportable("l.decision IN ('approved', 'edited')", persona_id)
+
+    async def decisions_for_export(self, persona_id: str | None = None) -> list[ExportRow]:
+        """Every decided reply and every word-filter block (decided or not), for preference
+        training, under exactly the rules of :meth:`approved_for_export`; oldest first."""
+        return await self._exportable("(l.decision IS NOT NULL OR l.status = 'blocked')", persona_id)
+
+    async def _exportable(self, where: str, persona_id: str | None) -> list[ExportRow]:
+        """The one path every training export takes: ``where`` (SQL on ``logs l``) narrowed to a
+        persona and to rows no privacy rule withholds. A new rule (such as a server that turned
+        training off) goes into :data:`_PRIVACY_EXCLUSION` and so reaches every export at once."""
         params: list[Any] = []
         if persona_id is not None:
             where += " AND l.persona_id = ?"
