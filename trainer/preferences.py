@@ -110,7 +110,9 @@ def preference_line(row: ExportRow) -> dict[str, Any] | None:
     return line
 
 
-def split_lines(rows: Iterable[ExportRow]) -> tuple[list[dict], list[dict], PreferenceCounts, PreferenceCounts]:
+def split_lines(
+    rows: Iterable[ExportRow],
+) -> tuple[list[dict], list[dict], PreferenceCounts, PreferenceCounts]:
     """(training lines, held-out lines, their counts) for ``rows`` in order."""
     train: list[dict] = []
     heldout: list[dict] = []
