@@ -48,3 +48,34 @@ async def write_history(database: str | Path, rows: int = 60, version: str | Non
                 await store.decide(log_id, 9, kind)
     finally:
         await store.close()
+
+
+def write_train_config(path: Path, **keys) -> Path:
+    """A small training TOML for tiny models: short windows, few steps, the gate's probes off."""
+    values = {
+        "max_length": 64,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_steps": 6,
+        "warmup_ratio": 0.0,
+        "prefer_learning_rate": 2e-2,
+        "val_fraction": 0.0,
+        "log_every": 2,
+        "gate_probes": 0,
+        **keys,
+    }
+    import json
+
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_bot_config(path: Path, model: Path, root: Path, extra: str = "") -> Path:
+    path.write_text(
+        f'[model]\nbase_model = "{model}"\ndevice = "cpu"\n'
+        f'[paths]\nadapters_dir = "{root / "adapters"}"\ndatabase = "{root / "bot.sqlite3"}"\n'
+        f'data_dir = "{root}"\n{extra}',
+        encoding="utf-8",
+    )
+    return path

@@ -43,7 +43,7 @@ from personas.card import PersonaCard, check_adapter_base
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig
 from trainer.dataset import DataError, ExampleEncoder, read_export_time, sha256_file
-from trainer.preference_data import build_preference_set, kto_class_weights
+from trainer.preference_data import build_preference_set, check_trainable, kto_class_weights
 from trainer.preferences import read_preferences
 from trainer.train import _package_versions, training_model_settings
 
@@ -176,6 +176,7 @@ def prefer(
         raise FileExistsError(f"adapter version {version} of {card.id} already exists")
     start_version, start_path = resolve_start(settings, card.id, start)
     lines = load_lines(data_path)
+    check_trainable(lines, method)  # before the model loads: bad data is told at once
 
     loaded = load_base_model(training_model_settings(settings.model))
     check_adapter_base(card, start_path, loaded.base_model)

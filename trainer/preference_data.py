@@ -78,6 +78,28 @@ def kto_class_weights(desirable: int, undesirable: int) -> tuple[float, float]:
     return 1.0, round(ratio / KTO_TARGET_RATIO, 4)
 
 
+def check_trainable(lines: Sequence[dict[str, Any]], method: str) -> None:
+    """Raise DataError, in one line, when ``lines`` cannot train ``method``: an unknown method,
+    no lines, one class only (KTO), no edit pairs (DPO). Cheap: run it before loading a model."""
+    if method not in METHODS:
+        raise DataError(f"unknown method {method!r} (kto or dpo)")
+    if not lines:
+        raise DataError("the preference export has no decisions yet (moderate some replies, then export again)")
+    pairs = sum("chosen" in line for line in lines)
+    if method == "kto":
+        good = pairs + sum(bool(line.get("label")) for line in lines if "chosen" not in line)
+        bad = pairs + sum(not line.get("label") for line in lines if "chosen" not in line)
+        if not good or not bad:
+            raise DataError(
+                f"KTO needs approved and rejected replies; the export has {good} desirable and {bad} "
+                "undesirable (rejected, blocked or edited) ones: wait for more decisions"
+            )
+    elif not pairs:
+        raise DataError(
+            "DPO learns from edits, and the export has no edit pairs; use --method kto for approvals and rejections"
+        )
+
+
 def build_preference_set(
     lines: Sequence[dict[str, Any]], encoder: ExampleEncoder, method: str, seed: int
 ) -> PreferenceSet:
@@ -88,12 +110,7 @@ def build_preference_set(
     pairs neighbours). Raises DataError, in one line, when the data cannot train ``method``:
     no lines, one class only (KTO), no edit pairs (DPO).
     """
-    if method not in METHODS:
-        raise DataError(f"unknown method {method!r} (kto or dpo)")
-    if not lines:
-        raise DataError(
-            "the preference export has no decisions yet (moderate some replies, then export again)"
-        )
+    check_trainable(lines, method)
     rows: list[dict[str, Any]] = []
     truncated = 0
 
@@ -114,11 +131,6 @@ def build_preference_set(
                 rows.append({"prompt_ids": e.prompt_ids, "completion_ids": e.completion_ids, "label": label})
         good = sum(r["label"] for r in rows)
         bad = len(rows) - good
-        if not good or not bad:
-            raise DataError(
-                f"KTO needs approved and rejected replies; the export has {good} desirable and {bad} "
-                "undesirable (rejected, blocked or edited) ones: wait for more decisions"
-            )
         pairs = sum("chosen" in line for line in lines)
     else:
         for line in lines:
@@ -133,11 +145,6 @@ def build_preference_set(
                     "chosen_ids": chosen.completion_ids,
                     "rejected_ids": rejected.completion_ids,
                 }
-            )
-        if not rows:
-            raise DataError(
-                "DPO learns from edits, and the export has no edit pairs; use --method kto for "
-                "approvals and rejections"
             )
         good = bad = pairs = len(rows)
     random.Random(seed).shuffle(rows)
