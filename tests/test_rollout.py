@@ -53,7 +53,7 @@ def test_promote_then_rollback_walks_back_through_served_versions(adapters: Path
     assert current_version(adapters, "marisa") == v1
     moves = read_history(adapters, "marisa")
     assert [(m.action, m.from_version, m.to_version) for m in moves] == [("promote", v1, v3), ("rollback", v3, v1)]
-    with pytest.raises(RolloutError, match="no version older than"):
+    with pytest.raises(RolloutError, match="no earlier version than"):
         rollback(adapters, "marisa", by="cli:op")
 
 

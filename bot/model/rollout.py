@@ -311,20 +311,40 @@ def _move_current(
 
 
 def _previous(adapters_dir: str | Path, persona_id: str, current: str | None) -> str:
+    """The version a rollback without ``to`` goes to: the one served before CURRENT.
+
+    The history is replayed as a stack of served versions: a promotion pushes, a rollback pops
+    back to its target, so rolling back twice steps back twice and never returns to a version
+    that was rolled back from. Without a usable history (pointers moved by hand), the newest
+    version whose name sorts before CURRENT's (names default to start times) and that the gate
+    did not refuse.
+    """
     if current is None:
         raise RolloutError(f"{persona_id} has no current version to roll back from")
-    served = set()
+    stack: list[str] = []
     for move in read_history(adapters_dir, persona_id):
-        if move.action in ("promote", "rollback"):
-            served.update(v for v in (move.from_version, move.to_version) if v)
-    complete = [v for v in list_versions(adapters_dir, persona_id) if v < current]
-    older = [v for v in complete if v in served]
-    if not older:  # no history of it: any older version the gate did not refuse
-        older = [
-            v for v in complete if (gate_record(adapters_dir, persona_id, v) or {}).get("verdict") != "refuse"
-        ]
+        if move.action not in ("promote", "rollback") or not move.to_version:
+            continue
+        if not stack and move.from_version:
+            stack.append(move.from_version)
+        if move.action == "rollback" and move.to_version in stack:
+            del stack[len(stack) - stack[::-1].index(move.to_version) :]
+        else:
+            stack.append(move.to_version)
+    complete = set(list_versions(adapters_dir, persona_id))
+    if stack and stack[-1] == current:
+        for version in reversed(stack[:-1]):
+            if version != current and version in complete:
+                return version
+    older = [
+        v
+        for v in sorted(complete)
+        if v < current
+        and (gate_record(adapters_dir, persona_id, v) or {}).get("verdict") != "refuse"
+        and v not in stack
+    ]
     if not older:
         raise RolloutError(
-            f"{persona_id} has no version older than {current} to roll back to (name one with --to)"
+            f"{persona_id} has no earlier version than {current} to roll back to (name one with --to)"
         )
     return older[-1]
