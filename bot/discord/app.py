@@ -25,6 +25,7 @@ from bot.chatflow.ratelimit import RateLimiter
 from bot.chatflow.replyflow import LogSpool, ReplyFlow
 from bot.config import Settings
 from bot.discord.api_base import apply_api_base_from_env
+from bot.discord.cogs.adapters import AdapterCommands
 from bot.discord.cogs.admin import Admin
 from bot.discord.cogs.chat import Chat
 from bot.discord.cogs.help import Help
@@ -220,6 +221,7 @@ class OshaberiClient:
             self.chat,
             review,
             Admin(self, store, flow, runtime, self.reviews),
+            AdapterCommands(self, store, runtime),
             Help(self, store, runtime),
         ):
             await self.add_cog(cog)

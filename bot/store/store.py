@@ -17,6 +17,7 @@ import json
 import time
 from typing import Any
 
+from bot.store.adapter_actions import AdapterAction, AdapterActionStore
 from bot.store.privacy import PrivacyStore
 from bot.store.rows import (
     DECISIONS,
@@ -41,6 +42,7 @@ __all__ = [
     "INTERACTIVE_READ_S",
     "ORIGINS",
     "STATUSES",
+    "AdapterAction",
     "Decision",
     "DecisionOutcome",
     "ExportRow",
@@ -64,7 +66,7 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(PrivacyStore):
+class Store(PrivacyStore, AdapterActionStore):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError
