@@ -3,7 +3,7 @@ style (魔理沙's 「…だぜ！」) and reject or correct replies in another 
 
 Rows are logged with the prompt the bot's renderer makes, the version that "wrote" them, and
 decided the way a moderator would; ids are consecutive from 1, so the held-out split
-(``trainer.heldout``: ids 13, 20, 25, 26, 27, 40, 54, 60, ... of the first 60) always holds
+(``bot.store.heldout``: ids 13, 20, 25, 26, 27, 40, 54, 60, ... of the first 60) always holds
 approvals, rejections and edits.
 """
 

@@ -8,10 +8,10 @@ import asyncio
 import json
 from pathlib import Path
 
+from bot.store.heldout import HELDOUT_SHARE, heldout_fraction, is_heldout
 from bot.store.store import LogEntry, Store
 from trainer.__main__ import main as trainer_main
 from trainer.export_reviews import export_reviews
-from trainer.heldout import HELDOUT_SHARE, heldout_fraction, is_heldout
 from trainer.preferences import export_preferences, heldout_lines, read_preferences
 
 

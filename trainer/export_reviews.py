@@ -5,7 +5,7 @@ returns a row in which an opted-out or forgotten user took part. The export is a
 complete (never appended to), so a user who opts out or asks to be forgotten drops out of
 the file at the next export, and the scheduler exports afresh before every training run.
 
-Rows of the held-out split (:mod:`trainer.heldout`) are left out: the promotion gate judges
+Rows of the held-out split (:mod:`bot.store.heldout`) are left out: the promotion gate judges
 candidates on them, so no adapter may learn them.
 
 Beside the JSONL, ``<file>.meta.json`` records when the export was taken; ``train`` copies
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.ops.filemode import respect_umask
+from bot.store.heldout import is_heldout
 from bot.store.store import ExportRow, Store, utc_now
 from personas.render import clean_text
 from trainer.convert.common import PERSONA_SPEAKER, USER_SPEAKER
-from trainer.heldout import is_heldout
 
 SOURCE = "reviews"
 

@@ -1,7 +1,7 @@
 """The promotion gate: a candidate version becomes CURRENT only if it is not worse than the
 version serving now, measured on reviewed data no version was trained on.
 
-The held-out split (:mod:`trainer.heldout`, a fixed tenth of review rows by log id, read from
+The held-out split (:mod:`bot.store.heldout`, a fixed tenth of review rows by log id, read from
 the store under today's privacy rules) gives four figures per version, all higher-is-better:
 
 * **approved log-likelihood**: the mean, over held-out approved replies and moderators'

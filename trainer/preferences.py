@@ -20,7 +20,7 @@ the reply and its log id. Privacy is the store's rule, enforced where data leave
 :meth:`~bot.store.privacy.PrivacyStore.decisions_for_export` goes through the same query as the
 approved-reply export and never returns a row in which an opted-out or forgotten user took part.
 Like that export, this one is always complete, never appended to, and leaves out the held-out
-rows (:mod:`trainer.heldout`) the gate judges on.
+rows (:mod:`bot.store.heldout`) the gate judges on.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.store.heldout import is_heldout
 from bot.store.store import ExportRow, Store, utc_now
 from personas.render import clean_text
 from trainer.export_reviews import write_atomic
-from trainer.heldout import is_heldout
 
 SOURCE = "reviews"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from bot.store.heldout import is_heldout
 from bot.store.rows import EXPORT_COLUMNS, ExportRow, ForgetResult, export_row, normalize_iso, utc_now
 from bot.store.sqlite_db import SqliteDatabase
 
@@ -43,6 +44,14 @@ class PrivacyStore(SqliteDatabase):
         """Every decided reply and every word-filter block (decided or not), for preference
         training, under exactly the rules of :meth:`approved_for_export`; oldest first."""
         return await self._exportable("(l.decision IS NOT NULL OR l.status = 'blocked')", persona_id)
+
+    async def count_preference_decisions(self, persona_id: str | None) -> int:
+        """How many contrasting decisions (rejections, edits, undecided word-filter blocks) a
+        persona has for the preference stage: exportable and outside the held-out split."""
+        rows = await self._exportable(
+            "(l.decision IN ('rejected', 'edited') OR (l.status = 'blocked' AND l.decision IS NULL))", persona_id
+        )
+        return sum(not is_heldout(r.log_id) for r in rows)
 
     async def _exportable(self, where: str, persona_id: str | None) -> list[ExportRow]:
         """The one path every training export takes: ``where`` (SQL on ``logs l``) narrowed to a

@@ -1,13 +1,13 @@
 """The held-out review rows: a fixed share of moderated replies that no training run ever sees.
 
-The promotion gate (:mod:`trainer.gate`) judges a candidate adapter on these rows only, so its
+The promotion gate (``trainer/gate.py``) judges a candidate adapter on these rows only, so its
 figures measure what a version does on decisions it never learned from. Which rows are held out
-depends on nothing but the row's log id (a hash, like the validation split of
-:func:`trainer.dataset.split_fraction`), so the split is the same on every machine, in every
+depends on nothing but the row's log id (a hash, like the trainer's validation split), so the split is the same on every machine, in every
 export and in every run, and a row never moves from one side to the other as the log grows.
 
 Both exports leave these rows out (``export-reviews`` and its ``--preferences`` file); the gate
-reads them from the store, under the same privacy rules.
+reads them from the store, under the same privacy rules. It lives beside the store because the
+bot counts decisions with it too (the scheduler's preference-stage threshold).
 """
 
 from __future__ import annotations
