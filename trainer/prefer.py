@@ -206,6 +206,9 @@ def prefer(
     trainer = (kto_cls if method == "kto" else dpo_cls)(
         model=model, args=args, train_dataset=Dataset.from_list(data.rows), processing_class=tokenizer
     )
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its dicts on stdout: the command prints its own summary
     t0 = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - t0
