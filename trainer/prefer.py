@@ -116,8 +116,10 @@ def load_lines(path: Path) -> list[dict[str, Any]]:
         raise DataError(str(exc)) from None
 
 
-def training_arguments(cfg: TrainConfig, method: str, out_dir: Path, device, **extra):
-    """TRL's KTOConfig / DPOConfig from the project's training config."""
+def training_arguments(cfg: TrainConfig, method: str, out_dir: Path, device, dtype=None, **extra):
+    """TRL's KTOConfig / DPOConfig from the project's training config; on CUDA, mixed precision
+    in the loaded model's compute dtype (bf16 or fp16, as QLoRA computes)."""
+    import torch
     from trl import DPOConfig, KTOConfig
 
     common = dict(
@@ -138,7 +140,8 @@ def training_arguments(cfg: TrainConfig, method: str, out_dir: Path, device, **e
         save_strategy="no",
         report_to=[],
         use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda",
+        bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        fp16=device.type == "cuda" and dtype == torch.float16,
         gradient_checkpointing=cfg.gradient_checkpointing == "on"
         or (cfg.gradient_checkpointing == "auto" and device.type == "cuda"),
         gradient_checkpointing_kwargs={"use_reentrant": False},
@@ -201,7 +204,7 @@ def prefer(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(model, str(start_path), is_trainable=True)
     run_dir = Path(cfg.runs_dir) / card.id / version
-    args = training_arguments(cfg, method, run_dir, loaded.device, **weights)
+    args = training_arguments(cfg, method, run_dir, loaded.device, loaded.dtype, **weights)
     kto_cls, dpo_cls = _trainer_classes()
     trainer = (kto_cls if method == "kto" else dpo_cls)(
         model=model, args=args, train_dataset=Dataset.from_list(data.rows), processing_class=tokenizer

@@ -44,6 +44,7 @@ def gate_and_report(
     1 refused or failed (the serving version untouched)."""
     import sqlite3
 
+    from bot.model.adapters import current_version
     from bot.model.loading import ModelLoadError
     from bot.model.rollout import RolloutError, cli_actor
     from bot.store.store import StoreError
@@ -51,6 +52,9 @@ def gate_and_report(
     from trainer.dataset import DataError
     from trainer.promotion import gate_and_promote
 
+    if current_version(settings.paths.adapters_dir, card.id) == version:
+        print(f"{prog}: {version} already is {card.id}'s current version; nothing to judge or move")
+        return 0
     if not 0.0 <= args.canary < 1.0:
         print(f"{prog}: --canary {args.canary}: give a share between 0 and 1, such as 0.1", file=sys.stderr)
         return 1
