@@ -136,3 +136,14 @@ def test_a_corrupt_candidate_is_one_line_and_nothing_moves(env, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 1 and "marisa has no version 'v-missing'" in err and err.count("\n") == 1
     assert current_version(adapters, "marisa") == "v-good" and list_versions(adapters, "marisa") == versions
+
+
+def test_empty_probe_answers_are_the_worst_style_not_a_missing_figure() -> None:
+    from trainer.gate import Figure, style_rate
+
+    markers = ["だぜ"]
+    assert style_rate(["", "  "], markers) == 0.0
+    assert style_rate(["元気だぜ。", "ふつう。"], markers) == 0.5
+    assert style_rate(["元気だぜ。"], []) is None
+    assert Figure("style_marker_rate", 0.5, style_rate(["", ""], markers), 0.1).ok is False
+    assert Figure("approved_loglik", -7.0, float("nan"), 0.1).ok is False  # a broken candidate fails

@@ -42,7 +42,7 @@ from bot.serving.local.engine import Engine
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig
-from trainer.dataset import DataError, ExampleEncoder
+from trainer.dataset import DataError, ExampleEncoder, collate
 from trainer.evaluate import (
     BASE,
     Target,
@@ -163,8 +163,6 @@ def completion_logliks(
     """Each completion's mean log-probability per token (nats) after its prompt, in order."""
     out: list[float] = []
     model.eval()
-    from trainer.dataset import collate
-
     with _no_grad():
         for part in chunks([e.example("gate") for e in items], batch_size):
             sums, counts = batch_nll(model, collate(part, pad_id), device, dtype)
@@ -198,7 +196,16 @@ class HeldOut:
         return cls(good, bad, pairs)
 
 
-def _likelihood_figures(scores: dict[str, dict[str, list[float]]], held: HeldOut) -> dict[str, Any]:
+def style_rate(replies: Sequence[str], markers: Sequence[str]) -> float | None:
+    """The probes' sentence style-marker rate; 0.0 for replies with no sentence at all (empty
+    answers are the worst style, not a missing figure), None only when the card has no markers."""
+    if not markers:
+        return None
+    rate = style_scores(replies, markers)["sentence_marker_rate"]
+    return 0.0 if rate is None else rate
+
+
+def _likelihood_figures(scores: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     figures = {}
     for label, s in scores.items():
         good, bad = _mean(s["good"]), _mean(s["bad"])
@@ -288,7 +295,7 @@ def judge(
                 "chosen": score([c for c, _ in held.pairs]),
                 "rejected": score([r for _, r in held.pairs]),
             }
-    figs = _likelihood_figures(scores, held)
+    figs = _likelihood_figures(scores)
     counts = {
         "approved_loglik": len(held.desirable),
         "margin_approved_rejected": min(len(held.desirable), len(held.undesirable)),
@@ -314,7 +321,7 @@ def judge(
         answers = generate_answers(
             engine, renderer, probes, [t.label if t.path else BASE_ADAPTER for t in targets], seed
         )
-        rates = [style_scores(a, card.style_markers)["sentence_marker_rate"] for a in answers]
+        rates = [style_rate(a, card.style_markers) for a in answers]
         style.serving, style.candidate = rates
     elif not card.style_markers:
         report.notes.append("the card lists no style_markers: no style figure")
