@@ -270,10 +270,17 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
         c for c in emu.calls if c.method == "PUT" and c.path.endswith(f"/guilds/{emu.guild_id}/commands")
     ]
     names = sorted(cmd["name"] for cmd in put.json)
-    assert names == ["forget", "help", "optin", "optout", "persona", "personas", "reload", "reset", "status"]
+    assert names == [
+        "adapter", "forget", "help", "optin", "optout", "persona", "personas", "reload", "reset", "status"
+    ]  # fmt: skip
+    adapter = next(cmd for cmd in put.json if cmd["name"] == "adapter")
+    assert int(adapter["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
+    assert sorted(o["name"] for o in adapter["options"]) == [
+        "canary-start", "canary-stop", "history", "promote", "rollback"
+    ]  # fmt: skip
     persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
     assert persona["options"][0]["autocomplete"] is True
     status = next(cmd for cmd in put.json if cmd["name"] == "status")
     assert int(status["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
     assert not (tmp_path / "unused.sqlite3").exists()  # sync touches no database
-    assert "synced 9 commands" in text
+    assert "synced 10 commands" in text
