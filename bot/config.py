@@ -62,6 +62,9 @@ class EngineSettings:
     vllm_adapters_dir: str = ""
     vllm_health_interval_s: float = 5.0
     vllm_connect_timeout_s: float = 5.0
+    # How often CURRENT/CANARY are checked for moves made by another process (trainer promote,
+    # rollback, canary); a persona whose pointers moved is reloaded. 0: never.
+    adapter_poll_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,12 @@ class ScheduleSettings:
     cron: str = "0 4 * * *"  # crontab fields: minute hour day month weekday
     min_new_approved: int = 50
     personas: tuple[str, ...] = ()  # empty: every persona
+    # After SFT, the preference stage (trainer prefer) runs when the persona has at least this
+    # many contrasting decisions (rejections, word-filter blocks, edits) outside the held-out split.
+    preference_method: str = "kto"  # kto | dpo | off
+    min_preference_decisions: int = 20
+    # 0: a candidate the gate passes becomes CURRENT; above 0 it serves this share as a canary.
+    canary_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +285,16 @@ def validate(settings: Settings) -> None:
             f"worker.scheduler (OSHABERI_WORKER__SCHEDULER): {settings.worker.scheduler!r} "
             "is not one of continuous, static"
         )
+    if settings.schedule.preference_method not in ("kto", "dpo", "off"):
+        raise ConfigError(
+            f"schedule.preference_method (OSHABERI_SCHEDULE__PREFERENCE_METHOD): "
+            f"{settings.schedule.preference_method!r} is not one of kto, dpo, off"
+        )
+    if settings.schedule.canary_share >= 1:
+        raise ConfigError(
+            f"schedule.canary_share (OSHABERI_SCHEDULE__CANARY_SHARE): {settings.schedule.canary_share!r} "
+            "must be below 1 (a share of requests; 0: promote directly)"
+        )
     e = settings.engine
     if e.backend not in BACKENDS:
         raise ConfigError(f"engine.backend: {e.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -312,6 +331,9 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("discord.review_poll_s", s.discord.review_poll_s, 0, False, " (seconds)"),
         ("discord.shutdown_grace_s", s.discord.shutdown_grace_s, 0, True, " (seconds)"),
         ("schedule.min_new_approved", s.schedule.min_new_approved, 0, True, " (0: every tick)"),
+        ("schedule.min_preference_decisions", s.schedule.min_preference_decisions, 1, True, ""),
+        ("schedule.canary_share", s.schedule.canary_share, 0, True, " (0: promote directly)"),
+        ("engine.adapter_poll_s", s.engine.adapter_poll_s, 0, True, " (seconds; 0: never)"),
         ("engine.vllm_health_interval_s", s.engine.vllm_health_interval_s, 0, False, " (seconds)"),
         ("engine.vllm_connect_timeout_s", s.engine.vllm_connect_timeout_s, 0, False, " (seconds)"),
     ]

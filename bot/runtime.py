@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bot.chatflow.service import ChatService
 from bot.config import Settings
+from bot.learning.pointer_watch import PointerWatch
 from bot.serving.backend import ServingBackend
 from personas.card import CardSet, load_cards
 
@@ -20,6 +21,8 @@ class Runtime:
     cards: CardSet
     backend: ServingBackend
     chat: ChatService
+    # Follows CURRENT/CANARY moves made by other processes (trainer promote/rollback/canary).
+    pointer_watch: PointerWatch | None = None
 
     @property
     def worker(self) -> ServingBackend:
@@ -47,7 +50,19 @@ class Runtime:
             from bot.serving.local.backend import LocalBackend
 
             backend = await LocalBackend.start(settings, cards)
-        return cls(settings, cards, backend, ChatService(cards, backend, backend.facts))
+        runtime = cls(settings, cards, backend, ChatService(cards, backend, backend.facts))
+        runtime.watch_pointers()
+        return runtime
+
+    def watch_pointers(self) -> None:
+        """Reload a persona within ``engine.adapter_poll_s`` seconds of a pointer move made
+        elsewhere (0: never); on the running event loop, stopped by :meth:`close`."""
+        interval = self.settings.engine.adapter_poll_s
+        if interval > 0 and self.pointer_watch is None:
+            self.pointer_watch = PointerWatch(
+                self.settings.paths.adapters_dir, self.cards.cards, self.backend.reload, interval
+            )
+            self.pointer_watch.start()
 
     async def reload(self, persona_id: str | None = None) -> list[str]:
         """Reload adapters from disk; returns one line per persona.
@@ -56,6 +71,8 @@ class Runtime:
         """
         for pid in [persona_id] if persona_id else []:
             self.cards.get(pid)
+        if self.pointer_watch is not None:
+            self.pointer_watch.mark(persona_id)  # this reload serves the pointers as they are now
         return await self.backend.reload(persona_id)
 
     def backend_problem(self) -> str | None:
@@ -66,4 +83,6 @@ class Runtime:
         return None
 
     async def close(self, drain_timeout: float = 30.0) -> None:
+        if self.pointer_watch is not None:
+            await self.pointer_watch.stop()
         await self.backend.stop(drain_timeout)

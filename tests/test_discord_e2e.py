@@ -276,18 +276,14 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
     ]
     names = sorted(cmd["name"] for cmd in put.json)
     assert names == [
-        "cast",
-        "forget",
-        "help",
-        "optin",
-        "optout",
-        "persona",
-        "personas",
-        "reload",
-        "reset",
-        "settings",
-        "status",
-    ]
+        "adapter", "cast", "forget", "help", "optin", "optout", "persona", "personas", "reload", "reset",
+        "settings", "status",
+    ]  # fmt: skip
+    adapter = next(cmd for cmd in put.json if cmd["name"] == "adapter")
+    assert int(adapter["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
+    assert sorted(o["name"] for o in adapter["options"]) == [
+        "canary-start", "canary-stop", "history", "promote", "rollback"
+    ]  # fmt: skip
     persona = next(cmd for cmd in put.json if cmd["name"] == "persona")
     assert persona["options"][0]["autocomplete"] is True
     cast = next(cmd for cmd in put.json if cmd["name"] == "cast")
@@ -295,4 +291,4 @@ async def test_sync_commands_is_an_explicit_cli_step(emu: DiscordEmulator, tmp_p
     status = next(cmd for cmd in put.json if cmd["name"] == "status")
     assert int(status["default_member_permissions"]) & discord.Permissions(manage_messages=True).value
     assert not (tmp_path / "unused.sqlite3").exists()  # sync touches no database
-    assert "synced 11 commands" in text
+    assert "synced 12 commands" in text

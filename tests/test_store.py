@@ -515,6 +515,7 @@ def _assert_distinct_export(row: ExportRow, item: ReviewItem) -> None:
         adapter_version="v7",
         decided_at=item.decided_at,
         params={"temperature": 0.5},
+        status="blocked",
     )
 
 

@@ -126,15 +126,19 @@ async def test_scheduler_retrains_in_a_subprocess_then_reloads(loop_env):
     async def on_failure(persona: str, message: str) -> None:
         failures.append((persona, message))
 
+    train_config = root / "fast-train.toml"
+    train_config.write_text("gate_probes = 0\nmax_length = 64\n", encoding="utf-8")
     retrainer = RetrainingSchedule(
         settings,
         on_new_version,
         on_failure,
         runs_dir=root / "runs",
+        train_config=train_config,
         extra_train_args=["--max-steps", "2", "--batch-size", "2", "--val-fraction", "0"],
     )
     [outcome] = await retrainer.run_once()
-    assert failures == [] and outcome.status == "trained", outcome.message
+    # too few contrasting decisions for the preference stage: SFT, then the gate, which passes it
+    assert failures == [] and outcome.status == "promoted", outcome.message
     assert reloaded == [("marisa", outcome.version)]
     assert current_version(settings.paths.adapters_dir, "marisa") == outcome.version
     exported = json.loads((root / "marisa-reviewed.jsonl.meta.json").read_text(encoding="utf-8"))
@@ -167,7 +171,8 @@ async def test_a_failed_scheduled_run_is_reported_and_keeps_the_adapter(loop_env
 
     [outcome] = await RetrainingSchedule(bad, never, on_failure, runs_dir=tmp_path / "runs").run_once()
     assert outcome.status == "failed"
-    assert failures and failures[0][0] == "marisa" and "previous adapter stays in use" in failures[0][1]
+    assert failures and failures[0][0] == "marisa" and "SFT failed (exit 1)" in failures[0][1]
+    assert "keeps serving" in failures[0][1] and "schedule.log" in failures[0][1]
     assert "no-such-model" in failures[0][1]  # the child's own error is in the report
     assert current_version(settings.paths.adapters_dir, "marisa") == before
 
@@ -177,9 +182,12 @@ async def test_a_reload_failure_is_reported(loop_env, random_adapters, monkeypat
     settings = replace(settings, schedule=replace(settings.schedule, min_new_approved=0))
     failures = []
 
-    async def fake_train(self, persona, version, log_path):
-        shutil.copytree(random_adapters["llama"]["marisa"], root / "adapters" / "marisa" / version)
-        set_current(root / "adapters", "marisa", version)
+    async def fake_run(self, command, log_path):
+        version = command[command.index("--version") + 1]
+        if "train" in command:
+            shutil.copytree(random_adapters["llama"]["marisa"], root / "adapters" / "marisa" / version)
+        elif "promote" in command:
+            set_current(root / "adapters", "marisa", version)
         return 0, ""
 
     async def broken_reload(persona: str, version: str) -> None:
@@ -188,7 +196,7 @@ async def test_a_reload_failure_is_reported(loop_env, random_adapters, monkeypat
     async def on_failure(persona: str, message: str) -> None:
         failures.append(message)
 
-    monkeypatch.setattr(RetrainingSchedule, "_train", fake_train)
+    monkeypatch.setattr(RetrainingSchedule, "_run", fake_run)
     retrainer = RetrainingSchedule(settings, broken_reload, on_failure, runs_dir=root / "runs")
     [outcome] = await retrainer.run_once()
     assert outcome.status == "failed" and "could not load it" in failures[0] and "shapes" in failures[0]

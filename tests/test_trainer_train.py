@@ -79,7 +79,7 @@ def env(tiny_llama, tmp_path_factory):
         save_every=100,
         runs_dir=str(root / "runs"),
     )
-    result = train(settings, CARD, cfg, version="v-ref", progress=False)
+    result = train(settings, CARD, cfg, version="v-ref", activate=True, progress=False)
     return root, settings, cfg, result
 
 
@@ -182,7 +182,8 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(env):
 
     result = train(settings, CARD, cfg, resume=find_resumable(cfg, "marisa", "last"), progress=False)
     assert result.version == "v-int" and result.metrics["steps"] == 30
-    assert current_version(settings.paths.adapters_dir, "marisa") == "v-int"
+    # published as a candidate: only the gate (or activate=True) moves CURRENT
+    assert current_version(settings.paths.adapters_dir, "marisa") == "v-ref" and not result.activated
     meta = json.loads((result.path / "metadata.json").read_text(encoding="utf-8"))
     assert meta["resumed_from_step"] == 13
 

@@ -25,7 +25,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.commands.train", "train a persona's LoRA adapter; saves a new adapter version"),
     "eval": ("trainer.commands.eval", "evaluate adapter versions: perplexity, style, probes, ranking"),
     "augment": ("trainer.commands.augment", "current adapter answers a question set; answers go to review"),
-    "export-reviews": ("trainer.commands.export_reviews", "export approved/edited replies as training JSONL"),
+    "prefer": (
+        "trainer.commands.prefer",
+        "refine an adapter on moderators' decisions (KTO or DPO); the gate decides on promotion",
+    ),
+    "promote": ("trainer.commands.promote", "judge a candidate with the promotion gate and make it current"),
+    "rollback": ("trainer.commands.rollback", "make an earlier adapter version current again"),
+    "canary": ("trainer.commands.canary", "serve a candidate to a share of requests (start/stop/history)"),
+    "export-reviews": (
+        "trainer.commands.export_reviews",
+        "export approved/edited replies as training JSONL (--preferences: every decision)",
+    ),
     "schedule": ("trainer.commands.schedule", "retrain personas with enough new approved replies (cron)"),
     "versions": (
         "trainer.commands.versions",

@@ -53,6 +53,17 @@ class TrainConfig:
     grad_accum: int = 4
     gradient_checkpointing: str = "auto"  # auto (on with CUDA) | on | off
     seed: int = 42
+    # -- preference stage (trainer prefer) ----------------------------------
+    # export-reviews --preferences output: approvals, rejections, blocks, edit pairs.
+    preferences: str = "{data_dir}/{persona}-preferences.jsonl"
+    beta: float = 0.1  # KTO/DPO: how far from the reference adapter the policy may move (TRL's beta)
+    prefer_learning_rate: float = 5e-5
+    prefer_epochs: int = 1  # passes over the preference data (max_steps, when set, wins)
+    # -- promotion gate: a candidate may trail the serving version by at most this much ---------
+    gate_loglik_tolerance: float = 0.1  # nats per token, mean log-likelihood of approved replies
+    gate_margin_tolerance: float = 0.1  # nats per token, approved minus rejected, edit minus original
+    gate_style_tolerance: float = 0.1  # share of probe-answer sentences with a style marker
+    gate_probes: int = 10  # probes the gate answers with each version (from the top of probes.txt); 0: none
     # -- bookkeeping --------------------------------------------------------
     eval_every: int = 50  # optimizer steps between validation passes
     save_every: int = 100  # optimizer steps between resumable checkpoints
@@ -94,6 +105,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         "save_every": config.save_every >= 1,
         "log_every": config.log_every >= 1,
         "reviewed_repeat": config.reviewed_repeat >= 0,
+        "beta": config.beta > 0,
+        "prefer_learning_rate": config.prefer_learning_rate > 0,
+        "prefer_epochs": config.prefer_epochs >= 1,
+        "gate_loglik_tolerance": config.gate_loglik_tolerance >= 0,
+        "gate_margin_tolerance": config.gate_margin_tolerance >= 0,
+        "gate_style_tolerance": 0 <= config.gate_style_tolerance <= 1,
+        "gate_probes": config.gate_probes >= 0,
     }
     for key, ok in checks.items():
         if not ok:

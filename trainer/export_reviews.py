@@ -7,6 +7,9 @@ that does not allow training (its ``/settings training``; by default on only for
 complete (never appended to), so a user who opts out or asks to be forgotten drops out of
 the file at the next export, and the scheduler exports afresh before every training run.
 
+Rows of the held-out split (:mod:`bot.store.heldout`) are left out: the promotion gate judges
+candidates on them, so no adapter may learn them.
+
 Beside the JSONL, ``<file>.meta.json`` records when the export was taken; ``train`` copies
 it into the adapter's metadata, and the scheduler counts approvals newer than it.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.ops.filemode import respect_umask
+from bot.store.heldout import is_heldout
 from bot.store.store import ExportRow, Store, utc_now
 from personas.render import clean_text
 from trainer.convert.common import PERSONA_SPEAKER, USER_SPEAKER
@@ -35,6 +39,7 @@ class ExportResult:
     skipped: int  # rows without a question or a reply
     exported_at: str
     held_back: int = 0  # approvals left out because their server does not allow training
+    heldout: int = 0  # rows kept back for the promotion gate
 
 
 def dialogue_line(row: ExportRow) -> dict:
@@ -59,7 +64,8 @@ def dialogue_line(row: ExportRow) -> dict:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) through a temp file and a rename: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -89,14 +95,23 @@ async def export_reviews(
         held_back = await store.count_held_back_by_servers(persona_id, listed_servers=listed_servers)
     finally:
         await store.close()
-    lines, skipped = [], 0
+    lines, skipped, heldout = [], 0, 0
     for row in rows:
+        if is_heldout(row.log_id):
+            heldout += 1
+            continue
         line = dialogue_line(row)
         if not all(turn["text"].strip() for turn in line["turns"]):  # e.g. only invisible characters
             skipped += 1
             continue
         lines.append(json.dumps(line, ensure_ascii=False))
-    _write_atomic(out, "".join(line + "\n" for line in lines))
-    meta = {"exported_at": exported_at, "persona": persona_id, "rows": len(lines), "database": str(database)}
-    _write_atomic(Path(f"{out}.meta.json"), json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
-    return ExportResult(out, len(lines), skipped, exported_at, held_back)
+    write_atomic(out, "".join(line + "\n" for line in lines))
+    meta = {
+        "exported_at": exported_at,
+        "persona": persona_id,
+        "rows": len(lines),
+        "heldout": heldout,
+        "database": str(database),
+    }
+    write_atomic(Path(f"{out}.meta.json"), json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    return ExportResult(out, len(lines), skipped, exported_at, held_back, heldout)

@@ -184,11 +184,14 @@ def train(
     *,
     resume: Path | None = None,
     version: str | None = None,
-    activate: bool = True,
+    activate: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train one adapter version for ``card``; see the module docstring for the guarantees.
+
+    The version is published as a candidate; ``activate`` moves CURRENT to it without the
+    promotion gate (the CLI never does: it runs :func:`trainer.promotion.gate_and_promote`).
 
     ``on_step(step)`` runs after every optimizer step (tests use it to interrupt a run).
     """

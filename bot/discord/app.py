@@ -26,6 +26,7 @@ from bot.chatflow.replyflow import LogSpool, ReplyFlow
 from bot.config import Settings
 from bot.discord.api_base import apply_api_base_from_env
 from bot.discord.cast_lookup import CastLookup
+from bot.discord.cogs.adapters import AdapterCommands
 from bot.discord.cogs.admin import Admin
 from bot.discord.cogs.cast import Cast
 from bot.discord.cogs.chat import Chat
@@ -240,6 +241,7 @@ class OshaberiClient:
             review,
             buttons,
             Admin(self, store, flow, runtime, self.reviews),
+            AdapterCommands(self, store, runtime),
             Help(self, store, runtime),
             ServerSettingsCog(self, runtime),
             ServerAccess(self, store),
@@ -263,21 +265,23 @@ class OshaberiClient:
         self.retrainer.start()
 
     async def load_trained_version(self, persona_id: str, version: str) -> None:
-        """Hot-reload a freshly trained adapter; an AdapterError goes back to the scheduler,
-        which reports it (the persona keeps its old adapter)."""
+        """Hot-reload a version the promotion gate passed (now CURRENT or a canary); an
+        AdapterError goes back to the scheduler, which reports it (the persona keeps its old adapter)."""
         assert self.runtime is not None  # retraining is only started with a runtime
         lines = await self.runtime.reload(persona_id)
         log.warning("scheduled training: %s now serves %s (%s)", persona_id, version, "; ".join(lines))
 
     async def report_training_failure(self, persona_id: str, message: str) -> None:
         """Tell the operator's moderators in ``discord.review_channel`` (the personas are the
-        operator's, not one server's); the log has it too."""
-        log.error("scheduled training of %s failed: %s", persona_id, message)
+        operator's, not one server's), in one line (a refused or failed candidate; the serving
+        version is untouched); the log has it too."""
+        log.error("scheduled training of %s: %s", persona_id, message)
         channel_id = self.settings.discord.review_channel
         channel = self.get_channel(channel_id) if channel_id else None
         if channel is None or not hasattr(channel, "send"):
             return
-        text = f"⚠️ Scheduled training of `{persona_id}` failed; it keeps its current adapter.\n```\n{message[-1700:]}\n```"
+        line = " ".join(message.split())  # one line, whatever the child printed
+        text = f"⚠️ Scheduled training of `{persona_id}`: {line}"[:1900]
         try:
             await channel.send(text, allowed_mentions=NO_PINGS)
         except discord.HTTPException as exc:

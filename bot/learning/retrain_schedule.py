@@ -1,9 +1,20 @@
 """Scheduled retraining: on a cron schedule, retrain each persona that gained enough newly
-approved replies, in a separate process, then tell the running bot to hot-reload it.
+approved replies, in separate processes, and let the promotion gate decide what serves.
 
-This is the bot-side half: it counts approvals, starts the training command as a child
-process and reloads the result. Only the child (``python -m trainer train --export-reviews``)
-loads the training code: it exports the approved replies, then trains.
+One tick, per persona with at least ``schedule.min_new_approved`` new approvals:
+
+1. **SFT**: ``python -m trainer train --export-reviews --no-activate`` exports the approved
+   replies and trains a candidate from them (CURRENT untouched);
+2. **preference stage**, when the persona has ``schedule.min_preference_decisions`` contrasting
+   decisions (rejections, blocks, edits) and ``schedule.preference_method`` is not ``off``:
+   ``python -m trainer prefer --export --from <SFT candidate> --no-activate`` refines it;
+3. **gate**: ``python -m trainer promote --version <candidate> [--canary SHARE]`` judges it on
+   the held-out reviews and makes it CURRENT (or a canary, with ``schedule.canary_share``);
+4. the bot reloads the persona. A refused or failed candidate posts one line to the review
+   channel (through ``on_failure``) and leaves the serving version alone.
+
+This is the bot-side half: it counts decisions, starts the trainer's commands as child
+processes and reloads the result; only the children load the training code.
 
 Why a subprocess: training takes minutes to hours and holds the GIL and the GPU's compute;
 in another process the bot's event loop and generation worker keep serving, and a crash
@@ -27,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Settings
-from bot.model.adapters import current_version, last_export_time, new_version_name, version_metadata
+from bot.model.adapters import current_version, last_export_time, list_versions, new_version_name, read_canary
+from bot.model.rollout import gate_record
 from bot.ops.cron import cron_trigger
 from bot.store.store import Store
 from personas.card import load_cards
@@ -42,7 +54,7 @@ LOG_TAIL_CHARS = 1500
 @dataclass(frozen=True)
 class Outcome:
     persona: str
-    status: str  # skipped | trained | failed
+    status: str  # skipped | promoted | canary | refused | failed
     new_approved: int
     version: str | None = None
     message: str = ""
@@ -154,6 +166,15 @@ class RetrainingSchedule:
         finally:
             await store.close()
 
+    async def _count_decisions(self, persona: str) -> int:
+        store = await Store.open(self.settings.paths.database)
+        try:
+            return await store.count_preference_decisions(
+                persona, listed_servers=self.settings.discord.allowed_servers
+            )
+        finally:
+            await store.close()
+
     async def _check(self, persona: str) -> Outcome:
         new = await self._count_new(persona)
         needed = self.settings.schedule.min_new_approved
@@ -161,53 +182,114 @@ class RetrainingSchedule:
             log.info("schedule: %s has %d new approved replies (needs %d)", persona, new, needed)
             return Outcome(persona, "skipped", new, message=f"{new} of {needed} new approved replies")
 
+        adapters = self.settings.paths.adapters_dir
+        serving = current_version(adapters, persona) or "the prompt-only persona"
         version = new_version_name()
-        run_dir = (self.runs_dir or self.default_runs_dir(persona)) / persona / version
+        log_path = (self.runs_dir or self.default_runs_dir(persona)) / persona / version / "schedule.log"
         log.info("schedule: %s has %d new approved replies; training %s", persona, new, version)
-        code, tail = await self._train(persona, version, run_dir / "schedule.log")
 
-        if code != 0 or current_version(self.settings.paths.adapters_dir, persona) != version:
-            message = f"training {version} failed (exit {code}); the previous adapter stays in use.\n{tail}"
-            await self._report_failure(persona, message.strip())
-            return Outcome(persona, "failed", new, version, message)
-        meta = version_metadata(self.settings.paths.adapters_dir, persona, version) or {}
-        reviewed = sum(
-            f.get("dialogues", 0)
-            for f in meta.get("data_files", [])
-            if isinstance(f, dict) and f.get("exported_at")
+        stages = [("SFT", version, self.train_command(persona, version))]
+        method = self.settings.schedule.preference_method
+        if method != "off":
+            decisions = await self._count_decisions(persona)
+            if decisions >= self.settings.schedule.min_preference_decisions:
+                stages.append(("the preference stage", f"{version}-{method}", []))
+            else:
+                log.info("schedule: %s has %d contrasting decisions: no preference stage", persona, decisions)
+        candidate = version
+        for stage, name, command in stages:
+            command = command or self.prefer_command(persona, method, candidate, name)
+            code, tail = await self._run(command, log_path)
+            if code != 0 or name not in list_versions(adapters, persona):
+                return await self._failed(
+                    persona, new, name, f"{stage} failed (exit {code})", tail, serving, log_path
+                )
+            candidate = name
+
+        code, tail = await self._run(self.promote_command(persona, candidate), log_path)
+        canary = read_canary(adapters, persona)
+        if current_version(adapters, persona) == candidate or (canary and canary.version == candidate):
+            status = "canary" if canary and canary.version == candidate else "promoted"
+            if self.on_new_version is not None:
+                error = await _log_hook_errors(
+                    f"reloading {persona}", self.on_new_version(persona, candidate)
+                )
+                if error:
+                    message = f"{candidate} passed the promotion gate, but the bot could not load it: {error}"
+                    await self._report_failure(persona, message)
+                    return Outcome(persona, "failed", new, candidate, message)
+            share = f" on {canary.share:.0%} of requests" if status == "canary" and canary else ""
+            return Outcome(persona, status, new, candidate, f"{candidate} {status}{share}")
+        record = gate_record(adapters, persona, candidate) or {}
+        if record.get("verdict") == "refuse":
+            worse = ", ".join(f["name"] for f in record.get("figures", []) if f.get("ok") is False)
+            message = (
+                f"candidate {candidate} was refused by the promotion gate (worse on {worse}); "
+                f"{serving} keeps serving. Details: python -m trainer promote --persona {persona} --version {candidate}"
+            )
+            await self._report_failure(persona, message)
+            return Outcome(persona, "refused", new, candidate, message)
+        return await self._failed(
+            persona, new, candidate, f"the promotion gate failed (exit {code})", tail, serving, log_path
         )
-        log.info("schedule: %s trained %s on %d reviewed dialogues", persona, version, reviewed)
-        if self.on_new_version is not None:
-            error = await _log_hook_errors(f"reloading {persona}", self.on_new_version(persona, version))
-            if error:
-                message = f"trained {version}, but the bot could not load it: {error}"
-                await self._report_failure(persona, message)
-                return Outcome(persona, "failed", new, version, message)
-        return Outcome(persona, "trained", new, version, f"{reviewed} reviewed dialogues")
+
+    async def _failed(
+        self, persona: str, new: int, version: str, what: str, tail: str, serving: str, log_path: Path
+    ) -> Outcome:
+        """Report a failed stage in one line: what failed, the child's last line, the log."""
+        last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+        message = f"training {version}: {what}: {last[:300]}; {serving} keeps serving. Log: {log_path}"
+        await self._report_failure(persona, message)
+        return Outcome(persona, "failed", new, version, message)
+
+    def _trainer(self) -> list[str]:
+        cmd = [self.python, "-m", "trainer"]
+        return cmd + (["--config", self.settings.source] if self.settings.source else [])
+
+    def _train_config_args(self) -> list[str]:
+        return ["--train-config", str(self.train_config)] if self.train_config is not None else []
 
     def train_command(self, persona: str, version: str) -> list[str]:
-        """The child's command line: ``train`` exports the persona's approved replies first."""
-        cmd = [self.python, "-m", "trainer"]
-        if self.settings.source:
-            cmd += ["--config", self.settings.source]
-        cmd += ["train", "--persona", persona, "--version", version, "--export-reviews", "--no-progress"]
-        if self.train_config is not None:
-            cmd += ["--train-config", str(self.train_config)]
+        """The SFT child: ``train`` exports the persona's approved replies first, and publishes a
+        candidate the gate judges later (``--no-activate``)."""
+        cmd = [*self._trainer(), "train", "--persona", persona, "--version", version, "--export-reviews"]
+        cmd += ["--no-activate", "--no-progress", *self._train_config_args()]
         if self.runs_dir is not None:
             cmd += ["--runs-dir", str(self.runs_dir)]
         return cmd + self.extra_train_args
 
-    async def _train(self, persona: str, version: str, log_path: Path) -> tuple[int, str]:
-        """Run ``train`` in a child process; its output goes to ``log_path``.
+    def prefer_command(self, persona: str, method: str, start: str, version: str) -> list[str]:
+        """The preference child: export every decision, refine ``start`` (its reference) into ``version``."""
+        cmd = [*self._trainer(), "prefer", "--persona", persona, "--method", method, "--export"]
+        cmd += ["--from", start, "--version", version, "--no-activate", *self._train_config_args()]
+        if self.runs_dir is not None:
+            cmd += ["--runs-dir", str(self.runs_dir)]
+        return cmd + self.extra_train_args
+
+    def promote_command(self, persona: str, version: str) -> list[str]:
+        """The gate's child: judge ``version`` and promote it (or start its canary)."""
+        cmd = [
+            *self._trainer(),
+            "promote",
+            "--persona",
+            persona,
+            "--version",
+            version,
+            *self._train_config_args(),
+        ]
+        share = self.settings.schedule.canary_share
+        return cmd + (["--canary", str(share)] if share > 0 else [])
+
+    async def _run(self, command: list[str], log_path: Path) -> tuple[int, str]:
+        """Run one trainer command as a child; its output is appended to ``log_path``.
 
         Returns the exit code and the log's last LOG_TAIL_CHARS characters."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as fh:
+        with open(log_path, "ab") as fh:
+            fh.write(("$ " + " ".join(command[1:]) + "\n").encode())
+            fh.flush()
             proc = await asyncio.create_subprocess_exec(
-                *self.train_command(persona, version),
-                stdout=fh,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
+                *command, stdout=fh, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL
             )
             try:
                 code = await proc.wait()

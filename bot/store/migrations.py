@@ -204,6 +204,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX reply_presses_user ON reply_presses (user_id)",
         ),
     ),
+    Migration(
+        6,
+        "moderators' adapter moves from Discord (promote, rollback, canary), each recorded once",
+        (
+            # One row per command: the interaction id is unique, so a command Discord delivers
+            # twice is carried out once; the outcome is written when the move is done.
+            """
+            CREATE TABLE adapter_actions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                interaction_id INTEGER NOT NULL UNIQUE,
+                created_at TEXT NOT NULL,
+                guild_id INTEGER,
+                channel_id INTEGER,
+                moderator_id INTEGER NOT NULL,
+                persona_id TEXT NOT NULL,
+                action TEXT NOT NULL,
+                requested_version TEXT,
+                forced INTEGER NOT NULL DEFAULT 0,
+                outcome TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (outcome IN ('pending', 'moved', 'unchanged', 'refused', 'failed')),
+                from_version TEXT,
+                to_version TEXT,
+                message TEXT,
+                finished_at TEXT
+            )
+            """,
+            "CREATE INDEX adapter_actions_persona ON adapter_actions (persona_id, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from bot.store.heldout import is_heldout
 from bot.store.rows import EXPORT_COLUMNS, ExportRow, ForgetResult, export_row, normalize_iso, utc_now
 from bot.store.sqlite_db import SqliteDatabase
 
@@ -52,28 +53,48 @@ def training_allowed(listed_servers: Collection[int]) -> tuple[str, list[Any]]:
     return sql, [*listed, *listed]
 
 
+APPROVED = "l.decision IN ('approved', 'edited')"
+
+
 class PrivacyStore(SqliteDatabase):
     """The export and privacy half of :class:`bot.store.store.Store` (same database, same connections)."""
 
     # -- export --------------------------------------------------------------------------------
+    # ``listed_servers`` is ``discord.allowed_servers`` everywhere below (see training_allowed).
 
     async def approved_for_export(
         self, persona_id: str | None = None, *, listed_servers: Collection[int] = ()
     ) -> list[ExportRow]:
         """Approved and edited replies for training: never with an opted-out or forgotten user in
-        them, never from a server that does not allow training (``listed_servers``:
-        ``discord.allowed_servers``, see :func:`training_allowed`)."""
-        where, params = self._exportable(persona_id, listed_servers)
-        rows = await self._fetchall(
-            f"SELECT {EXPORT_COLUMNS} FROM logs l WHERE {where} ORDER BY l.id", params
+        them, never from a server that does not allow training."""
+        return await self._exportable(APPROVED, persona_id, listed_servers)
+
+    async def decisions_for_export(
+        self, persona_id: str | None = None, *, listed_servers: Collection[int] = ()
+    ) -> list[ExportRow]:
+        """Every decided reply and every word-filter block (decided or not), for preference
+        training, under exactly the rules of :meth:`approved_for_export`; oldest first."""
+        return await self._exportable(
+            "(l.decision IS NOT NULL OR l.status = 'blocked')", persona_id, listed_servers
         )
-        return [export_row(r) for r in rows]
+
+    async def count_preference_decisions(
+        self, persona_id: str | None, *, listed_servers: Collection[int] = ()
+    ) -> int:
+        """How many contrasting decisions (rejections, edits, undecided word-filter blocks) a
+        persona has for the preference stage: exportable and outside the held-out split."""
+        rows = await self._exportable(
+            "(l.decision IN ('rejected', 'edited') OR (l.status = 'blocked' AND l.decision IS NULL))",
+            persona_id,
+            listed_servers,
+        )
+        return sum(not is_heldout(r.log_id) for r in rows)
 
     async def count_approved_since(
         self, persona_id: str | None, since_iso: str | None, *, listed_servers: Collection[int] = ()
     ) -> int:
         """How many exportable approvals a persona gained after ``since_iso`` (all of them if None)."""
-        where, params = self._exportable(persona_id, listed_servers)
+        where, params = self._exportable_where(APPROVED, persona_id, listed_servers)
         if since_iso:
             where += " AND l.decided_at > ?"
             params.append(normalize_iso(since_iso))
@@ -86,7 +107,7 @@ class PrivacyStore(SqliteDatabase):
         """Approvals an export leaves out only because their server does not allow training (so
         ``export-reviews`` can say why a file is shorter than the approvals moderators made)."""
         allowed, allowed_params = training_allowed(listed_servers)
-        where = f"l.decision IN ('approved', 'edited') AND {_PRIVACY_EXCLUSION} AND NOT {allowed}"
+        where = f"{APPROVED} AND {_PRIVACY_EXCLUSION} AND NOT {allowed}"
         params: list[Any] = list(allowed_params)
         if persona_id is not None:
             where += " AND l.persona_id = ?"
@@ -94,15 +115,30 @@ class PrivacyStore(SqliteDatabase):
         row = await self._fetchone(f"SELECT COUNT(*) FROM logs l WHERE {where}", params)
         return int(row[0])
 
+    async def _exportable(
+        self, where: str, persona_id: str | None, listed_servers: Collection[int]
+    ) -> list[ExportRow]:
+        """The one path every training export takes (see :meth:`_exportable_where`)."""
+        where, params = self._exportable_where(where, persona_id, listed_servers)
+        rows = await self._fetchall(
+            f"SELECT {EXPORT_COLUMNS} FROM logs l WHERE {where} ORDER BY l.id", params
+        )
+        return [export_row(r) for r in rows]
+
     @staticmethod
-    def _exportable(persona_id: str | None, listed_servers: Collection[int]) -> tuple[str, list[Any]]:
-        allowed, params = training_allowed(listed_servers)
-        where = f"l.decision IN ('approved', 'edited') AND {_PRIVACY_EXCLUSION} AND {allowed}"
-        params = list(params)
+    def _exportable_where(
+        where: str, persona_id: str | None, listed_servers: Collection[int]
+    ) -> tuple[str, list[Any]]:
+        """``where`` (SQL on ``logs l``) narrowed to a persona and to rows no privacy rule
+        withholds and whose server allows training. Returns (sql, params). A new rule goes here
+        and so reaches every export and every count at once."""
+        allowed, allowed_params = training_allowed(listed_servers)
+        sql = f"{where} AND {_PRIVACY_EXCLUSION} AND {allowed}"
+        params: list[Any] = list(allowed_params)
         if persona_id is not None:
-            where += " AND l.persona_id = ?"
+            sql += " AND l.persona_id = ?"
             params.append(persona_id)
-        return where, params
+        return sql, params
 
     # -- privacy -------------------------------------------------------------------------------
 

@@ -129,8 +129,9 @@ class ExportRow:
     prompt: str
     origin: str
     adapter_version: str | None
-    decided_at: str
+    decided_at: str | None  # None for a word-filter block no moderator decided on
     params: dict[str, Any]
+    status: str  # pending | blocked (the word filter held the reply back)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+from bot.store.adapter_actions import AdapterAction, AdapterActionStore
 from bot.store.casts import CastStore
 from bot.store.decision_stats import DecisionStats, VersionDecisions
 from bot.store.privacy import PrivacyStore
@@ -46,6 +47,7 @@ __all__ = [
     "INTERACTIVE_READ_S",
     "ORIGINS",
     "STATUSES",
+    "AdapterAction",
     "Decision",
     "DecisionOutcome",
     "ExportRow",
@@ -70,7 +72,7 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(ServerSettingsStore, PrivacyStore, DecisionStats, CastStore, ReplyPressStore):
+class Store(ServerSettingsStore, PrivacyStore, DecisionStats, CastStore, ReplyPressStore, AdapterActionStore):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError

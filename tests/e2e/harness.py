@@ -58,6 +58,7 @@ class BotConfig:
     stream_edit_interval_s: float = 1.5
     backend: str = "local"
     vllm_urls: tuple[str, ...] = ()
+    adapter_poll_s: float = 3.0  # how soon a pointer moved by the trainer CLI is served
 
     def toml(self, personas_dir: Path) -> str:
         channels = ", ".join(str(c) for c in self.allowed_channels)
@@ -97,10 +98,11 @@ class BotConfig:
         )
 
     def _engine_toml(self) -> list[str]:
+        lines = ["[engine]", f"adapter_poll_s = {float(self.adapter_poll_s)}"]
         if self.backend == "local":
-            return []
+            return [*lines, ""]
         urls = ", ".join(_toml_str(u) for u in self.vllm_urls)
-        return ["[engine]", f"backend = {_toml_str(self.backend)}", f"vllm_urls = [{urls}]", ""]
+        return [*lines, f"backend = {_toml_str(self.backend)}", f"vllm_urls = [{urls}]", ""]
 
 
 def _toml_str(value: str) -> str:

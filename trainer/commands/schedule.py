@@ -67,8 +67,9 @@ def print_next(line: str, count: int, start: datetime | None = None) -> None:
 
 
 async def _report_new(persona: str, version: str) -> None:
-    # Standalone there is no engine to reload; the bot picks CURRENT up on /reload or restart.
-    print(f"{persona}: new adapter version {version} is current (reload the bot to use it)", flush=True)
+    # Standalone there is no engine to reload; a running bot sees the pointer move by itself
+    # (engine.adapter_poll_s).
+    print(f"{persona}: {version} passed the promotion gate and now serves", flush=True)
 
 
 async def _report_failure(persona: str, message: str) -> None:

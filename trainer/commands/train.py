@@ -1,4 +1,5 @@
-"""``train --persona ID``: train a new adapter version and make it the persona's current one."""
+"""``train --persona ID``: train a new adapter version, publish it as a candidate, and make it the
+persona's current one if the promotion gate finds it not worse than the serving version."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer.commands.gating import add_gate_arguments, gate_and_report
 from trainer.config import add_override_arguments, overrides_from_args
 
 if TYPE_CHECKING:
@@ -28,17 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue an interrupted run: 'last', its version name, or its runs/ folder",
     )
     parser.add_argument("--version", help="name for the new version (default: the UTC start time)")
-    parser.add_argument(
-        "--no-activate",
-        action="store_true",
-        help="save the version but leave the persona's CURRENT pointer where it is",
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument(
         "--export-reviews",
         action="store_true",
         help="first export the persona's approved/edited replies to the reviewed file (what the scheduler runs)",
     )
+    add_gate_arguments(parser)
     add_override_arguments(parser)
 
 
@@ -70,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             cfg,
             resume=resume,
             version=args.version,
-            activate=not args.no_activate,
+            activate=False,  # a candidate: the gate below decides
             progress=not args.no_progress,
         )
     except TrainingInterrupted as exc:
@@ -95,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{result.persona}: adapter version {result.version} saved to {result.path}")
     print(f"  steps {m['steps']}, validation loss {val}, {m['train_seconds']} s")
-    print("  now current" if result.activated else "  not activated (--no-activate)")
-    return 0
+    if args.no_activate:
+        print(
+            f"  a candidate, not judged (--no-activate): python -m trainer promote --persona {card.id} --version {result.version}"
+        )
+        return 0
+    return gate_and_report(settings, card, cfg, result.version, args, "train")
 
 
 def _export_reviews(settings: Settings, persona_id: str, cfg: TrainConfig) -> TrainConfig:
