@@ -16,6 +16,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(autouse=True)
+def _no_developer_env_file(monkeypatch, tmp_path_factory):
+    """The entry points read .env of the working directory; in-process tests run them from the
+    checkout, where a developer may keep a real .env. Point them at a file that is not there."""
+    import bot.ops.startup
+
+    monkeypatch.setattr(bot.ops.startup, "ENV_FILE", tmp_path_factory.getbasetemp() / "no-such-dir" / ".env")
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny model folder per architecture."""
