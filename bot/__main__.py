@@ -25,10 +25,10 @@ from bot.config import ConfigError, Settings, discord_token, load_settings, vali
 from bot.ops.commandline import HelpFormatter, module_command
 from bot.ops.quiet import quiet_libraries
 from bot.ops.startup import check_paths, describe_sources, load_env_file
+from bot.ops.startup import log as startup_log
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
-startup_log = logging.getLogger("bot.ops.startup")
 malloc_setting: str | None = None  # what bot/ops/allocator.py did, when run as ``python -m bot``
 
 

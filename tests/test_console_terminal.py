@@ -68,14 +68,22 @@ class Terminal:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
-def test_arrow_keys_edit_the_line_and_an_empty_enter_is_ignored(tiny_neox):
+def test_arrow_keys_edit_the_line_and_an_empty_enter_is_ignored(tiny_neox, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OSHABERI_CONFIG": "", "DISCORD_TOKEN": "", "TERM": "xterm"}
     env["PYTHONPATH"] = str(ROOT)
+    env["OSHABERI_ADAPTERS_DIR"] = str(tmp_path)  # no trained adapter: prompt-only, as in the docs
     term = Terminal(
         [sys.executable, "-m", "bot", "chat", "--model", str(tiny_neox), "--persona", "marisa"], env
     )
     try:
-        term.expect("marisa> ")
+        shown = term.expect("marisa> ")
+        # docs/console.md shows the banner the console prints.
+        [banner] = [
+            line
+            for line in (ROOT / "docs" / "console.md").read_text("utf-8").splitlines()
+            if line.startswith("talking with")
+        ]
+        assert banner in shown, shown
         term.type("\r")  # Enter on an empty line
         after_empty = term.expect("marisa> ")
         assert "error" not in after_empty

@@ -8,10 +8,14 @@ entry points read the same file the same way, so a setting in ``.env`` means the
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, origin
+
+# The entry points log the start-up line and the path warnings here.
+log = logging.getLogger(__name__)
 
 # The working directory's .env, as Compose reads the repository root's ../.env; tests point it
 # elsewhere so that a developer's own .env never leaks into them.
