@@ -167,3 +167,17 @@ def test_hints_name_the_interpreter_as_it_can_be_typed_here(tmp_path, monkeypatc
     assert commandline.python_command() == str(venv_python)
     monkeypatch.setenv("PATH", f"{venv_python.parent}:/usr/bin:/bin")  # activated: plain python
     assert commandline.python_command() == "python"
+
+
+def test_paths_in_trainer_messages_are_absolute(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "d.txt").write_text("ユーザー: おはよう\n魔理沙: おう\n", encoding="utf-8")
+    assert (
+        main(
+            ["prepare", "--format", "script", "raw", "-o", "data/marisa.jsonl", "--persona-speaker", "魔理沙"]
+        )
+        == 0
+    )
+    assert f"wrote {tmp_path / 'data' / 'marisa.jsonl'}" in capsys.readouterr().out

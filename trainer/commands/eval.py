@@ -140,5 +140,5 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
     out.with_suffix(".txt").write_text(table + "\n", encoding="utf-8")
     print(table)
-    print(f"\nwrote {out} and {out.with_suffix('.txt')}")
+    print(f"\nwrote {out.absolute()} and {out.absolute().with_suffix('.txt')}")
     return 0

@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fetch: {exc}", file=sys.stderr)
         return 1
     if result.size:
-        print(f"downloaded {result.size:,} bytes to {result.path}")
+        print(f"downloaded {result.size:,} bytes to {result.path.absolute()}")
     else:
-        print(f"{result.path} is already there (use --force to download it again)")
+        print(f"{result.path.absolute()} is already there (use --force to download it again)")
     if result.extracted:
-        print(f"extracted {len(result.extracted)} files into {result.path.parent}")
+        print(f"extracted {len(result.extracted)} files into {result.path.parent.absolute()}")
     print(f"note: {dataset.note}")
     return 0

@@ -149,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
     if opts.persona_speaker and report.unmatched_speakers and not report.kept:
         print(_speaker_hint(opts.persona_speaker, report.unmatched_speakers), file=sys.stderr)
     if not report.kept:
-        print(f"prepare: no dialogue kept; {args.output} was not written", file=sys.stderr)
+        print(f"prepare: no dialogue kept; {args.output.absolute()} was not written", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output.absolute()}")
     if speakers and "persona_speaker" in FORMATS[args.format].OPTIONS:
         # Without it `train` finds persona turns only under the speakers its config names.
         common = ", ".join(f"{name} ({count} turns)" for name, count in speakers.most_common(5))

@@ -22,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from trainer.tiny import build_tiny_model
 
     out = build_tiny_model(args.out_dir, args.arch, args.seed)
-    print(f"wrote a tiny {args.arch} model to {out}")
+    print(f"wrote a tiny {args.arch} model to {Path(out).absolute()}")
     print(f"try it: OSHABERI_MODEL={out} {module_command('bot chat')}")
     return 0
