@@ -24,7 +24,7 @@ from pathlib import Path
 from bot.config import ConfigError, Settings, discord_token, load_settings, validate
 from bot.ops.commandline import HelpFormatter, module_command
 from bot.ops.quiet import quiet_libraries
-from bot.ops.startup import check_paths, describe_sources, load_env_file
+from bot.ops.startup import check_paths, describe_sources, load_env_file, too_late
 from bot.ops.startup import log as startup_log
 from personas.card import UnknownPersonaError
 
@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_libraries(verbose)
+    for warning in too_late(from_env_file):
+        startup_log.warning("%s", warning)
     if malloc_setting is not None:
         log.info("%s", malloc_setting)
     if not verbose:

@@ -322,3 +322,11 @@ def test_a_negative_discord_id_is_refused(tmp_path, key, source):
     assert str(caught.value).startswith(f"discord.{key} ({where}): -5 is not a Discord id")
     config.write_text(f"[discord]\n{key} = 0\n", encoding="utf-8")
     assert getattr(load_settings(config, environ={}).discord, key) == 0  # 0: switched off
+
+
+def test_a_variable_env_sets_too_late_to_act_on_is_named():
+    from bot.ops.startup import too_late
+
+    warnings = too_late(["HF_HOME", "MALLOC_ARENA_MAX", "OSHABERI_MODEL", "PYTHONHASHSEED", "LD_PRELOAD"])
+    assert [w.split()[0] for w in warnings] == ["MALLOC_ARENA_MAX", "PYTHONHASHSEED", "LD_PRELOAD"]
+    assert all("has no effect here" in w and "export it in the shell" in w for w in warnings)

@@ -20,7 +20,8 @@ import sys
 
 from bot.ops.commandline import HelpFormatter, module_command
 from bot.ops.quiet import quiet_libraries
-from bot.ops.startup import load_env_file
+from bot.ops.startup import load_env_file, too_late
+from bot.ops.startup import log as startup_log
 
 # command name -> (module, one-line help), in the order an operator uses them. Each module
 # (trainer/commands/<name>.py) has add_arguments(parser) and run(args) -> int, and is imported
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
     quiet_libraries(args.verbose)
+    for warning in too_late(from_env_file):
+        startup_log.warning("%s", warning)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:

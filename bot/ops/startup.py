@@ -16,6 +16,9 @@ from bot.config import ConfigError, Settings, origin
 
 # The entry points log the start-up line and the path warnings here.
 log = logging.getLogger(__name__)
+# Read by the C library or the interpreter before any Python runs: set from .env they come too
+# late (Compose sets them before the container's process starts, so there they work).
+PROCESS_START_ONLY = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHON")
 
 # The working directory's .env, as Compose reads the repository root's ../.env; tests point it
 # elsewhere so that a developer's own .env never leaks into them.
@@ -39,6 +42,16 @@ def load_env_file(path: Path | None = None) -> list[str]:
             os.environ[name] = value
             added.append(name)
     return sorted(added)
+
+
+def too_late(from_env_file: list[str]) -> list[str]:
+    """A warning for each variable ``.env`` set that this process can no longer act on."""
+    return [
+        f"{name} in {ENV_FILE.absolute()} has no effect here: it is read when a process starts, "
+        "before .env is; export it in the shell (Docker Compose passes it in time)"
+        for name in from_env_file
+        if name.startswith(PROCESS_START_ONLY)
+    ]
 
 
 def describe_sources(settings: Settings, from_env_file: list[str]) -> str:
