@@ -72,12 +72,26 @@ def test_a_gpu_number_the_host_lacks_is_one_line(monkeypatch):
     )
 
 
-@pytest.mark.parametrize("program", [["bot", "chat"], ["trainer", "train", "--persona", "marisa"]])
-def test_a_bad_device_stops_the_bot_and_the_trainer_in_one_line(tmp_path, program):
-    result = run_entry_point(program, tmp_path, {"OSHABERI_DEVICE": "cuda:x"})
+def test_a_bad_device_stops_the_bot_in_one_line(tmp_path):
+    result = run_entry_point(["bot", "chat"], tmp_path, {"OSHABERI_DEVICE": "cuda:x"})
     lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1 and "model.device (OSHABERI_DEVICE): 'cuda:x' is not a device" in lines[0]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines == [
+        "error: model.device (OSHABERI_DEVICE): 'cuda:x' is not a device: auto, cpu, cuda, "
+        "or cuda:N with N the GPU's number (cuda:0, cuda:1, …)"
+    ]
+
+
+def test_a_bad_device_stops_the_trainer_in_one_line(tmp_path, monkeypatch, capsys):
+    from trainer.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OSHABERI_DEVICE", "cuda:x")
+    assert main(["train", "--persona", "marisa"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "train: model.device (OSHABERI_DEVICE): 'cuda:x' is not a device"
+    )
 
 
 # -- 4. .env, as Docker Compose reads it -----------------------------------------------------------
@@ -103,7 +117,8 @@ def test_every_line_of_env_is_read_and_the_environment_wins(tmp_path, monkeypatc
     assert "OSHABERI_MODEL" in line and "abc.def" not in line  # names, never values
 
 
-def test_the_bot_uses_a_setting_it_finds_only_in_env(tmp_path):
+def test_the_bot_uses_a_setting_it_finds_only_in_env_and_says_where_paths_point(tmp_path):
+    """One start from a folder that is not the checkout: OSHABERI_MODEL only in .env, no adapters."""
     (tmp_path / ".env").write_text("OSHABERI_MODEL=models/tiyn\n", encoding="utf-8")
     (tmp_path / "models").mkdir()
     result = run_entry_point(["bot", "chat"], tmp_path)
@@ -112,17 +127,30 @@ def test_the_bot_uses_a_setting_it_finds_only_in_env(tmp_path):
     # The value from .env is the one used, and the message names where it was set.
     assert error.startswith("error: model folder 'models/tiyn' does not exist"), error
     assert "set OSHABERI_MODEL to" in error
-    assert f"{tmp_path / '.env'} (OSHABERI_MODEL)" in result.stderr  # said at start-up
+    # Said at start-up: what .env set, and the base of relative paths...
+    assert f"{tmp_path / '.env'} (OSHABERI_MODEL)" in result.stderr
+    assert f"relative paths are relative to the working directory {tmp_path}" in result.stderr
+    # ...and that the adapters folder is not there, so every persona is prompt-only.
+    [warning] = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert (
+        f"paths.adapters_dir (OSHABERI_ADAPTERS_DIR): {tmp_path / 'adapters'} does not exist, so no "
+        "persona has a trained adapter and each answers prompt-only"
+    ) in warning
 
 
-def test_the_trainer_reads_env_too(tmp_path):
+def test_the_trainer_reads_env_too(tmp_path, monkeypatch, capsys):
+    import bot.ops.startup
+    from trainer.__main__ import main
+
     (tmp_path / ".env").write_text("OSHABERI_PATHS__PERSONAS_DIR=cards\n", encoding="utf-8")
-    result = run_entry_point(["trainer", "eval", "--persona", "marisa"], tmp_path)
-    assert result.returncode == 1
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bot.ops.startup, "ENV_FILE", tmp_path / ".env")
+    monkeypatch.setenv("OSHABERI_PATHS__PERSONAS_DIR", "")  # so that the variable .env sets is undone after
+    monkeypatch.delenv("OSHABERI_PATHS__PERSONAS_DIR")
+    assert main(["eval", "--persona", "marisa"]) == 1
     assert (
         f"paths.personas_dir (OSHABERI_PATHS__PERSONAS_DIR): the folder {tmp_path / 'cards'} does not exist"
-        in (result.stderr)
-    )
+    ) in capsys.readouterr().err
 
 
 def test_compose_passes_the_same_env_file_the_entry_points_read():
@@ -203,17 +231,6 @@ def test_relative_paths_are_made_absolute_against_the_working_directory(tmp_path
     assert settings.paths.personas_dir == "" and settings.chat.blocked_words_file == ""  # shipped ones
     home = load_settings(environ={"OSHABERI_ADAPTERS_DIR": "~/ad"}, base=tmp_path).paths.adapters_dir
     assert home == str(Path.home() / "ad")
-
-
-def test_started_elsewhere_the_bot_says_where_paths_point_and_that_adapters_are_missing(tmp_path):
-    result = run_entry_point(["bot", "chat"], tmp_path, {"OSHABERI_MODEL": "models/none"})
-    assert result.returncode == 2
-    assert f"relative paths are relative to the working directory {tmp_path}" in result.stderr
-    [warning] = [line for line in result.stderr.splitlines() if "WARNING" in line]
-    assert (
-        f"paths.adapters_dir (OSHABERI_ADAPTERS_DIR): {tmp_path / 'adapters'} does not exist, so no "
-        "persona has a trained adapter and each answers prompt-only"
-    ) in warning
 
 
 def test_missing_files_and_folders_the_settings_name(tmp_path):
