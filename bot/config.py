@@ -262,7 +262,8 @@ def load_settings(
     settings = Settings(source=str(config_path.absolute()) if raw else "")
     origins: dict[str, str] = {}
     sections = section_names()
-    if "token" in {k.lower() for table in raw.values() if isinstance(table, dict) for k in table}:
+    keys = {k.lower() for table in raw.values() if isinstance(table, dict) for k in table}
+    if "token" in keys | {k.lower() for k, v in raw.items() if not isinstance(v, dict)}:
         raise ConfigError(
             f"{config_path}: the Discord token may not be in the config file; set DISCORD_TOKEN"
         )

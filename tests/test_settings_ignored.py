@@ -317,6 +317,7 @@ def test_a_missing_model_folder_names_where_it_was_set(tmp_path, how, expected):
         ("foo = 1\n", "key 'foo' is not inside a [section] (sections: model, engine, worker, paths"),
         ('model = "x"\n', "[model] must be a table"),
         ("[modle]\n", "unknown section [modle]; did you mean [model]?"),
+        ('token = "abc"\n', "the Discord token may not be in the config file; set DISCORD_TOKEN"),
     ],
 )
 def test_a_key_outside_every_section_is_named_as_a_key(tmp_path, text, message):
