@@ -7,7 +7,7 @@
     python -m benchmarks.load --backend vllm --vllm-url http://127.0.0.1:8000 --workdir bench-model
                                       # the same arrivals through a vLLM server (docs/vllm.md)
 
-The CPU shape of issue 8: GPT-NeoX 12 layers x 768 with random weights, 4 personas each with
+The CPU shape (docs/serving.md): GPT-NeoX 12 layers x 768 with random weights, 4 personas each with
 an r=8 adapter, 48-token prompts, 32 forced new tokens, greedy, ``max_batch_size`` 8.
 
 First it measures one request alone (``single_latency_s``) and the capacity (requests per

@@ -1,10 +1,10 @@
-"""``python -m bot``: the Discord bot when DISCORD_TOKEN is set, else the console chat.
+"""The Discord bot when DISCORD_TOKEN is set (in the environment or .env), else the console chat.
 
-python -m bot                       # Discord if a token is set, else console chat
-python -m bot chat [--persona ID] [--model HUB_ID_OR_DIR]
-python -m bot chat --backend vllm --vllm-url http://HOST:8000   # generate on vLLM servers
-python -m bot run                   # Discord only; fails without a token
-python -m bot sync-commands [--guild ID]   # register the slash commands (an explicit step)
+Without a command: Discord if a token is set, else the console chat with the default persona.
+  chat            the console chat; with --backend vllm --vllm-url URL it generates on vLLM servers
+  run             Discord only: stops with one line when no token is set
+  sync-commands   register the slash commands (once, and after an upgrade; --guild ID: at once)
+docs/operations.md lists the start-up errors and what to do about each.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, discord_token, load_settings, validate
+from bot.ops.commandline import HelpFormatter, module_command
 from bot.ops.quiet import quiet_libraries
+from bot.ops.startup import check_paths, describe_sources, load_env_file, too_late
+from bot.ops.startup import log as startup_log
 from personas.card import UnknownPersonaError
 
 log = logging.getLogger("bot")
@@ -36,45 +39,64 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config",
         default=argparse.SUPPRESS,
+        metavar="FILE",
         help="config TOML (default: oshaberi.toml, or $OSHABERI_CONFIG)",
     )
     common.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help="base model: a hub id or a local folder (overrides the config)",
+        metavar="HUB_ID_OR_DIR",
+        help="base model: a hub id or a local folder (default: model.base_model, or $OSHABERI_MODEL)",
     )
     common.add_argument(
         "--backend",
         choices=("local", "vllm"),
         default=argparse.SUPPRESS,
-        help="serving backend: the in-process engine or vLLM servers (overrides engine.backend)",
+        help="serving backend: the in-process engine or vLLM servers (default: engine.backend, local)",
     )
     common.add_argument(
         "--vllm-url",
         action="append",
         default=argparse.SUPPRESS,
         metavar="URL",
-        help="a vLLM server's base URL; repeat for several (overrides engine.vllm_urls)",
+        help="a vLLM server's base URL; repeat for several (default: engine.vllm_urls, none)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logs and library notices",
+    )
     parser = argparse.ArgumentParser(
-        prog="python -m bot",
+        prog=module_command("bot"),
         description=__doc__,
         parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command")
     chat = sub.add_parser(
-        "chat", parents=[common], help="talk to a persona in the terminal (reads stdin when piped)"
+        "chat",
+        parents=[common],
+        formatter_class=HelpFormatter,
+        help="talk to a persona in the terminal (reads stdin when piped)",
     )
     chat.add_argument("--persona", help="persona id (default: chat.default_persona)")
-    sub.add_parser("run", parents=[common], help="run the Discord bot (needs DISCORD_TOKEN)")
+    sub.add_parser(
+        "run",
+        parents=[common],
+        formatter_class=HelpFormatter,
+        help="run the Discord bot (needs DISCORD_TOKEN)",
+    )
     sync = sub.add_parser(
         "sync-commands",
         parents=[common],
+        formatter_class=HelpFormatter,
         help="register the slash commands with Discord (globally, or instantly in one --guild)",
     )
-    sync.add_argument("--guild", type=int, help="a server id: sync there only (appears at once)")
+    sync.add_argument(
+        "--guild", type=int, help="a server id: sync there only, which shows at once (default: every server)"
+    )
     return parser
 
 
@@ -101,16 +123,23 @@ def check_personas(settings: Settings, persona_ids: list[tuple[str, str]]) -> No
 
 
 def apply_cli_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
-    """The command line's --model, --backend and --vllm-url over the configured settings."""
+    """The command line's --model, --backend and --vllm-url over the configured settings; each
+    is recorded as the origin of what it set, so a message about it names the flag."""
+    origins = dict(settings.origins)
     if getattr(args, "model", None):
         settings = replace(settings, model=replace(settings.model, base_model=args.model))
+        origins["model.base_model"] = "--model"
     engine = settings.engine
     if getattr(args, "vllm_url", None):
         engine = replace(engine, vllm_urls=tuple(args.vllm_url))
+        origins["engine.vllm_urls"] = "--vllm-url"
         if not hasattr(args, "backend"):
             engine = replace(engine, backend="vllm")  # a server named on the command line means: use it
+            origins["engine.backend"] = "--vllm-url"
     if getattr(args, "backend", None):
         engine = replace(engine, backend=args.backend)
+        origins["engine.backend"] = "--backend"
+    settings = replace(settings, origins=origins)
     if engine != settings.engine:
         settings = replace(settings, engine=engine)
         validate(settings)
@@ -143,6 +172,8 @@ def run_discord(settings: Settings, token: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything reads the environment: .env's variables, as Docker Compose passes them.
+    from_env_file = load_env_file()
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     # Logs go to stderr, so piped console output stays clean.
@@ -152,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_libraries(verbose)
+    for warning in too_late(from_env_file):
+        startup_log.warning("%s", warning)
     if malloc_setting is not None:
         log.info("%s", malloc_setting)
     if not verbose:
@@ -160,19 +193,23 @@ def main(argv: list[str] | None = None) -> int:
 
         hub_logging.set_verbosity_error()
         # ...but say what a long wait is for: finding and loading the model (bot/model/source.py).
-        for name in ("bot.model.source", "bot.model.loading"):
+        for name in ("bot.model.source", "bot.model.loading", "bot.ops.startup"):
             logging.getLogger(name).setLevel(logging.INFO)
     from bot.model.loading import ModelLoadError  # imports torch: after bot/ops/allocator.py's setting
 
+    settings = None
     try:
         settings = apply_cli_overrides(load_settings(getattr(args, "config", None)), args)
         token = discord_token()
+        warnings = check_paths(settings)
         if args.command != "sync-commands":
             # chat.default_persona answers mentions in Discord and starts the console: check it first.
             wanted = [("chat.default_persona", settings.chat.default_persona)]
             if getattr(args, "persona", None):
                 wanted.append(("--persona", args.persona))
             check_personas(settings, wanted)
+        # Only once the start is going ahead, so that a mistake above stays a single line.
+        startup_log.info("%s", describe_sources(settings, from_env_file))
         if args.command == "sync-commands":
             if not token:
                 print("error: DISCORD_TOKEN is not set (environment or .env)", file=sys.stderr)
@@ -180,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
             from bot.discord.app import sync_commands
 
             return sync_commands(settings, token, args.guild)
+        for warning in warnings:  # what the persona cards will answer with: not for sync-commands
+            startup_log.warning("%s", warning)
         if args.command == "run" or (args.command is None and token):
             if not token:
                 print("error: DISCORD_TOKEN is not set (environment or .env)", file=sys.stderr)
                 return 2
             return run_discord(settings, token)
         return run_chat(settings, getattr(args, "persona", None))
-    except (ConfigError, ModelLoadError, UnknownPersonaError) as exc:
+    except ModelLoadError as exc:
+        print(f"error: {exc.for_settings(settings) if settings else exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, UnknownPersonaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

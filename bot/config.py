@@ -2,14 +2,20 @@
 
 Precedence, lowest first: the defaults below, ``oshaberi.toml`` (or the file named by
 ``OSHABERI_CONFIG``), then environment variables ``OSHABERI_<SECTION>__<KEY>``
-(for example ``OSHABERI_MODEL__BASE_MODEL``) and a few short aliases. The Discord
-token is never read from the file: only from ``DISCORD_TOKEN`` in the environment or ``.env``.
+(for example ``OSHABERI_MODEL__BASE_MODEL``) and a few short aliases. The entry points first
+read ``.env`` of the working directory into the environment, as Docker Compose's ``env_file``
+does (a variable already set wins). The Discord token is never read from the file: only from
+``DISCORD_TOKEN`` in the environment or ``.env``. Relative paths are made absolute against the
+working directory when the settings are loaded, and every message shows them absolute.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 DEFAULT_BASE_MODEL = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
 DEFAULT_CONFIG_FILE = "oshaberi.toml"
 ENV_PREFIX = "OSHABERI_"
@@ -34,6 +41,21 @@ ENV_ALIASES = {
     "OSHABERI_VLLM_URLS": ("engine", "vllm_urls"),
 }
 BACKENDS = ("local", "vllm")
+# Variables with the prefix that are read, but are not settings.
+OTHER_VARIABLES = {
+    "OSHABERI_CONFIG": "the config file to read",
+    "OSHABERI_VLLM_PYTHON": "tests only: the interpreter of the vLLM venv",
+}
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+# Settings that name a local file or folder: made absolute against the working directory.
+# (engine.vllm_adapters_dir is not: it is the path as the vLLM servers see it.)
+PATH_SETTINGS = (
+    ("paths", "personas_dir"),
+    ("paths", "adapters_dir"),
+    ("paths", "database"),
+    ("paths", "data_dir"),
+    ("chat", "blocked_words_file"),
+)
 
 
 class ConfigError(ValueError):
@@ -144,6 +166,35 @@ class Settings:
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     source: str = ""
+    # "section.key" -> where a value that is not the default came from ("OSHABERI_MODEL",
+    # "--model", "oshaberi.toml [model] base_model"), so a message names what the operator set.
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+def section_names() -> list[str]:
+    """The settings' sections, in order: ``model``, ``engine``, …"""
+    return [f.name for f in fields(Settings) if f.name not in ("source", "origins")]
+
+
+def setting_variables() -> dict[str, tuple[str, str]]:
+    """Every environment variable that sets a setting (full names and aliases) -> (section, key)."""
+    found = {
+        f"{ENV_PREFIX}{section.upper()}__{key.name.upper()}": (section, key.name)
+        for section in section_names()
+        for key in fields(getattr(Settings(), section))
+    }
+    return {**found, **ENV_ALIASES}
+
+
+def origin(settings: Settings, key: str) -> str:
+    """How ``key`` ("model.base_model") got its value, in the words the operator set it with
+    ("--model", "OSHABERI_MODEL", "oshaberi.toml [model] base_model"); for a default, the
+    environment variable that sets it (the short alias where there is one)."""
+    if key in settings.origins:
+        return settings.origins[key]
+    section, _, name = key.partition(".")
+    aliases = [var for var, target in ENV_ALIASES.items() if target == (section, name)]
+    return aliases[0] if aliases else f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -203,9 +254,17 @@ def apply_overrides(section_obj: T, values: dict[str, Any], where: str) -> T:
     return replace(section_obj, **changes)
 
 
-def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Build the settings; a missing default file is fine, a missing named file is an error."""
+def load_settings(
+    path: str | Path | None = None, environ: dict[str, str] | None = None, base: Path | None = None
+) -> Settings:
+    """Build the settings; a missing default file is fine, a missing named file is an error.
+
+    Relative paths (``PATH_SETTINGS``) are made absolute against ``base`` (default: the working
+    directory). An ``OSHABERI_`` variable that names no setting is logged as a warning, with the
+    closest real name. Raises ConfigError naming the file or variable and the key.
+    """
     environ = dict(os.environ if environ is None else environ)
+    base = Path.cwd() if base is None else base
     named = path or environ.get("OSHABERI_CONFIG")
     config_path = Path(named) if named else Path(DEFAULT_CONFIG_FILE)
     raw: dict[str, Any] = {}
@@ -217,41 +276,85 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     elif named:
         raise ConfigError(f"config file {config_path} does not exist")
 
-    settings = Settings(source=str(config_path) if raw else "")
-    sections = {f.name for f in fields(Settings) if f.name != "source"}
-    if "token" in {k.lower() for table in raw.values() if isinstance(table, dict) for k in table}:
+    settings = Settings(source=str(config_path.absolute()) if raw else "")
+    origins: dict[str, str] = {}
+    sections = section_names()
+    keys = {k.lower() for table in raw.values() if isinstance(table, dict) for k in table}
+    if "token" in keys | {k.lower() for k, v in raw.items() if not isinstance(v, dict)}:
         raise ConfigError(
             f"{config_path}: the Discord token may not be in the config file; set DISCORD_TOKEN"
         )
     for name, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(_outside_a_table(config_path, name, sections))
         if name not in sections:
             raise ConfigError(
-                f"{config_path}: unknown section [{name}] (known: {', '.join(sorted(sections))})"
+                f"{config_path}: unknown section [{name}]{_did_you_mean(name, sections, '[{}]')} "
+                f"(known: {', '.join(sorted(sections))})"
             )
-        if not isinstance(values, dict):
-            raise ConfigError(f"{config_path}: [{name}] must be a table")
-        settings = replace(
-            settings, **{name: apply_overrides(getattr(settings, name), values, f"{config_path} [{name}]")}
-        )
+        where = f"{config_path} [{name}]"
+        settings = replace(settings, **{name: apply_overrides(getattr(settings, name), values, where)})
+        origins.update({f"{name}.{key}": f"{where} {key}" for key in values})
 
-    for var, value in environ.items():
-        if var in ENV_ALIASES:
-            section, key = ENV_ALIASES[var]
-        elif var.startswith(ENV_PREFIX) and "__" in var:
-            section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
-            if section not in sections:
-                raise ConfigError(f"environment variable {var}: unknown section '{section}'")
-        else:
-            continue
+    variables = setting_variables()
+    ours = sorted((var for var in environ if var.upper().startswith(ENV_PREFIX)), key=str.upper)
+    for var in ours:
+        if var.upper() not in variables and var.upper() not in OTHER_VARIABLES:
+            log.warning("%s", _unknown_variable(var, variables))
+    # Aliases first, so that the full name wins where both are set.
+    for var in sorted(
+        (v for v in ours if v.upper() in variables), key=lambda v: v.upper() not in ENV_ALIASES
+    ):
+        section, key = variables[var.upper()]
         # One variable at a time, so an error names the variable the operator actually set.
         current = getattr(settings, section)
-        if key not in {f.name for f in fields(current)}:
-            known = ", ".join(f"{ENV_PREFIX}{section.upper()}__{f.name.upper()}" for f in fields(current))
-            raise ConfigError(f"environment variable {var}: unknown setting (known: {known})")
-        coerced = _coerce(value, _section_types(type(current))[key], var)
+        coerced = _coerce(environ[var], _section_types(type(current))[key], var)
         settings = replace(settings, **{section: replace(current, **{key: coerced})})
+        origins[f"{section}.{key}"] = var
+    settings = replace(settings, origins=origins)
     validate(settings)
+    return absolute_paths(settings, base)
+
+
+def absolute_paths(settings: Settings, base: Path) -> Settings:
+    """The settings with every ``PATH_SETTINGS`` value absolute (``~`` expanded, relative ones
+    joined to ``base``); empty values (meaning "the shipped one") stay empty."""
+    for section, key in PATH_SETTINGS:
+        table = getattr(settings, section)
+        value = getattr(table, key)
+        if value:
+            absolute = os.path.normpath(base / Path(value).expanduser())
+            settings = replace(settings, **{section: replace(table, **{key: absolute})})
     return settings
+
+
+def _did_you_mean(name: str, choices: list[str], shape: str = "{}") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    return f"; did you mean {shape.format(close[0])}?" if close else ""
+
+
+def _outside_a_table(config_path: Path, name: str, sections: list[str]) -> str:
+    """The message for ``name = value`` above every [section] header (or a section set to a value)."""
+    if name in sections:
+        return f"{config_path}: [{name}] must be a table (a [{name}] header with keys below it)"
+    owners = [s for s in sections if name in {f.name for f in fields(getattr(Settings(), s))}]
+    where = f"; it belongs under [{owners[0]}]" if owners else f" (sections: {', '.join(sections)})"
+    return (
+        f"{config_path}: key '{name}' is not inside a [section]{where}: keys go below their "
+        "section's header, and a key above every header belongs to no section"
+    )
+
+
+def _unknown_variable(var: str, variables: dict[str, tuple[str, str]]) -> str:
+    """One warning line for an ``OSHABERI_`` variable that names no setting, with the closest name."""
+    names = {name[len(ENV_PREFIX) :]: name for name in [*variables, *OTHER_VARIABLES]}
+    close = difflib.get_close_matches(var.upper()[len(ENV_PREFIX) :], list(names), n=1, cutoff=0.7)
+    hint = (
+        f"; did you mean {names[close[0]]}?"
+        if close
+        else f" (settings are {ENV_PREFIX}<SECTION>__<KEY>, two underscores; see docs/configuration.md)"
+    )
+    return f"{var} is not a setting and is ignored{hint}"
 
 
 def validate(settings: Settings) -> None:
@@ -261,8 +364,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"model.quantization: {m.quantization!r} is not one of auto, 4bit, 8bit, none")
     if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype: {m.dtype!r} is not one of auto, float32, bfloat16, float16")
-    if not (m.device in ("auto", "cpu", "cuda") or m.device.startswith("cuda:")):
-        raise ConfigError(f"model.device: {m.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not DEVICE.fullmatch(m.device):
+        raise ConfigError(
+            f"model.device ({origin(settings, 'model.device')}): {m.device!r} is not a device: "
+            "auto, cpu, cuda, or cuda:N with N the GPU's number (cuda:0, cuda:1, …)"
+        )
     for key, value, lowest, inclusive, hint in _ranges(settings):
         if value < lowest or (value == lowest and not inclusive):
             bound = f">= {lowest}" if inclusive else f"> {lowest}"
@@ -278,6 +384,15 @@ def validate(settings: Settings) -> None:
     ):
         if any(i <= 0 for i in ids):
             raise ConfigError(f"{key}: Discord ids are positive numbers, got {list(ids)}")
+    for key, one_id, off in (
+        ("discord.review_channel", settings.discord.review_channel, "no review channel"),
+        ("discord.moderator_role", settings.discord.moderator_role, "no moderator role"),
+    ):
+        if one_id < 0:
+            raise ConfigError(
+                f"{key} ({origin(settings, key)}): {one_id} is not a Discord id; ids are positive "
+                f"numbers (Discord: right-click → Copy ID, with Developer Mode on), 0 means {off}"
+            )
     if not settings.chat.default_persona.strip():
         raise ConfigError("chat.default_persona: must name a persona (an id under personas/)")
     if settings.worker.scheduler not in ("continuous", "static"):

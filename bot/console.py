@@ -4,6 +4,9 @@ Interactive on a terminal (``/persona ID``, ``/personas``, ``/reset``, ``/quit``
 piped stdin it is a filter for scripts: exactly one stdout line per input line — the
 reply with its newlines folded, or an empty line for a command or an input that could
 not be answered (the reason goes to stderr) — and nothing else on stdout.
+
+Ctrl-C ends the console at once, at the prompt as while a reply is written: lines are read on a
+daemon thread, so nothing waits for a read that would only return on Enter.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
+from collections.abc import Callable
 from typing import TextIO
 
 from bot.runtime import Runtime
@@ -99,13 +104,13 @@ class ConsoleChat:
             if self.interactive and stdin is sys.stdin:
                 try:
                     # input() edits the line with readline (arrow keys, history) once it is imported.
-                    line = await asyncio.to_thread(input, f"{self.persona_id}> ")
+                    line = await read_on_daemon_thread(lambda: input(f"{self.persona_id}> "))
                 except EOFError:
                     return 0
             else:
                 if self.interactive:  # a terminal-like session on another stream: prompt, no readline
                     print(f"{self.persona_id}> ", end="", file=self.out, flush=True)
-                line = await asyncio.to_thread(stdin.readline)
+                line = await read_on_daemon_thread(stdin.readline)
                 if not line:
                     return 0
             line = line.rstrip("\n")
@@ -122,6 +127,35 @@ class ConsoleChat:
             if not self.interactive:
                 # Not streamed: a script reading lines sees nothing before the newline anyway.
                 print(" ".join((reply or "").splitlines()), file=self.out, flush=True)
+
+
+async def read_on_daemon_thread(read: Callable[[], str]) -> str:
+    """``read()`` (a blocking read of one line) on a daemon thread; raises what it raises.
+
+    ``asyncio.to_thread`` would use the loop's executor, which ``asyncio.run`` joins on the way
+    out: after Ctrl-C the process would then wait for the read, i.e. for Enter. A daemon thread is
+    left behind instead, and the process ends without it.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            line = read()
+        except BaseException as exc:  # EOFError, or an error to raise in the loop's thread
+            # Bound now: after the except block ends, Python deletes ``exc``.
+            outcome = lambda exc=exc: future.set_exception(exc)  # noqa: E731
+        else:
+            outcome = lambda: future.set_result(line)  # noqa: E731
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the console has ended
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=target, name="console-input", daemon=True).start()
+    return await future
 
 
 class _StreamedLine:
@@ -174,4 +208,33 @@ async def run_console(
         with contextlib.suppress(ImportError):  # not on every platform (Windows)
             import readline  # noqa: F401 - importing it gives input() line editing
     chat = ConsoleChat(runtime, persona_id, out, err, interactive=interactive)
-    return await chat.run(stdin)
+    saved = _terminal_settings(stdin) if interactive else None
+    try:
+        return await chat.run(stdin)
+    except asyncio.CancelledError:  # Ctrl-C: the shell's prompt starts on a line of its own
+        if interactive:
+            print(file=out, flush=True)
+        raise
+    finally:
+        if saved is not None:
+            _restore_terminal(stdin, saved)
+
+
+def _terminal_settings(stream: TextIO) -> list | None:
+    """The terminal's settings, to put back on the way out: a read abandoned by Ctrl-C leaves
+    the terminal as readline set it (no echo, no line editing by the terminal)."""
+    try:
+        import termios
+    except ImportError:  # not a POSIX system
+        return None
+    try:
+        return termios.tcgetattr(stream.fileno())
+    except (termios.error, OSError, ValueError):  # not a terminal, or no file descriptor
+        return None
+
+
+def _restore_terminal(stream: TextIO, saved: list) -> None:
+    import termios
+
+    with contextlib.suppress(termios.error, OSError, ValueError):
+        termios.tcsetattr(stream.fileno(), termios.TCSADRAIN, saved)

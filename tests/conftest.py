@@ -16,6 +16,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(autouse=True)
+def _no_developer_env_file(monkeypatch, tmp_path_factory):
+    """The entry points read .env of the working directory; in-process tests run them from the
+    checkout, where a developer may keep a real .env. Point them at a file that is not there."""
+    import bot.ops.startup
+
+    monkeypatch.setattr(bot.ops.startup, "ENV_FILE", tmp_path_factory.getbasetemp() / "no-such-dir" / ".env")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """The entry points put .env's variables into os.environ, as Compose would for a process;
+    a test that runs them in-process must not hand those variables to the tests after it."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny model folder per architecture."""

@@ -153,7 +153,12 @@ def test_console_without_a_model_says_what_failed_in_one_line(tmp_path):
     proc = run_console(tmp_path / "missing-model", "こんにちは\n")
     assert proc.returncode == 2 and proc.stdout == ""
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "OSHABERI_MODEL" in error_lines[0]
+    # The model came from --model, so that is what the line tells to change.
+    assert (
+        len(error_lines) == 1
+        and "set --model to" in error_lines[0]
+        and "OSHABERI_MODEL" not in error_lines[0]
+    )
 
 
 class RecordingOut(io.StringIO):

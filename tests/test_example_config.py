@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from bot.config import ENV_ALIASES, Settings, load_settings
+from bot.config import ENV_ALIASES, Settings, absolute_paths, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_TOML = ROOT / "oshaberi.example.toml"
@@ -21,7 +21,7 @@ def sections() -> dict[str, list[str]]:
     return {
         section.name: [key.name for key in fields(section.default_factory())]
         for section in fields(Settings)
-        if section.name != "source"
+        if section.name not in ("source", "origins")
     }
 
 
@@ -34,8 +34,8 @@ def test_the_example_names_every_key_and_nothing_else() -> None:
 
 
 def test_the_example_values_are_the_defaults() -> None:
-    loaded = load_settings(EXAMPLE_TOML, environ={})
-    defaults = Settings()
+    loaded = load_settings(EXAMPLE_TOML, environ={}, base=ROOT)
+    defaults = absolute_paths(Settings(), ROOT)  # relative paths are made absolute on loading
     for name in sections():
         assert asdict(getattr(loaded, name)) == asdict(getattr(defaults, name)), f"[{name}] defaults differ"
 

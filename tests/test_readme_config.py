@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from bot.config import ENV_ALIASES, Settings
+from bot.config import ENV_ALIASES, Settings, section_names
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
@@ -15,13 +15,11 @@ DISCORD_SETUP = (ROOT / "docs" / "discord-bot.md").read_text(encoding="utf-8")
 
 def test_every_setting_and_alias_is_documented() -> None:
     missing = []
-    for section in fields(Settings):
-        if section.name == "source":
-            continue
-        for key in fields(section.default_factory()):
+    for section in section_names():
+        for key in fields(getattr(Settings(), section)):
             for needle in (
-                f"`{section.name}.{key.name}`",
-                f"OSHABERI_{section.name.upper()}__{key.name.upper()}",
+                f"`{section}.{key.name}`",
+                f"OSHABERI_{section.upper()}__{key.name.upper()}",
             ):
                 if needle not in REFERENCE:
                     missing.append(needle)

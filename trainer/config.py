@@ -75,6 +75,42 @@ class TrainConfig:
 
 
 _CHOICES = {"gradient_checkpointing": ("auto", "on", "off")}
+# One line of --help per key (the flag's default is the TOML file's value, shown beside it).
+HELP: dict[str, str] = {
+    "data": "dialogue JSONL files or globs; {data_dir} and {persona} are filled in",
+    "reviewed": "exported review decisions, mixed in when the file exists ('' leaves them out)",
+    "reviewed_repeat": "copies of each reviewed dialogue in the training split",
+    "persona_speakers": "speakers that count as the persona in dialogues without a 'persona' field",
+    "val_fraction": "share of dialogues held out for validation",
+    "max_length": "tokens per example; longer dialogues are cut into windows",
+    "r": "LoRA rank",
+    "alpha": "LoRA alpha (the update is scaled by alpha / r)",
+    "dropout": "LoRA dropout",
+    "target_modules": "module names LoRA adapts (empty: chosen by the architecture)",
+    "epochs": "passes over the training split",
+    "max_steps": "stop after this many optimizer steps (0: as many as the epochs take)",
+    "learning_rate": "peak learning rate (linear warm-up, then cosine decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_ratio": "share of the steps spent warming up the learning rate",
+    "max_grad_norm": "gradient clipping norm",
+    "batch_size": "examples per forward pass",
+    "grad_accum": "forward passes per optimizer step (effective batch: batch_size x grad_accum)",
+    "gradient_checkpointing": "recompute activations to save memory (auto: on with CUDA)",
+    "seed": "seed for the split, the shuffling and the LoRA initialisation",
+    "preferences": "the preference export prefer trains on; {data_dir} and {persona} are filled in",
+    "beta": "KTO/DPO beta: how far the policy may move from the reference adapter",
+    "prefer_learning_rate": "peak learning rate of the preference stage",
+    "prefer_epochs": "passes over the preference data (max_steps, when set, wins)",
+    "gate_loglik_tolerance": "gate: how far (nats per token) a candidate may trail on approved replies' log-likelihood",
+    "gate_margin_tolerance": "gate: how far (nats per token) a candidate may trail on each preference margin",
+    "gate_style_tolerance": "gate: how far a candidate may trail on the probes' style-marker rate",
+    "gate_probes": "probes the gate answers with each version (0: none)",
+    "eval_every": "optimizer steps between validation passes",
+    "save_every": "optimizer steps between resumable checkpoints",
+    "log_every": "optimizer steps between log lines",
+    "runs_dir": "where TensorBoard logs and checkpoints go: <runs_dir>/<persona>/<version>/",
+}
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
 def _hints() -> dict[str, Any]:
@@ -146,19 +182,35 @@ def load_train_config(
 
 
 def add_override_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """One ``--key`` flag per config field (or per field in ``only``), all defaulting to "not given"."""
-    group = parser.add_argument_group("training config overrides (default: the TOML file's values)")
+    """One ``--key`` flag per config field (or per field in ``only``), all defaulting to "not given",
+    each with its ``HELP`` line and the built-in default (what trainer/default_train.toml sets)."""
+    group = parser.add_argument_group(
+        "training config overrides (default: the --train-config file's value; the values shown "
+        "are trainer/default_train.toml's, before its [personas.<id>] tables)"
+    )
     hints = _hints()
+    defaults = TrainConfig()
     for f in fields(TrainConfig):
         if only is not None and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
+        default = getattr(defaults, f.name)
+        shown = (" ".join(map(str, default)) or "none") if isinstance(default, tuple) else default
+        text = f"{HELP[f.name]} (default: {shown})".replace("%", "%%")
         if typing.get_origin(hint) is tuple:
-            group.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", metavar="VALUE", default=None)
+            group.add_argument(
+                flag, dest=f"cfg_{f.name}", nargs="+", metavar="VALUE", default=None, help=text
+            )
         else:
             group.add_argument(
-                flag, dest=f"cfg_{f.name}", type=hint, choices=_CHOICES.get(f.name), default=None
+                flag,
+                dest=f"cfg_{f.name}",
+                type=hint,
+                choices=_CHOICES.get(f.name),
+                default=None,
+                metavar=None if f.name in _CHOICES else _METAVARS[hint],
+                help=text,
             )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from bot.model.loading import encode_prompt
+from bot.ops.commandline import module_command
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, Segment, Turn
 
@@ -117,9 +118,16 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _prepare_hint() -> str:
+    return (
+        'training data is dialogue JSONL, one {"turns": [...]} object a line: convert raw files '
+        f"with `{module_command('trainer prepare')}` first"
+    )
+
+
 def _parse_line(raw: Any, where: str, file: str) -> Dialogue:
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected a JSON object")
+        raise DataError(f"{where}: expected a JSON object; {_prepare_hint()}")
     turns = raw.get("turns")
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: 'turns' must be a non-empty list")
@@ -152,7 +160,7 @@ def read_dialogues(path: str | Path) -> list[Dialogue]:
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON: {exc}") from None
+                raise DataError(f"{where}: not valid JSON: {exc}; {_prepare_hint()}") from None
             dialogue = _parse_line(raw, where, str(path))
             if not dialogue.id:
                 dialogue = Dialogue(
@@ -160,6 +168,13 @@ def read_dialogues(path: str | Path) -> list[Dialogue]:
                 )
             out.append(dialogue)
     return out
+
+
+def check_dialogue_files(paths: Iterable[Path]) -> None:
+    """Read each file as dialogue JSONL, no tokenizer needed: a raw CSV or a broken line fails
+    here, in a second, rather than after the base model has loaded. Raises DataError or OSError."""
+    for path in paths:
+        read_dialogues(path)
 
 
 def read_export_time(path: str | Path) -> str | None:
@@ -186,7 +201,7 @@ def expand_paths(patterns: Iterable[str], *, data_dir: str, persona: str) -> lis
             paths.append(Path(text))
         else:
             raise DataError(
-                f"data file {text} does not exist (make it with `python -m trainer prepare`, "
+                f"data file {text} does not exist (make it with `{module_command('trainer prepare')}`, "
                 "or name other files with --data)"
             )
     return list(dict.fromkeys(paths))

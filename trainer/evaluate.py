@@ -36,6 +36,7 @@ import numpy as np
 from bot.config import Settings
 from bot.model.adapters import AdapterSource, check_adapter_files, current_version, list_versions, persona_dir
 from bot.model.loading import LoadedModel, load_base_model
+from bot.ops.commandline import module_command
 from bot.serving.generation import BASE_ADAPTER, GenerationRequest
 from bot.serving.local.engine import Engine
 from personas.card import PersonaCard, check_adapter_base
@@ -100,10 +101,20 @@ class Report:
 
 
 def resolve_target(settings: Settings, persona_id: str, version: str | None) -> Target:
-    """``None``: the persona's current version (else the base model); ``base``; a version name; a path."""
+    """``None``: the persona's current version; ``base``; a version name; a path.
+
+    Raises FileNotFoundError for a version that is not there, and for ``None`` when the persona
+    has no current version (scoring the base model instead would pass it off as the adapter).
+    """
     adapters = settings.paths.adapters_dir
     if version is None:
-        version = current_version(adapters, persona_id) or BASE
+        version = current_version(adapters, persona_id)
+        if version is None:
+            raise FileNotFoundError(
+                f"{persona_id} has no trained adapter ({persona_dir(adapters, persona_id) / 'CURRENT'} does not "
+                f"exist): train one first ({module_command(f'trainer train --persona {persona_id}')}), "
+                "or pass --version base to score the base model alone, or --version FOLDER for an adapter folder"
+            )
     if version == BASE:
         return Target(BASE, None)
     path = persona_dir(adapters, persona_id) / version
@@ -113,7 +124,8 @@ def resolve_target(settings: Settings, persona_id: str, version: str | None) -> 
             return Target(given.name, given)
         known = ", ".join(list_versions(adapters, persona_id)) or "none"
         raise FileNotFoundError(
-            f"no adapter version {version!r} for {persona_id} (known: {known}, or 'base')"
+            f"no adapter version {version!r} for {persona_id} in {persona_dir(adapters, persona_id)} "
+            f"(known: {known}, or 'base')"
         )
     return Target(version, path)
 
@@ -185,6 +197,7 @@ def evaluate(
     targets: Sequence[Target],
     *,
     ranking_path: Path | None = None,
+    ranking_note: str | None = None,
     ranking_limit: int | None = None,
     probes: Sequence[str] = (),
     seed: int = 0,
@@ -193,7 +206,8 @@ def evaluate(
 ) -> Report:
     """Score every target on the same data; see the module docstring for the measures.
 
-    ``progress`` shows a bar on stderr while the ranking set is scored (2,000 contexts x 10
+    ``ranking_note`` goes into the report's notes when there is no ``ranking_path`` (the caller
+    knows whether the ranking was left out on purpose or for want of a file). ``progress`` shows a bar on stderr while the ranking set is scored (2,000 contexts x 10
     candidates per version: minutes on a CPU)."""
     from peft import PeftModel
 
@@ -209,8 +223,8 @@ def evaluate(
     contexts: list[RankingContext] = []
     if ranking_path is not None:
         contexts = read_ranking(ranking_path, ranking_limit)
-    else:
-        report.notes.append("ranking skipped: no ranking TSV (fetch open2ch-ranking, or pass --ranking)")
+    elif ranking_note:
+        report.notes.append(ranking_note)
 
     # 1. Likelihoods: every version as a named adapter of one PEFT model.
     adapters = [t for t in targets if t.path is not None]

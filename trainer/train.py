@@ -39,6 +39,7 @@ from bot.model.loading import (
     resolve_device,
     resolve_precision,
 )
+from bot.ops.commandline import module_command
 from personas.card import PersonaCard
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.checkpoints import (
@@ -49,7 +50,16 @@ from trainer.checkpoints import (
     save_checkpoint,
 )
 from trainer.config import TrainConfig
-from trainer.dataset import DataBundle, DataError, batches, build_datasets, collate, expand_paths, sha256_file
+from trainer.dataset import (
+    DataBundle,
+    DataError,
+    batches,
+    build_datasets,
+    check_dialogue_files,
+    collate,
+    expand_paths,
+    sha256_file,
+)
 from trainer.scoring import batch_nll, mean_nll, perplexity
 
 log = logging.getLogger(__name__)
@@ -210,6 +220,7 @@ def train(
         raise FileExistsError(f"adapter version {version} of {card.id} already exists")
 
     data_files, reviewed = resolve_data(settings, card.id, cfg)
+    check_dialogue_files([*data_files, *([reviewed] if reviewed else [])])  # before minutes of loading
     torch.manual_seed(cfg.seed)
     loaded = load_base_model(training_model_settings(settings.model))
     tokenizer = loaded.tokenizer
@@ -326,7 +337,7 @@ def train(
         bar.close()
         raise TrainingInterrupted(
             f"interrupted at step {state.step}; the adapter in use is unchanged. "
-            f"Resume with: python -m trainer train --persona {card.id} --resume {version}"
+            f"Resume with: {module_command(f'trainer train --persona {card.id} --resume {version}')}"
         ) from None
     bar.close()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from bot.config import ModelSettings
-from bot.model.source import OFFLINE_ADVICE, ModelLoadError, resolve_model_source
+from bot.model.source import WHERE, ModelLoadError, offline_advice, resolve_model_source
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,24 @@ class LoadedModel:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked by bot/config.py) as a device this host has.
+
+    Raises ModelLoadError when CUDA is asked for without a GPU, or for a GPU number the host lacks.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
-            f"device {name!r} was asked for, but no CUDA GPU is available (set OSHABERI_DEVICE=cpu)"
+            f"device {name!r} was asked for, but no CUDA GPU is available; set {WHERE} to cpu or auto",
+            "model.device",
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ModelLoadError(
+            f"device {name!r} was asked for, but this host has {count} CUDA GPU{'s' if count > 1 else ''} "
+            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); set {WHERE} to one of them, or to cuda",
+            "model.device",
         )
     return device
 
@@ -58,7 +70,9 @@ def resolve_precision(settings: ModelSettings, device: torch.device) -> tuple[st
     else:
         dtype = torch.float32
     if quant == "8bit" and device.type != "cuda":
-        raise ModelLoadError("8-bit quantization needs a CUDA GPU; on CPU use quantization 'none' or '4bit'")
+        raise ModelLoadError(
+            f"8-bit quantization needs a CUDA GPU; on CPU set {WHERE} to none or 4bit", "model.quantization"
+        )
     return quant, dtype
 
 
@@ -116,7 +130,9 @@ def load_base_model(settings: ModelSettings) -> LoadedModel:
         )
     except (OSError, ValueError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load base model {name!r}: {reason}. {OFFLINE_ADVICE}") from exc
+        raise ModelLoadError(
+            f"could not load base model {name!r}: {reason}. {offline_advice()}", "model.base_model"
+        ) from exc
     model.eval()
     log.info("loaded %s on %s (quantization=%s, dtype=%s)", name, device, quant, dtype)
     return LoadedModel(model, tokenizer, device, quant, dtype, name)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bot.config import ModelSettings
+from bot.config import ModelSettings, Settings, origin
+from bot.ops.commandline import module_command
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,18 @@ REQUIRED_MODEL_FILES: dict[str, tuple[str, ...]] = {
         "*.tiktoken",
     ),
 }
-TINY_MODEL_HINT = "python -m trainer tiny-model models/tiny makes a small one for trying the stack offline"
-OFFLINE_ADVICE = (
-    "Without internet, point OSHABERI_MODEL at a local model folder "
-    "(python -m trainer tiny-model models/tiny makes a small one)"
-)
+# "{where}" in a ModelLoadError's message is filled with how the operator set the value.
+WHERE = "{where}"
+
+
+def tiny_model_hint() -> str:
+    return (
+        f"{module_command('trainer tiny-model models/tiny')} makes a small one for trying the stack offline"
+    )
+
+
+def offline_advice() -> str:
+    return f"Without internet, point {WHERE} at a local model folder ({tiny_model_hint()})"
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,26 @@ class ModelSource:
 
 
 class ModelLoadError(RuntimeError):
-    """The base model could not be loaded; the message says what to do about it."""
+    """The base model could not be loaded; the message says what to do about it.
+
+    ``setting`` is the setting at fault ("model.base_model", "model.device"); the message names it
+    where it says ``{where}``: ``named(origin)`` with how the operator set it (``--model``, a file's
+    key, a variable), ``str()`` with its environment variable.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+    def named(self, where: str) -> str:
+        return str(self.args[0]).replace(WHERE, where)
+
+    def for_settings(self, settings: Settings) -> str:
+        """The message naming the setting as ``settings`` got it (``origin``)."""
+        return self.named(origin(settings, self.setting)) if self.setting else str(self.args[0])
+
+    def __str__(self) -> str:
+        return self.for_settings(Settings())
 
 
 def missing_model_files(folder: Path) -> list[str]:
@@ -102,26 +129,29 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
     not exist, a folder missing files, a name that is neither folder nor hub id, and a hub id
     that is not cached while the hub cannot be reached (after at most ``HUB_PROBE_TIMEOUT_S``).
     """
+    key = "model.base_model"
     name = settings.base_model.strip()
     if not name:
-        raise ModelLoadError("no base model is set; set OSHABERI_MODEL to a hub id or a local model folder")
+        raise ModelLoadError(f"no base model is set; set {WHERE} to a hub id or a local model folder", key)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(
-                f"model path {name!r} is a file; OSHABERI_MODEL must name a model folder or a hub id"
+                f"model path {name!r} is a file; {WHERE} must name a model folder or a hub id", key
             )
         missing = missing_model_files(path)
         if missing:
             raise ModelLoadError(
                 f"model folder {name!r} is missing {', '.join(missing)}; it needs what save_pretrained writes "
-                f"(copy the whole model folder, or {TINY_MODEL_HINT})"
+                f"(copy the whole model folder, or {tiny_model_hint()})",
+                key,
             )
         return ModelSource(str(path), True, True)
     if looks_like_path(name):
         raise ModelLoadError(
             f"model folder {name!r} does not exist (looked in {path.absolute()}){_nearby(path.absolute())}; "
-            f"set OSHABERI_MODEL to a hub id or a local model folder ({TINY_MODEL_HINT})"
+            f"set {WHERE} to a hub id or a local model folder ({tiny_model_hint()})",
+            key,
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -130,7 +160,8 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
     except HFValidationError:
         raise ModelLoadError(
             f"{name!r} is neither a local model folder nor a hub id (like rinna/japanese-gpt-neox-3.6b); "
-            "check OSHABERI_MODEL"
+            f"check {WHERE}",
+            key,
         ) from None
     if settings.local_files_only or _hub_client_offline() or _proxy_configured():
         # Offline the hub client fails fast by itself; behind a proxy a direct probe would lie.
@@ -145,7 +176,8 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
     also = f" (and there is no local folder {name!r} either)" if "/" in name else ""
     raise ModelLoadError(
         f"cannot reach {urlsplit(endpoint).hostname} to download {name!r}, and it is not in the hub cache"
-        f"{also}. {OFFLINE_ADVICE}"
+        f"{also}. {offline_advice()}",
+        key,
     )
 
 

@@ -24,6 +24,8 @@ from datetime import datetime, timedelta, tzinfo
 from apscheduler.triggers.base import BaseTrigger
 from cronsim import CronSim, CronSimError
 
+from bot.ops.commandline import module_command
+
 # crontab(5)'s macros, as the five-field lines cronie substitutes for them.
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -114,7 +116,7 @@ def normalize(line: str) -> str:
         if text.lower() == "@reboot":
             raise CronLineError(
                 "cron line '@reboot' is not a schedule here: the check runs while the bot runs; "
-                "to check at start-up, run `python -m trainer schedule --once` from your service manager"
+                f"to check at start-up, run `{module_command('trainer schedule --once')}` from your service manager"
             )
         if text.lower() not in MACROS:
             raise CronLineError(f"cron line {line!r}: unknown macro; crontab has {', '.join(MACROS)}")

@@ -10,17 +10,23 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("start", "stop", "history"))
-    parser.add_argument("--persona", required=True, help="persona id")
-    parser.add_argument("--version", help="start: the candidate to serve")
     parser.add_argument(
-        "--share", type=float, default=0.1, help="start: share of requests, 0-1 (default 0.1)"
+        "action", choices=("start", "stop", "history"), help="start a canary, stop it, or list the moves"
     )
-    parser.add_argument("--reason", default="", help="a note for the history")
+    parser.add_argument(
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
+    )
+    parser.add_argument(
+        "--version", metavar="NAME", help="start: the candidate to serve (default: none; start needs it)"
+    )
+    parser.add_argument(
+        "--share", type=float, default=0.1, metavar="X", help="start: share of requests, 0-1 (default: 0.1)"
+    )
+    parser.add_argument("--reason", default="", metavar="TEXT", help="a note for the history (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.model.rollout import (
         NothingToMove,
         RolloutError,
@@ -30,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
         stop_canary,
     )
     from personas.card import UnknownPersonaError, load_cards
+    from trainer.commands.common import command_settings
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
         adapters = settings.paths.adapters_dir

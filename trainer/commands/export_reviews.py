@@ -10,11 +10,14 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--persona", required=True)
+    parser.add_argument(
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
+    )
     parser.add_argument(
         "-o",
         "--out",
         type=Path,
+        metavar="FILE",
         help="output JSONL (default: <data_dir>/<persona>-reviewed.jsonl, where train looks; with "
         "--preferences <data_dir>/<persona>-preferences.jsonl, where prefer looks)",
     )
@@ -23,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="export every decision as preference data (approved, rejected, blocked, edit pairs) instead",
     )
-    parser.add_argument("--database", type=Path, help="the bot's database (default: paths.database)")
+    parser.add_argument(
+        "--database", type=Path, metavar="FILE", help="the bot's database (default: paths.database)"
+    )
 
 
 def held_back_line(count: int) -> str:
@@ -37,14 +42,15 @@ def held_back_line(count: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
+    from trainer.commands.common import command_settings
     from trainer.export_reviews import export_reviews
     from trainer.preferences import export_preferences, preferences_file
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args, adapters=False)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
         database = args.database or Path(settings.paths.database)

@@ -10,11 +10,20 @@ from trainer.fetch import REGISTRY, Dataset, FetchError, fetch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", choices=sorted(REGISTRY), metavar="NAME", help=", ".join(REGISTRY))
+    parser.add_argument(
+        "name",
+        nargs="?",
+        choices=sorted(REGISTRY),
+        metavar="NAME",
+        help=f"the dataset: {', '.join(REGISTRY)} (default: none, list them)",
+    )
     parser.add_argument(
         "--dest", type=Path, default=Path("data/raw"), help="download folder (default: data/raw)"
     )
-    parser.add_argument("--url", help="download from here instead (a mirror, or a file:// path)")
+    parser.add_argument(
+        "--url",
+        help="download from here instead, a mirror or a file:// path (default: the dataset's own URL)",
+    )
     parser.add_argument("--accept-license", action="store_true", help="agree to a restricted license (nucc)")
     parser.add_argument("--force", action="store_true", help="download again even if the file is there")
     parser.add_argument("--list", action="store_true", help="list the datasets and their licenses")
@@ -43,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fetch: {exc}", file=sys.stderr)
         return 1
     if result.size:
-        print(f"downloaded {result.size:,} bytes to {result.path}")
+        print(f"downloaded {result.size:,} bytes to {result.path.absolute()}")
     else:
-        print(f"{result.path} is already there (use --force to download it again)")
+        print(f"{result.path.absolute()} is already there (use --force to download it again)")
     if result.extracted:
-        print(f"extracted {len(result.extracted)} files into {result.path.parent}")
+        print(f"extracted {len(result.extracted)} files into {result.path.parent.absolute()}")
     print(f"note: {dataset.note}")
     return 0

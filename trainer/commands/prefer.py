@@ -13,7 +13,9 @@ from trainer.config import add_override_arguments, overrides_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--persona", required=True, help="persona id (a folder under personas/)")
+    parser.add_argument(
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
+    )
     parser.add_argument(
         "--method",
         choices=("kto", "dpo"),
@@ -31,9 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VERSION",
         help="the adapter version to start from and keep as the reference (default: CURRENT)",
     )
-    parser.add_argument("--version", help="name for the new version (default: the UTC start time)")
     parser.add_argument(
-        "--train-config", type=Path, help="training TOML (default: trainer/default_train.toml)"
+        "--version", metavar="NAME", help="name for the new version (default: the UTC start time)"
+    )
+    parser.add_argument(
+        "--train-config",
+        type=Path,
+        metavar="FILE",
+        help="training TOML (default: trainer/default_train.toml)",
     )
     add_gate_arguments(parser)
     add_override_arguments(parser)
@@ -43,20 +50,23 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import sqlite3
 
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.model.loading import ModelLoadError
     from bot.store.store import StoreError
     from personas.card import CardError, UnknownPersonaError, load_cards
+    from trainer.commands.common import command_settings, option_file
     from trainer.config import TrainConfigError, load_train_config
     from trainer.dataset import DataError
     from trainer.prefer import prefer
     from trainer.preferences import export_preferences
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
-        cfg = load_train_config(args.train_config, card.id, overrides_from_args(args))
+        cfg = load_train_config(
+            option_file(args.train_config, "--train-config"), card.id, overrides_from_args(args)
+        )
         data = Path(cfg.preferences.format(data_dir=settings.paths.data_dir, persona=card.id))
         if args.export:
             database = Path(settings.paths.database)

@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", default="", help='the "source" written on each line (default: the format)'
     )
-    parser.add_argument("--persona-speaker", help="nucc/open2ch/script: the speaker the persona learns from")
+    parser.add_argument(
+        "--persona-speaker",
+        help="nucc/open2ch/script: the speaker the persona learns from (default: none, train's persona_speakers)",
+    )
     parser.add_argument("--keep-x", action="store_true", help="nucc: keep X (non-participant) turns")
     parser.add_argument(
         "--ranking",
@@ -58,13 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ng.add_argument("--ng-words", type=Path, metavar="FILE", help="open2ch: NG word list (default: shipped)")
     ng.add_argument("--no-ng-words", action="store_true", help="open2ch: do not filter NG words")
     parser.add_argument(
-        "--skip-rows", type=_row_ranges, metavar="ROWS", help="pairs/alpaca/lines: e.g. 79-88,100 (1-based)"
+        "--skip-rows",
+        type=_row_ranges,
+        metavar="ROWS",
+        help="pairs/alpaca/lines: rows to leave out, e.g. 79-88,100, 1-based (default: none)",
     )
     parser.add_argument(
-        "--exclude-regex", type=_regex, metavar="RE", help="skip dialogues with a matching turn"
+        "--exclude-regex",
+        type=_regex,
+        metavar="RE",
+        help="skip dialogues with a matching turn (default: none)",
     )
     parser.add_argument(
-        "--max-turns", type=_positive, default=0, metavar="N", help="cut longer dialogues into windows"
+        "--max-turns",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="cut longer dialogues into windows of N turns (default: 0, never)",
     )
 
 
@@ -94,6 +107,19 @@ def _warn_unused(fmt: str, opts: ConvertOptions) -> None:
             print(f"note: {flag} has no effect with --format {fmt}", file=sys.stderr)
 
 
+def _speaker_hint(wanted: str, found: Counter[str]) -> str:
+    """Which speakers the files do have, when --persona-speaker matched none of them."""
+    import difflib
+
+    close = difflib.get_close_matches(wanted, list(found), n=1, cutoff=0.5)
+    listed = ", ".join(f"{name} ({count} turns)" for name, count in found.most_common(10))
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    guess = f"; did you mean {close[0]}?" if close else ""
+    return (
+        f"prepare: no turn of --persona-speaker {wanted!r} was found; the speakers are {listed}{more}{guess}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         opts = _options(args)
@@ -120,10 +146,12 @@ def run(args: argparse.Namespace) -> int:
         if writer.count:
             writer.commit()
     print(f"{args.format}: {len(files)} file(s); {report.summary()}")
+    if opts.persona_speaker and report.unmatched_speakers and not report.kept:
+        print(_speaker_hint(opts.persona_speaker, report.unmatched_speakers), file=sys.stderr)
     if not report.kept:
-        print(f"prepare: no dialogue kept; {args.output} was not written", file=sys.stderr)
+        print(f"prepare: no dialogue kept; {args.output.absolute()} was not written", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output.absolute()}")
     if speakers and "persona_speaker" in FORMATS[args.format].OPTIONS:
         # Without it `train` finds persona turns only under the speakers its config names.
         common = ", ".join(f"{name} ({count} turns)" for name, count in speakers.most_common(5))

@@ -11,25 +11,35 @@ from trainer.commands.gating import add_gate_arguments, gate_and_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--persona", required=True, help="persona id")
     parser.add_argument(
-        "--version", help="the candidate (default: the persona's canary, else its newest version)"
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
     )
-    parser.add_argument("--train-config", type=Path, help="training TOML with the gate's tolerances")
+    parser.add_argument(
+        "--version",
+        metavar="NAME",
+        help="the candidate (default: the persona's canary, else its newest version)",
+    )
+    parser.add_argument(
+        "--train-config",
+        type=Path,
+        metavar="FILE",
+        help="training TOML with the gate's tolerances (default: trainer/default_train.toml)",
+    )
     add_gate_arguments(parser, skip=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.model.adapters import list_versions, read_canary
     from personas.card import UnknownPersonaError, load_cards
+    from trainer.commands.common import command_settings, option_file
     from trainer.config import TrainConfigError, load_train_config
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
-        cfg = load_train_config(args.train_config, card.id)
+        cfg = load_train_config(option_file(args.train_config, "--train-config"), card.id)
     except (ConfigError, TrainConfigError, UnknownPersonaError) as exc:
         print(f"promote: {exc}", file=sys.stderr)
         return 1

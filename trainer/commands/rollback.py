@@ -9,22 +9,25 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--persona", required=True, help="persona id")
+    parser.add_argument(
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
+    )
     parser.add_argument(
         "--to",
         metavar="VERSION",
         help="the version to serve (default: the newest earlier version that served before)",
     )
-    parser.add_argument("--reason", default="", help="a note for the history")
+    parser.add_argument("--reason", default="", metavar="TEXT", help="a note for the history (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.model.rollout import NothingToMove, RolloutError, cli_actor, rollback
     from personas.card import UnknownPersonaError, load_cards
+    from trainer.commands.common import command_settings
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
         move = rollback(settings.paths.adapters_dir, card.id, args.to, by=cli_actor(), reason=args.reason)

@@ -22,19 +22,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--next",
         type=int,
         metavar="N",
-        help="print the next N times the cron line fires (and the timezone) and exit; starts nothing",
+        help="print the next N times the cron line fires, and the timezone, then exit (default: run the schedule)",
     )
-    parser.add_argument("--cron", metavar="LINE", help="use this crontab line instead of schedule.cron")
+    parser.add_argument(
+        "--cron",
+        metavar="LINE",
+        help="a crontab line: minute hour day month weekday (default: schedule.cron)",
+    )
     parser.add_argument(
         "--from",
         dest="start",
         type=_aware_datetime,
         metavar="TIME",
-        help="with --next: count from this ISO time (e.g. 2025-01-01T00:00) instead of now",
+        help="with --next: count from this ISO time, e.g. 2025-01-01T00:00 (default: now)",
     )
-    parser.add_argument("--train-config", type=Path, help="training TOML passed to each train run")
     parser.add_argument(
-        "--min-new-approved", type=int, help="override schedule.min_new_approved for this process"
+        "--train-config",
+        type=Path,
+        metavar="FILE",
+        help="training TOML passed to each train run (default: trainer/default_train.toml)",
+    )
+    parser.add_argument(
+        "--min-new-approved",
+        type=int,
+        metavar="N",
+        help="retrain after this many new approved replies (default: schedule.min_new_approved)",
     )
 
 
@@ -88,13 +100,15 @@ async def _forever(retrainer) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.learning.retrain_schedule import RetrainingSchedule
     from bot.ops.cron import cron_trigger
+    from trainer.commands.common import command_settings, option_file
     from trainer.config import load_train_config
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args, adapters=False)
+        option_file(args.train_config, "--train-config")
         if args.min_new_approved is not None:
             settings = replace(
                 settings, schedule=replace(settings.schedule, min_new_approved=args.min_new_approved)
@@ -109,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--next {args.next}: give how many run times to print (1 or more)")
             print_next(settings.schedule.cron, args.next, args.start)
             return 0
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"schedule: {exc}", file=sys.stderr)
         return 1
     retrainer = RetrainingSchedule(

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--arch", choices=("gpt-neox", "llama"), default="gpt-neox")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def _python() -> str:
-    """The interpreter as the user can type it here: ``.venv/bin/python`` in a checkout, else ``python``."""
-    here = Path.cwd()
-    executable = Path(sys.executable)
-    return str(executable.relative_to(here)) if executable.is_relative_to(here) else "python"
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the model folder to write")
+    parser.add_argument(
+        "--arch",
+        choices=("gpt-neox", "llama"),
+        default="gpt-neox",
+        help="the model family (and its tokenizer)",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the random weights")
 
 
 def run(args: argparse.Namespace) -> int:
+    from bot.ops.commandline import module_command
     from trainer.tiny import build_tiny_model
 
     out = build_tiny_model(args.out_dir, args.arch, args.seed)
-    print(f"wrote a tiny {args.arch} model to {out}")
-    print(f"try it: OSHABERI_MODEL={out} {_python()} -m bot chat")
+    print(f"wrote a tiny {args.arch} model to {Path(out).absolute()}")
+    print(f"try it: OSHABERI_MODEL={out} {module_command('bot chat')}")
     return 0

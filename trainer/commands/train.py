@@ -20,16 +20,23 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--persona", required=True, help="persona id (a folder under personas/)")
     parser.add_argument(
-        "--train-config", type=Path, help="training TOML (default: trainer/default_train.toml)"
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
+    )
+    parser.add_argument(
+        "--train-config",
+        type=Path,
+        metavar="FILE",
+        help="training TOML (default: trainer/default_train.toml)",
     )
     parser.add_argument(
         "--resume",
         metavar="RUN",
-        help="continue an interrupted run: 'last', its version name, or its runs/ folder",
+        help="continue an interrupted run: 'last', its version name, or its runs/ folder (default: a new run)",
     )
-    parser.add_argument("--version", help="name for the new version (default: the UTC start time)")
+    parser.add_argument(
+        "--version", metavar="NAME", help="name for the new version (default: the UTC start time)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument(
         "--export-reviews",
@@ -41,21 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.model.loading import ModelLoadError
     from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
     from trainer.checkpoints import checkpoint_config, find_resumable
+    from trainer.commands.common import command_settings, option_file
     from trainer.config import TrainConfigError, load_train_config
     from trainer.dataset import DataError
     from trainer.train import TrainingInterrupted, train
 
+    settings = None
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args, adapters=False)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
         overrides = overrides_from_args(args)
-        cfg = load_train_config(args.train_config, card.id, overrides)
+        cfg = load_train_config(option_file(args.train_config, "--train-config"), card.id, overrides)
         resume = None
         if args.resume:
             resume = find_resumable(cfg, card.id, args.resume)
@@ -74,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130
+    except ModelLoadError as exc:
+        print(f"train: {exc.for_settings(settings) if settings else exc}", file=sys.stderr)
+        return 1
     except (
         ConfigError,
         TrainConfigError,
         DataError,
-        ModelLoadError,
         UnknownPersonaError,
         FileNotFoundError,
         FileExistsError,

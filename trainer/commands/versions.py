@@ -11,20 +11,25 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--persona", required=True)
-    parser.add_argument("--database", type=Path, help="the bot's database (default: paths.database)")
+    parser.add_argument(
+        "--persona", required=True, metavar="ID", help="persona id (a folder under personas/)"
+    )
+    parser.add_argument(
+        "--database", type=Path, metavar="FILE", help="the bot's database (default: paths.database)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from bot.config import ConfigError, load_settings
+    from bot.config import ConfigError
     from bot.learning.version_stats import version_report
     from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
+    from trainer.commands.common import command_settings
 
     try:
-        settings = load_settings(args.config)
+        settings = command_settings(args)
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
         database = args.database or Path(settings.paths.database)

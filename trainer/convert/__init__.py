@@ -61,6 +61,8 @@ def convert_files(
                 dialogue, reason = normalize(raw)
                 if dialogue is None:
                     report.skip(reason)
+                    if reason == "no persona text":
+                        report.unmatched_speakers.update(turn.speaker for turn in raw.turns)
                     continue
                 if opts.exclude is not None and any(opts.exclude.search(t.text) for t in dialogue.turns):
                     report.skip("--exclude-regex")

@@ -105,6 +105,8 @@ class Report:
     kept: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     bad_rows: list[str] = field(default_factory=list)
+    # Turns per speaker in the dialogues skipped for "no persona text", to suggest a --persona-speaker.
+    unmatched_speakers: Counter[str] = field(default_factory=Counter)
     max_printed: int = 50
     stream: IO[str] | None = None
 
