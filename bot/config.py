@@ -62,6 +62,11 @@ class EngineSettings:
     vllm_adapters_dir: str = ""
     vllm_health_interval_s: float = 5.0
     vllm_connect_timeout_s: float = 5.0
+    # Idle connections to the servers are dropped after this; keep it below the servers' own
+    # keep-alive (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default).
+    vllm_keepalive_s: float = 4.0
+    # A request with no first token within this marks its server suspect (engine hung?).
+    vllm_first_token_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,14 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("schedule.min_new_approved", s.schedule.min_new_approved, 0, True, " (0: every tick)"),
         ("engine.vllm_health_interval_s", s.engine.vllm_health_interval_s, 0, False, " (seconds)"),
         ("engine.vllm_connect_timeout_s", s.engine.vllm_connect_timeout_s, 0, False, " (seconds)"),
+        (
+            "engine.vllm_keepalive_s",
+            s.engine.vllm_keepalive_s,
+            0,
+            False,
+            " (seconds; keep it below the servers' VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 by default)",
+        ),
+        ("engine.vllm_first_token_timeout_s", s.engine.vllm_first_token_timeout_s, 0, False, " (seconds)"),
     ]
 
 

@@ -14,6 +14,12 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter bat
 # text; "length": max_new_tokens; "cancelled": the caller cancelled or timed out (callers see
 # RequestCancelledError / RequestTimeoutError instead of a result with this reason).
 FinishReason = Literal["stop", "eos", "length", "cancelled"]
+# The reasons that mean the reply is finished, the only ones a result may carry. A server's
+# "abort" (restarted, drained, put to sleep), "error", "repetition", an unknown reason or none at
+# all is a failure, handled like a server lost mid-stream: never posted, logged or reviewed as a
+# reply (``Ticket._finish`` enforces it for both backends).
+FINISHED_REASONS = frozenset({"stop", "eos", "length"})
+UNFINISHED_REPLY = "The model stopped before this reply was finished. Please try again."
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The bot process loads the tokenizer only (no weights). Each request is one strea
 completion on the healthy server with the fewest outstanding requests that has the persona's
 adapter. A server that fails before any of the reply was shown has the request retried on
 another; one that fails after gives that user a clear "try again" (never a second, different
-answer); no healthy server at all gives the same busy answer as a full queue.
+answer); no healthy server at all gives the same busy answer as a full queue. A stream that
+ends without a finish reason meaning "finished" (``abort`` …) is such a failure too, and a
+request with no first token within the bound marks its server suspect and moves on.
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ from bot.serving.generation import (
 )
 from bot.serving.ticket import Ticket
 from bot.serving.vllm.adapters import AdapterRegistry
-from bot.serving.vllm.http import ModelNotFound, ServerError, ServerUnavailable, VllmClient
+from bot.serving.vllm.http import (
+    SERVER_FINISHED,
+    ModelNotFound,
+    ServerError,
+    ServerUnavailable,
+    StreamNotFinished,
+    VllmClient,
+    connection_pool,
+    fresh_connections,
+)
 from bot.serving.vllm.pool import TOKENIZER_PROBE, Server, ServerPool
 from bot.serving.vllm.request import StreamDecoder, completion_payload, prompt_ids
 from personas.card import CardSet
@@ -55,6 +66,7 @@ class VllmBackend:
         max_positions: int,
         session: aiohttp.ClientSession,
         pool: ServerPool,
+        fresh: aiohttp.ClientSession | None = None,
     ) -> None:
         self.settings = settings
         self.cards = cards
@@ -63,6 +75,7 @@ class VllmBackend:
         self.base_model = settings.model.base_model
         self.max_positions = max_positions
         self.session = session
+        self.fresh = fresh  # single-use connections for retries (closed with the backend)
         self.pool = pool
         self.registry = AdapterRegistry(pool, settings, cards)
         self._accepting = True
@@ -81,11 +94,17 @@ class VllmBackend:
         tokenizer, max_positions = await asyncio.to_thread(_load_tokenizer, settings)
         probe = tokenizer(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"]
         engine = settings.engine
-        # No connection cap: every outstanding stream holds one (the queue size bounds them).
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        clients = [VllmClient(url, session, engine.vllm_connect_timeout_s) for url in engine.vllm_urls]
-        pool = ServerPool(clients, probe, settings.model.base_model, engine.vllm_health_interval_s)
-        backend = cls(settings, cards, tokenizer, max_positions, session, pool)
+        session = connection_pool(engine.vllm_keepalive_s)
+        fresh = fresh_connections()
+        clients = [VllmClient(url, session, engine.vllm_connect_timeout_s, fresh) for url in engine.vllm_urls]
+        pool = ServerPool(
+            clients,
+            probe,
+            settings.model.base_model,
+            engine.vllm_health_interval_s,
+            engine.vllm_first_token_timeout_s,
+        )
+        backend = cls(settings, cards, tokenizer, max_positions, session, pool, fresh)
         await pool.check_all()
         if pool.healthy():
             await backend.registry.publish_all()
@@ -159,6 +178,8 @@ class VllmBackend:
         await self.pool.stop()
         await self.registry.drain()
         await self.session.close()
+        if self.fresh is not None:
+            await self.fresh.close()
 
     # -- one request ---------------------------------------------------------------------
 
@@ -209,17 +230,7 @@ class VllmBackend:
             self.registry.hold(name)
             started = time.perf_counter()
             try:
-                # aclosing: leaving the loop early closes the stream at once, so the server stops.
-                async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
-                    async for chunk in stream:
-                        if chunk.token_ids:
-                            ticket._token(time.monotonic(), len(chunk.token_ids))
-                        ticket._piece(decoder.feed(chunk.token_ids))
-                        if decoder.finish_reason is not None or chunk.finish_reason is not None:
-                            ticket._piece(decoder.finish(chunk.finish_reason))
-                            break
-                if decoder.finish_reason is None:
-                    ticket._piece(decoder.finish(None))
+                await self._stream(server, payload, ticket, decoder)
                 server.served += 1
                 return decoder.result(
                     request.adapter, self.registry.version_of(name), time.perf_counter() - started
@@ -234,6 +245,10 @@ class VllmBackend:
                 refreshed.add(server)
                 server.adapters.discard(name or "")
                 await self.pool.check(server)
+            except FirstTokenTimeout:
+                server.failed += 1
+                self.pool.mark_suspect(server)
+                tried.add(server)  # nothing was shown: another server may answer, else "busy"
             except ServerUnavailable as exc:
                 server.failed += 1
                 self.pool.mark_down(server, str(exc))
@@ -250,6 +265,49 @@ class VllmBackend:
             finally:
                 server.outstanding -= 1
                 self.registry.release(name)
+
+    async def _stream(
+        self, server: Server, payload: dict[str, Any], ticket: Ticket, decoder: StreamDecoder
+    ) -> None:
+        """Stream one completion into ``ticket`` through ``decoder``.
+
+        Raises FirstTokenTimeout when nothing arrives within the pool's first-token bound (the
+        stream is closed, so the server aborts the request), StreamNotFinished when the stream
+        ends without a finish reason that means "finished", and the client's errors.
+        """
+        reason: str | None = None
+        # aclosing: leaving the loop early closes the stream at once, so the server stops.
+        async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
+            try:
+                async with asyncio.timeout(self.pool.first_token_timeout_s) as first_token:
+                    async for chunk in stream:
+                        first_token.reschedule(None)  # the engine answers: no bound from here on
+                        if chunk.token_ids:
+                            ticket._token(time.monotonic(), len(chunk.token_ids))
+                        ticket._piece(decoder.feed(chunk.token_ids))
+                        if decoder.finish_reason is not None:
+                            break  # a stop string or EOS seen here ends the reply
+                        if chunk.finish_reason is not None:
+                            reason = chunk.finish_reason
+                            break
+            except TimeoutError:
+                raise FirstTokenTimeout(server.url) from None
+        if decoder.finish_reason is None and reason not in SERVER_FINISHED:
+            raise StreamNotFinished(
+                server.url,
+                f"ended a reply with finish reason {reason!r} (aborted: restarted, drained or asleep?)"
+                if reason
+                else "ended a reply without a finish reason",
+            )
+        ticket._piece(decoder.finish(reason))
+
+
+class FirstTokenTimeout(Exception):
+    """No first token within the pool's bound (handled inside the backend, never raised out)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
 
 
 def _load_tokenizer(settings: Settings) -> tuple[Any, int]:
