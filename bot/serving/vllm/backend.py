@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from bot.config import Settings
-from bot.model.loading import ModelLoadError, load_tokenizer
+from bot.model.loading import ModelLoadError, encode_prompt, load_tokenizer
 from bot.serving.generation import (
     BASE_ADAPTER,
     GenerationError,
@@ -144,6 +144,16 @@ class VllmBackend:
     def adapter_for(self, persona_id: str) -> str:
         return persona_id if self.registry.has(persona_id) else BASE_ADAPTER
 
+    def context_tokens(self, adapter: str) -> int:
+        """The largest context among the healthy servers that may serve ``adapter`` (each one's
+        ``max_model_len``, within the model's own); the model's when none is known."""
+        name = self.registry.serving_name(adapter)
+        sizes = [self._context_of(s) for s in self.pool.healthy() if name is None or name in s.adapters]
+        return max(sizes, default=self.max_positions)
+
+    def _context_of(self, server: Server) -> int:
+        return min(server.max_model_len or self.max_positions, self.max_positions)
+
     def stats(self) -> WorkerStats:
         tokens = sum(t for t, _ in self._recent)
         seconds = sum(s for _, s in self._recent)
@@ -205,12 +215,11 @@ class VllmBackend:
             self._tickets.pop(ticket, None)
 
     async def _generate(self, ticket: Ticket) -> GenerationResult:
-        request = ticket.request
-        ids = prompt_ids(self.tokenizer, request, self.max_positions)
         tried: set[Server] = set()
         refreshed: set[Server] = set()
+        resized: set[Server] = set()
         while True:
-            name = self.registry.serving_name(request.adapter)
+            name = self.registry.serving_name(ticket.request.adapter)
             server = self.pool.pick(name, tried)
             if server is None and name is not None and self.pool.healthy():
                 # Healthy servers exist but none has this adapter (all restarted?): register, retry.
@@ -218,12 +227,13 @@ class VllmBackend:
                     if candidate not in refreshed:
                         refreshed.add(candidate)
                         await self.registry.ensure_on(candidate)
-                server = self.pool.pick(self.registry.serving_name(request.adapter), tried)
-                name = self.registry.serving_name(request.adapter)
+                server = self.pool.pick(self.registry.serving_name(ticket.request.adapter), tried)
+                name = self.registry.serving_name(ticket.request.adapter)
             if server is None:
                 raise QueueFullError(
                     len(self._tickets), self.settings.worker.queue_size * max(len(self.pool.healthy()), 1)
                 )
+            request, ids = self._fitted(ticket, server)
             decoder = StreamDecoder(self.tokenizer, request)
             payload = completion_payload(name or server.base_model or self.base_model, ids, request)
             server.outstanding += 1
@@ -257,6 +267,11 @@ class VllmBackend:
                     raise GenerationError(MID_STREAM) from exc
                 tried.add(server)  # nothing was shown yet: another server may answer instead
             except ServerError as exc:
+                if exc.status == 400 and "context length" in str(exc) and server not in resized:
+                    # Its --max-model-len changed (a restart between health checks): read it, refit.
+                    resized.add(server)
+                    await self.pool.check(server)
+                    continue
                 server.failed += 1
                 log.error("%s", exc)
                 raise GenerationError(
@@ -265,6 +280,20 @@ class VllmBackend:
             finally:
                 server.outstanding -= 1
                 self.registry.release(name)
+
+    def _fitted(self, ticket: Ticket, server: Server) -> tuple[GenerationRequest, list[int]]:
+        """The ticket's request and prompt ids fitted to ``server``'s context: rendered again
+        (history cut) when it was rendered for a larger one. The ticket keeps the request sent,
+        so the log holds the prompt the model saw."""
+        request = ticket.request
+        context = self._context_of(server)
+        ids = encode_prompt(self.tokenizer, request.prompt)
+        if not request.fits(len(ids), context) and request.refit is not None:
+            request = ticket.request = request.refit(context)
+            ids = encode_prompt(self.tokenizer, request.prompt)
+        if not request.fits(len(ids), context):
+            ids = prompt_ids(self.tokenizer, request, context)  # cannot be rendered again: keep the end
+        return request, ids
 
     async def _stream(
         self, server: Server, payload: dict[str, Any], ticket: Ticket, decoder: StreamDecoder
