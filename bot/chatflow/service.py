@@ -20,7 +20,7 @@ from personas.render import InputError, PromptRenderer, TokenizerFacts, Turn, va
 
 log = logging.getLogger(__name__)
 # What a member reads when the prompt still does not fit (the operator's log line says why).
-DOES_NOT_FIT = "Sorry, this conversation could not be fitted to the model this time. Please try again."
+DOES_NOT_FIT = "This conversation could not be fitted to the model this time. Please try again."
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 import discord
 
 from bot.chatflow.conversation import ChatMessage, Conversation, build_conversation, parse_prefixed
+from bot.discord.message_parts import is_forward, said
 from bot.store.store import Store
 from personas.card import PersonaCard
 
@@ -26,12 +27,13 @@ CONVERSATION_TYPES = frozenset({discord.MessageType.default, discord.MessageType
 
 
 def is_conversation(message: discord.Message) -> bool:
-    """Whether ``message`` is something a person (or a persona) said, judged by its type alone.
+    """Whether ``message`` is something a person (or a persona) said: its type, and not a forward.
 
     False for every system message: those are never input, history, log rows or training data,
-    and Discord refuses replies to them.
+    and Discord refuses replies to them. False for a forward too: a type-0 message whose words
+    are someone else's, in its snapshot (bot/chatflow/said.py says why it is not read).
     """
-    return message.type in CONVERSATION_TYPES
+    return message.type in CONVERSATION_TYPES and not is_forward(message)
 
 
 def classify(
@@ -59,7 +61,7 @@ def classify(
         return ChatMessage(message.id, None, parsed[1], is_persona=True) if parsed else None
     if message.author.bot:
         return None
-    return ChatMessage(message.id, message.author.id, message.content)
+    return ChatMessage(message.id, message.author.id, said(message).text or "")
 
 
 async def channel_history(
@@ -139,8 +141,8 @@ async def _resolve(current: discord.Message, target: int) -> discord.Message | N
 def is_reply_to_bot(message: discord.Message, *, bot_user_id: int | None, webhook_ids: Iterable[int]) -> bool:
     """Whether ``message`` replies to one of the bot's own posts (prefixed or through its webhook)."""
     ref = message.reference
-    if ref is None:
-        return False
+    if ref is None or is_forward(message):
+        return False  # a forward of the bot's message quotes it; it does not answer it
     resolved: Any = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
     if resolved is None or not is_conversation(resolved):
         return False  # e.g. a wave at the bot's own "joined the server" message
@@ -183,5 +185,5 @@ async def read_conversation(
         line = classify(m, bot_user_id=bot_user_id, card=card, webhook_ids=known)
         if line is not None:
             lines.append(line)
-    lines.append(ChatMessage(message.id, message.author.id, message.content))
+    lines.append(ChatMessage(message.id, message.author.id, said(message).text or ""))
     return build_conversation(card, lines, limit)

@@ -18,6 +18,7 @@ from discord.ext import commands, tasks
 from bot.chatflow.conversation import Conversation
 from bot.chatflow.ratelimit import describe_wait
 from bot.chatflow.replyflow import Incoming, ReplyFlow, Stopwatch
+from bot.chatflow.said import only_text_notice
 from bot.discord.bot_protocol import BotServices
 from bot.discord.checks import channel_allowed, member_allowed
 from bot.discord.history import (
@@ -26,6 +27,7 @@ from bot.discord.history import (
     mentions_bot,
     read_conversation,
 )
+from bot.discord.message_parts import said
 from bot.discord.sender import notify
 from bot.discord.streaming import DiscordSink, Posted, feed_stream
 from bot.discord.waiting import QueueNotice, TypingIndicator
@@ -42,9 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHUTDOWN_NOTICE = "The bot is restarting, so this message was not answered. Please send it again in a minute."
-ONLY_TEXT = (
-    "Only text can be answered: attachments and stickers are not read. Please write what you want to say."
-)
+ONLY_TEXT = only_text_notice(("attachments and stickers",))
 
 
 class Chat(commands.Cog):
@@ -174,10 +174,10 @@ class Chat(commands.Cog):
 
         try:
             conversation = await self._conversation(message, card, channel_has_persona)
-            if (message.attachments or message.stickers) and not clean_text(
-                conversation.turns[-1].text
-            ).strip():
-                raise InputError(ONLY_TEXT)  # "empty" would be wrong: the user did post something
+            unreadable = said(message).unreadable
+            if unreadable and not clean_text(conversation.turns[-1].text).strip():
+                # "Empty" would be wrong: the member did send something, just nothing readable.
+                raise InputError(only_text_notice(unreadable))
             pending = runtime.chat.submit(persona_id, conversation.turns)
         except InputError as exc:
             await notify(channel, str(exc), message)
