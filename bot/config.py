@@ -112,6 +112,9 @@ class DiscordSettings:
     owner_ids: tuple[int, ...] = ()
     review_poll_s: float = 10.0  # how often review items from other processes are looked for
     shutdown_grace_s: float = 20.0  # on SIGTERM, how long in-flight replies may still finish
+    # Applications whose webhook reposts are a member's own words (PluralKit, Tupperbox): the
+    # repost is answered as that member's message, once (docs/robustness.md, proxied messages).
+    proxy_bots: tuple[int, ...] = (466378653216014359, 431544605209788416)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ def validate(settings: Settings) -> None:
         ("discord.allowed_channels", settings.discord.allowed_channels),
         ("discord.allowed_roles", settings.discord.allowed_roles),
         ("discord.owner_ids", settings.discord.owner_ids),
+        ("discord.proxy_bots", settings.discord.proxy_bots),
     ):
         if any(i <= 0 for i in ids):
             raise ConfigError(f"{key}: Discord ids are positive numbers, got {list(ids)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -113,6 +114,16 @@ class LogSpool:
         dropped = len(self._pending) - len(kept)
         self._pending = kept
         return dropped
+
+    def move(self, old_id: int, new_id: int) -> int:
+        """Spooled entries that answered ``old_id`` now answer ``new_id`` (a proxy bot reposted the
+        message and deleted the original); returns how many."""
+        moved = 0
+        for i, entry in enumerate(self._pending):
+            if entry.message_id == old_id:
+                self._pending[i] = dataclasses.replace(entry, message_id=new_id)
+                moved += 1
+        return moved
 
     def forget_later(self, message_id: int) -> None:
         """Keep the deletion of ``message_id``'s rows for the next flush (the database refused it)."""

@@ -7,7 +7,7 @@ deleted message are all reflected the next time history is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Mapping
 from typing import Any
 
 import discord
@@ -42,15 +42,22 @@ def classify(
     bot_user_id: int | None,
     card: PersonaCard,
     webhook_ids: set[int],
+    proxy_bots: Collection[int] = (),
+    proxied_authors: Mapping[int, int] | None = None,
 ) -> ChatMessage | None:
     """A message as a conversation line for ``card``; None for lines that are not part of it.
 
     Persona lines are the bot's webhook posts under the card's name and its own prefixed posts.
+    A proxy bot's repost (an application in ``proxy_bots``) is the line of the member
+    ``proxied_authors`` names for it, and left out when nobody is known to have written it.
     Other bots, other webhooks, other personas' lines, the bot's notices and system messages
     (a thread's name, "pinned a message" …) are left out.
     """
     if not is_conversation(message):
         return None
+    if message.webhook_id is not None and getattr(message, "application_id", None) in proxy_bots:
+        author = (proxied_authors or {}).get(message.id)
+        return ChatMessage(message.id, author, said(message).text or "") if author is not None else None
     if message.webhook_id is not None:
         ours = not webhook_ids or message.webhook_id in webhook_ids
         if ours and message.author.name == card.display_name[:80]:
@@ -169,20 +176,38 @@ async def read_conversation(
     limit: int,
     bot_user_id: int | None,
     webhook_ids: Iterable[int],
+    proxy_bots: Collection[int] = (),
+    reposted: Container[int] = frozenset(),
 ) -> Conversation:
     """The conversation ``message`` ends, at most ``limit`` earlier messages after the channel's
     reset marker. In a persona channel, the channel since the reset; elsewhere the bot was
     addressed directly, so only the reply chain counts (other people's chatter there was not
-    meant for it, and would put their words into someone else's log)."""
+    meant for it, and would put their words into someone else's log).
+
+    Proxy bots' reposts are their members' lines (the store knows who wrote each); an original a
+    proxy already reposted but has not deleted yet (``reposted``) is left out, so its words are
+    not read twice."""
     marker = await store.channel_reset_marker(message.channel.id)
     if channel_has_persona:
         earlier = await channel_history(message, after=marker, limit=limit)
     else:
         earlier = await reply_chain(message, after=marker, limit=limit, answered_by=store.message_answered_by)
     known = set(webhook_ids)
+    earlier = [m for m in earlier if m.id not in reposted]
+    proxied = [
+        m.id for m in earlier if m.webhook_id is not None and getattr(m, "application_id", None) in proxy_bots
+    ]
+    authors = await store.proxied_authors(proxied) if proxied else {}
     lines: list[ChatMessage] = []
     for m in earlier:
-        line = classify(m, bot_user_id=bot_user_id, card=card, webhook_ids=known)
+        line = classify(
+            m,
+            bot_user_id=bot_user_id,
+            card=card,
+            webhook_ids=known,
+            proxy_bots=proxy_bots,
+            proxied_authors=authors,
+        )
         if line is not None:
             lines.append(line)
     lines.append(ChatMessage(message.id, message.author.id, said(message).text or ""))

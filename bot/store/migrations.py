@@ -105,6 +105,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         "find a row by the message it answered (a user deleting their message withdraws it)",
         ("CREATE INDEX logs_message ON logs (message_id)",),
     ),
+    Migration(
+        4,
+        "members behind proxied messages (PluralKit, Tupperbox): whose words a proxy's webhook repost is",
+        (
+            """
+            CREATE TABLE proxied_messages (
+                message_id INTEGER PRIMARY KEY,
+                original_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                channel_id INTEGER,
+                created_at TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX proxied_messages_user ON proxied_messages (user_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

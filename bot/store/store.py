@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from bot.store.privacy import PrivacyStore
+from bot.store.proxied import ProxiedStore
 from bot.store.rows import (
     DECISIONS,
     LOG_COLUMNS,
@@ -64,7 +65,7 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(PrivacyStore):
+class Store(PrivacyStore, ProxiedStore):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError

@@ -28,6 +28,7 @@ from bot.discord.history import (
     read_conversation,
 )
 from bot.discord.message_parts import said
+from bot.discord.proxied import ProxiedMessages
 from bot.discord.sender import notify
 from bot.discord.streaming import DiscordSink, Posted, feed_stream
 from bot.discord.waiting import QueueNotice, TypingIndicator
@@ -79,11 +80,19 @@ class Chat(commands.Cog):
         self._withdrawn: set[int] = set()
         # Streamed replies whose final edit is on its way, by the id of the message they answer.
         self._finishing: dict[int, StreamedReply[Posted]] = {}
+        # Proxy bots' reposts (PluralKit, Tupperbox) and the member messages they replace.
+        self.proxied = ProxiedMessages(bot, store)
 
     # -- which messages are answered -----------------------------------------------------------
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
+        if self.proxied.is_repost(message):
+            # Paired before any await: the original's deletion, which comes next, must find it.
+            found = self.proxied.pair(message)
+            if found is not None:
+                await self.proxied.record(found)
+            return  # never answered itself: its original was answered (or refused) once
         if message.author.bot or message.webhook_id is not None:
             return  # other bots, webhooks, and the bot itself (its persona webhook included)
         if self.bot.user is not None and message.author.id == self.bot.user.id:
@@ -92,6 +101,7 @@ class Chat(commands.Cog):
             return  # a thread created, a pin, a join …: made by Discord, not said by the member
         if message.guild is None or self.flow is None or self.store is None:
             return  # direct messages are not a place the server's moderators can review
+        self.proxied.remember(message)  # a proxy bot may repost it in a moment
         settings = self.bot.settings.discord
         if not channel_allowed(settings, message.channel):
             return
@@ -237,20 +247,23 @@ class Chat(commands.Cog):
                 log.warning("could not post the streamed reply to message %s", message.id)
         else:
             try:
-                sent = await bot.sender.send(channel, card, filtered.text, message)
+                sent = await bot.sender.send(channel, card, filtered.text, self.proxied.reply_target(message))
             except discord.HTTPException as exc:
                 # Discord is down or refuses: the reply is still logged, so it is not lost for review.
                 log.warning("could not post the reply to message %s: %s", message.id, exc)
 
+        logged_as = self.proxied.logged_id(message.id)  # the repost, if a proxy replaced the message
         incoming = Incoming(
             guild_id=message.guild.id if message.guild else None,
             channel_id=channel.id,
-            message_id=message.id,
+            message_id=logged_as,
             user_id=message.author.id,
             created_at=message.created_at,
         )
         entry = flow.entry(incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None)
         log_id = await flow.record(entry)
+        if self.proxied.logged_id(message.id) != logged_as:  # replaced while the row was written
+            await self._move_log(logged_as, self.proxied.logged_id(message.id))
         if log_id is not None and self.reviews is not None:
             await self.reviews.post_new(log_id)
 
@@ -319,20 +332,26 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self._withdraw(payload.message_id)
+        await self._withdraw(payload.message_id, payload.guild_id)
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         for message_id in payload.message_ids:
-            await self._withdraw(message_id)
+            await self._withdraw(message_id, payload.guild_id)
 
-    async def _withdraw(self, message_id: int) -> None:
+    async def _withdraw(self, message_id: int, guild_id: int | None = None) -> None:
         """A message was deleted: if it is being answered, stop, and post and log nothing; if it
         was answered already, delete its log row and review card.
 
         Either way the words its author took back never reach the review queue or training data,
-        and a reply posted afterwards would answer nothing anyone can see.
+        and a reply posted afterwards would answer nothing anyone can see. A proxy bot deleting
+        the original it reposted takes nothing back: the answer is handed over to the repost.
         """
+        found = await self.proxied.replacement(message_id, guild_id)
+        if found is not None:
+            if message_id not in self._answering and message_id not in self._finishing:
+                await self._move_log(message_id, found.repost_id)  # answered and logged already
+            return
         pending = self._answering.get(message_id)
         if pending is not None:
             self._withdrawn.add(message_id)
@@ -362,6 +381,17 @@ class Chat(commands.Cog):
         if self.reviews is not None and result.review_cards:
             await self.reviews.delete_cards(result.review_cards)
 
+    async def _move_log(self, old_id: int, new_id: int) -> None:
+        """The log row (written or spooled) of ``old_id`` now names ``new_id``, its proxy's repost."""
+        if self.flow is not None:
+            self.flow.spool.move(old_id, new_id)
+        if self.store is None:
+            return
+        try:
+            await self.store.move_message(old_id, new_id)
+        except Exception as exc:  # the row keeps the original's id: only a later deletion misses it
+            log.warning("could not move the log of message %s to its repost %s: %s", old_id, new_id, exc)
+
     async def _conversation(
         self, message: discord.Message, card: PersonaCard, channel_has_persona: bool
     ) -> Conversation:
@@ -374,6 +404,8 @@ class Chat(commands.Cog):
             limit=max(0, self.bot.settings.chat.history_messages),
             bot_user_id=self.bot.user.id if self.bot.user else None,
             webhook_ids=self.bot.sender.known_webhook_ids(),
+            proxy_bots=self.proxied.proxy_bots,
+            reposted=self.proxied.reposted(),
         )
 
     # -- the log spool -------------------------------------------------------------------------
