@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bot.config import Settings
@@ -31,6 +32,10 @@ class Script:
     reply: str | BaseException = "おう、元気だぜ！"
     positions: list[int] = field(default_factory=lambda: [0])  # reported queue positions, in order
     gate: asyncio.Event | None = None  # generation waits for it (to hold a request in flight)
+    # Streamed replies: the raw pieces as they are generated, ``piece_gap_s`` apart; the reply
+    # is their concatenation (cleaned by the renderer), ready once the last piece is out.
+    pieces: list[str] | None = None
+    piece_gap_s: float = 0.0
 
 
 class FakePending:
@@ -42,6 +47,8 @@ class FakePending:
         self.cancelled = False
         self._positions = collections.deque(script.positions)
         self._cancel_event = asyncio.Event()
+        self._renderer = PromptRenderer(card)
+        self._streamed = asyncio.Event()
 
     @property
     def params(self):
@@ -62,12 +69,21 @@ class FakePending:
             cancel.cancel()
         else:
             await asyncio.sleep(0)
+        if self.script.pieces is not None:  # ready once streamed (or cancelled)
+            streamed = asyncio.ensure_future(self._streamed.wait())
+            cancel = asyncio.ensure_future(self._cancel_event.wait())
+            await asyncio.wait({streamed, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            streamed.cancel()
+            cancel.cancel()
         if self.cancelled:
             raise RequestCancelledError("The request was cancelled.")
         if isinstance(self.script.reply, BaseException):
             raise self.script.reply
+        text = self.script.reply
+        if self.script.pieces is not None:
+            text = self._renderer.clean_reply("".join(self.script.pieces))
         self.result = GenerationResult(
-            text=self.script.reply,
+            text=text,
             new_tokens=12,
             finish_reason="stop",
             adapter=self.card.id,
@@ -75,7 +91,21 @@ class FakePending:
             seconds=0.25,
             batch_size=2,
         )
-        return self.script.reply
+        return text
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The scripted pieces, ``piece_gap_s`` apart (nothing when the script has none)."""
+        try:
+            for piece in self.script.pieces or ():
+                if self.cancelled:
+                    break
+                yield piece
+                await asyncio.sleep(self.script.piece_gap_s)
+        finally:
+            self._streamed.set()
+
+    def draft(self, raw: str) -> str:
+        return self._renderer.draft_reply(raw)
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -213,9 +213,19 @@ class ReplyFlow:
         filtered: Filtered,
         latency_ms: int,
         reply_message_id: int | None,
+        shown: str = "full",
+        shown_text: str = "",
     ) -> LogEntry:
+        """The log row of one reply. ``shown`` says what the channel shows of it: "full",
+        "partial" (``shown_text``, an earlier draft it could not replace) or "none"; anything but
+        "full" is recorded in the row's params, so the row never claims more than was shown."""
         result = pending.result
         newest = conversation.turns[-1].text if conversation.turns else ""
+        params = _params_dict(pending, result)
+        if shown != "full":
+            params["shown"] = shown
+            if shown == "partial":
+                params["shown_text"] = shown_text
         return LogEntry(
             guild_id=incoming.guild_id,
             channel_id=incoming.channel_id,
@@ -226,7 +236,7 @@ class ReplyFlow:
             prompt=pending.prompt,
             user_text=newest,
             reply=filtered.text,
-            params=_params_dict(pending, result),
+            params=params,
             latency_ms=latency_ms,
             status="blocked" if filtered.is_blocked else "pending",
             origin="live",

@@ -17,6 +17,7 @@ from typing import Any
 import discord
 
 from bot.chatflow.proxy_pairing import Pair, ProxyPairing
+from bot.chatflow.replyflow import ReplyFlow
 from bot.discord.bot_protocol import BotServices
 from bot.discord.message_parts import said
 from bot.store.store import Store
@@ -32,9 +33,10 @@ class ProxiedMessages:
 
     grace_s = REPOST_GRACE_S
 
-    def __init__(self, bot: BotServices, store: Store | None) -> None:
+    def __init__(self, bot: BotServices, store: Store | None, flow: ReplyFlow | None = None) -> None:
         self.bot = bot
         self.store = store
+        self.flow = flow
         self.pairing = ProxyPairing()
         # Originals deleted by their proxy: original id -> the repost that replaced it.
         self.moved: dict[int, Pair] = {}
@@ -92,6 +94,17 @@ class ProxiedMessages:
         if found is not None:
             self.moved[message_id] = found
         return found
+
+    async def move_log(self, old_id: int, new_id: int) -> None:
+        """The log row (written or spooled) of ``old_id`` now names ``new_id``, its proxy's repost."""
+        if self.flow is not None:
+            self.flow.spool.move(old_id, new_id)
+        if self.store is None:
+            return
+        try:
+            await self.store.move_message(old_id, new_id)
+        except Exception as exc:  # the row keeps the original's id: only a later deletion misses it
+            log.warning("could not move the log of message %s to its repost %s: %s", old_id, new_id, exc)
 
     def logged_id(self, message_id: int) -> int:
         """The message a log row of ``message_id`` should name: its repost once it replaced it."""

@@ -446,12 +446,14 @@ class DiscordEmulator:
         code: int | None = None,
         message: str | None = None,
         body: dict[str, Any] | None = None,
+        skip: int = 0,
     ) -> Fault:
         """Fail the next ``count`` REST calls whose method matches and path (after /api/v10) matches
-        ``path_regex`` (re.search). 429s carry ``retry_after``, ``Retry-After``, ``X-RateLimit-*``
-        (``scope`` = "user" | "global" | "shared"); other statuses carry Discord's error body."""
+        ``path_regex`` (re.search), after letting ``skip`` of them through. 429s carry
+        ``retry_after``, ``Retry-After``, ``X-RateLimit-*`` (``scope`` = "user" | "global" |
+        "shared"); other statuses carry Discord's error body (``code``: 50083 a thread archived …)."""
         return self.faults.add(
-            Fault(method, path_regex, status, count, retry_after, scope, code, message, body)
+            Fault(method, path_regex, status, count, retry_after, scope, code, message, body, skip)
         )
 
     def clear_faults(self) -> None:

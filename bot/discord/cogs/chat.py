@@ -29,11 +29,12 @@ from bot.discord.history import (
 )
 from bot.discord.message_parts import said
 from bot.discord.proxied import ProxiedMessages
-from bot.discord.sender import notify
-from bot.discord.streaming import DiscordSink, Posted, feed_stream
+from bot.discord.sender import ReplySender, Shown, notify
+from bot.discord.streaming import DiscordSink, Posted, feed_stream, show_reply
 from bot.discord.waiting import QueueNotice, TypingIndicator
 from bot.serving.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.store.store import Store, StoreError
+from bot.text.edit_budget import EditBudgets
 from bot.text.streaming import StreamedReply
 from personas.card import PersonaCard, UnknownPersonaError
 from personas.render import InputError, clean_text
@@ -81,7 +82,8 @@ class Chat(commands.Cog):
         # Streamed replies whose final edit is on its way, by the id of the message they answer.
         self._finishing: dict[int, StreamedReply[Posted]] = {}
         # Proxy bots' reposts (PluralKit, Tupperbox) and the member messages they replace.
-        self.proxied = ProxiedMessages(bot, store)
+        self.proxied = ProxiedMessages(bot, store, flow)
+        self.edit_budgets = EditBudgets()  # streamed replies' posts and edits, per webhook
 
     # -- which messages are answered -----------------------------------------------------------
 
@@ -216,7 +218,7 @@ class Chat(commands.Cog):
             return
 
         filtered = flow.filter(text)
-        sent: list[Any] = []
+        shown = Shown([], "full")  # what the channel shows of the reply, for the log row
         if not filtered.text.strip():
             if stream is not None:
                 await stream.withdraw()
@@ -232,25 +234,20 @@ class Chat(commands.Cog):
             await notify(
                 channel, f"{card.display_name}'s reply was held back for a moderator to check.", message
             )
-        elif stream is not None:
+        else:
             # The final edit may wait out the edit interval; a deletion meanwhile still withdraws.
-            self._finishing[message.id] = stream
+            if stream is not None:
+                self._finishing[message.id] = stream
             try:
-                sent = await stream.finish(filtered.text)
+                reply_to = self.proxied.reply_target(message)
+                shown = await show_reply(bot.sender, channel, card, filtered.text, reply_to, stream)
             finally:
                 self._finishing.pop(message.id, None)
             if message.id in self._withdrawn:
                 self._withdrawn.discard(message.id)
                 log.info("message %s was deleted while its reply was shown; nothing logged", message.id)
                 return
-            if not sent:
-                log.warning("could not post the streamed reply to message %s", message.id)
-        else:
-            try:
-                sent = await bot.sender.send(channel, card, filtered.text, self.proxied.reply_target(message))
-            except discord.HTTPException as exc:
-                # Discord is down or refuses: the reply is still logged, so it is not lost for review.
-                log.warning("could not post the reply to message %s: %s", message.id, exc)
+        sent = shown.messages
 
         logged_as = self.proxied.logged_id(message.id)  # the repost, if a proxy replaced the message
         incoming = Incoming(
@@ -260,10 +257,12 @@ class Chat(commands.Cog):
             user_id=message.author.id,
             created_at=message.created_at,
         )
-        entry = flow.entry(incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None)
+        entry = flow.entry(
+            incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None, shown.state, shown.text
+        )
         log_id = await flow.record(entry)
         if self.proxied.logged_id(message.id) != logged_as:  # replaced while the row was written
-            await self._move_log(logged_as, self.proxied.logged_id(message.id))
+            await self.proxied.move_log(logged_as, self.proxied.logged_id(message.id))
         if log_id is not None and self.reviews is not None:
             await self.reviews.post_new(log_id)
 
@@ -326,6 +325,7 @@ class Chat(commands.Cog):
             self.flow.words,
             pending.draft,
             self.bot.settings.chat.stream_edit_interval_s,
+            budget=self.edit_budgets.for_key(ReplySender.webhook_home(channel).id),  # one per webhook
         )
 
     # -- a question withdrawn while it is answered -------------------------------------------------
@@ -350,7 +350,7 @@ class Chat(commands.Cog):
         found = await self.proxied.replacement(message_id, guild_id)
         if found is not None:
             if message_id not in self._answering and message_id not in self._finishing:
-                await self._move_log(message_id, found.repost_id)  # answered and logged already
+                await self.proxied.move_log(message_id, found.repost_id)  # answered and logged already
             return
         pending = self._answering.get(message_id)
         if pending is not None:
@@ -380,17 +380,6 @@ class Chat(commands.Cog):
             return
         if self.reviews is not None and result.review_cards:
             await self.reviews.delete_cards(result.review_cards)
-
-    async def _move_log(self, old_id: int, new_id: int) -> None:
-        """The log row (written or spooled) of ``old_id`` now names ``new_id``, its proxy's repost."""
-        if self.flow is not None:
-            self.flow.spool.move(old_id, new_id)
-        if self.store is None:
-            return
-        try:
-            await self.store.move_message(old_id, new_id)
-        except Exception as exc:  # the row keeps the original's id: only a later deletion misses it
-            log.warning("could not move the log of message %s to its repost %s: %s", old_id, new_id, exc)
 
     async def _conversation(
         self, message: discord.Message, card: PersonaCard, channel_has_persona: bool
