@@ -82,7 +82,7 @@ def fit_prompt(renderer: PromptRenderer, history: Sequence[Turn], context: int) 
     room = context - fixed - reply
     if room < MIN_NEWEST_TOKENS:
         reply = context - fixed - MIN_NEWEST_TOKENS
-        if reply < max(card.generation.min_new_tokens, MIN_REPLY_TOKENS):
+        if reply < MIN_REPLY_TOKENS:  # min_new_tokens shrinks with it (with_reply_room)
             raise ContextTooSmallError(card.id, fixed, context)
         room = MIN_NEWEST_TOKENS
     budget = min(card.history_budget_tokens, room)

@@ -21,10 +21,11 @@ from tests.vllm_server import VllmServer, backend_settings, install_adapter
 pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
 BASE_PROMPTS = [("ojousama", f"お話しましょう{i}") for i in range(6)]  # no adapter: any server serves them
-# Replies that must still be running when the test acts on them are as long as the servers'
-# context allows (--max-model-len 1024; the prompt is cut to fit). The tiny model writes a few
-# hundred tokens in seconds, and on a loaded machine the test can fall that far behind.
-LONG_REPLY = 900
+# Replies that must still be running when the test acts on them are about as long as the servers'
+# context allows (--max-model-len 1024, less the persona's prompt of about 225 tokens, which is
+# fitted to the context whole, never cut). The tiny model writes a few hundred tokens in seconds,
+# and on a loaded machine the test can fall that far behind.
+LONG_REPLY = 700
 
 
 @pytest.fixture(scope="module")
@@ -176,4 +177,89 @@ async def test_two_servers_one_stopped_every_request_is_served_by_the_other(
         assert b.failed >= 1  # it was tried, failed before the first byte, and the request moved
         assert backend.stats().requests_failed == 0
     finally:
+        await backend.stop(drain_timeout=1)
+
+
+def long_conversation(chat: ChatService, persona: str, turns: int = 40):
+    line = "今日は魔法の森でキノコを探してたんだけど、ぜんぜん見つからなくて困ったぜ。"
+    history = [
+        chat.persona_turn(persona, f"{i}: {line}") if i % 2 else chat.user_turn(persona, f"{i}: {line}")
+        for i in range(turns)
+    ]
+    return [*history, chat.user_turn(persona, "で、どう思う？")]
+
+
+async def test_b_again_smaller_hung_then_shut_down_never_costs_a_member_a_wrong_answer(
+    vllm_server, server_b, vllm_models, adapters, caplog
+):
+    """Server B restarted with --max-model-len 512 beside A's 1024 (issue 18): idle connections
+    outlive vLLM's 5 s keep-alive without a false "down"; a long conversation routed to B is
+    fitted to B's context; B's engine hung behind a live API (SIGSTOP) costs one request the
+    first-token bound and B is out until its engine answers; B shut down mid-stream (SIGTERM:
+    vLLM aborts its requests) gives "try again", never the half reply as a finished one."""
+    assert server_b.process.poll() is not None  # stopped by the test before
+    server_b.max_model_len = 512
+    await asyncio.to_thread(server_b.start)
+    settings = backend_settings(
+        vllm_models["gpt-neox"],
+        adapters,
+        (vllm_server.url, server_b.url),
+        vllm_health_interval_s=600.0,  # checks on demand only, so idle connections stay idle
+        vllm_first_token_timeout_s=3.0,
+    )
+    backend = await VllmBackend.start(settings, greedy_cards())
+    a, b = backend.pool.servers
+    try:
+        assert (a.max_model_len, b.max_model_len) == (1024, 512) and a.healthy and b.healthy
+        chat = ChatService(backend.cards, backend, backend.facts)
+
+        # 7: idle past vLLM's keep-alive (5 s), then ask both again: no connection error, no "down"
+        await answer_all(backend, greedy_cards(), BASE_PROMPTS[:2])
+        await asyncio.sleep(5.5)
+        await answer_all(backend, greedy_cards(), BASE_PROMPTS[:2])
+        assert a.healthy and b.healthy and a.failed == b.failed == 0
+
+        # 6: the same long conversation on each server, each fitted to that server's context
+        a.last_pick = 10**9  # B first
+        on_b = chat.submit("marisa", long_conversation(chat, "marisa"))
+        assert await on_b.text() is not None
+        b.last_pick = 10**10
+        on_a = chat.submit("marisa", long_conversation(chat, "marisa"))
+        assert await on_a.text() is not None
+        sent_b = len(backend.tokenizer(on_b.prompt)["input_ids"]) + on_b.params.max_new_tokens
+        assert sent_b <= 512 < len(backend.tokenizer(on_a.prompt)["input_ids"]) + on_a.params.max_new_tokens
+        assert backend.stats().requests_failed == 0
+
+        # 9: B's engine hangs while its API answers: one request waits the bound, then goes to A
+        server_b.pause_engine(True)
+        try:
+            a.last_pick = 10**11
+            began = time.monotonic()
+            ((result, _),) = await answer_all(backend, greedy_cards(), BASE_PROMPTS[:1])
+            assert result.new_tokens > 0 and 3.0 <= time.monotonic() - began < 60
+            assert b.suspect and not b.healthy and "no first token within 3 s" in (b.problem or "")
+            await backend.pool.check(b)  # /health and /v1/models answer; the test completion does not
+            assert b.suspect and not b.healthy
+            served = a.served
+            await answer_all(backend, greedy_cards(), BASE_PROMPTS[:2])
+            assert a.served == served + 2  # at once, on A
+        finally:
+            server_b.pause_engine(False)
+        await wait_for(lambda: backend.pool.check_soon(b) or (b.healthy and not b.suspect), 60, "B back")
+
+        # 8: B shut down mid-stream: vLLM aborts its requests ("abort", or the connection drops)
+        long_cards = greedy_cards(max_new_tokens=400, min_new_tokens=400)
+        long_chat = ChatService(long_cards, backend, backend.facts)
+        a.last_pick = 10**12
+        pending = long_chat.submit("ojousama", [long_chat.user_turn("ojousama", "長い話をして")])
+        stream = aiter(pending.ticket)
+        await asyncio.wait_for(anext(stream), 60)
+        assert b.outstanding == 1
+        await asyncio.to_thread(server_b.stop)
+        with pytest.raises(GenerationError) as info:
+            await pending.text()
+        assert str(info.value) == MID_STREAM and pending.result is None
+        assert not b.healthy
+    finally:
+        server_b.pause_engine(False)
         await backend.stop(drain_timeout=1)

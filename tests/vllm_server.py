@@ -55,6 +55,7 @@ class VllmServer:
     port: int = field(default_factory=free_port)
     max_loras: int = 4
     max_lora_rank: int = MAX_LORA_RANK
+    max_model_len: int = 1024
     enable_lora: bool = True
     runtime_lora: bool = True
     process: subprocess.Popen | None = None
@@ -79,7 +80,7 @@ class VllmServer:
             "--dtype",
             "float32",
             "--max-model-len",
-            "1024",
+            str(self.max_model_len),
             "--max-num-seqs",
             "16",
         ]
@@ -129,6 +130,35 @@ class VllmServer:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def engine_processes(self) -> list[int]:
+        """The server's child processes (its engine core and helpers), not the API process."""
+        if self.process is None:
+            return []
+        parents = {self.process.pid}
+        found: list[int] = []
+        grew = True
+        while grew:
+            grew = False
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) in found:
+                    continue
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid in parents:
+                    found.append(int(entry.name))
+                    parents.add(int(entry.name))
+                    grew = True
+        return found
+
+    def pause_engine(self, paused: bool) -> None:
+        """SIGSTOP (or SIGCONT) the engine behind a running API process: a hung engine, while
+        /health and /v1/models go on answering."""
+        for pid in self.engine_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def kill(self) -> None:
         """Kill at once (SIGKILL to the whole process group), as a crash would."""
