@@ -26,6 +26,7 @@ from typing import Any
 
 WINDOW_S = 15.0  # PluralKit reposts within about a second; a slow moment is allowed for
 PER_CHANNEL = 50  # recent member messages kept per channel as candidates
+KEEP_S = 900.0  # pairs are kept this long: longer than any reply takes to be written and logged
 
 _SPACE = re.compile(r"\s+")
 
@@ -80,6 +81,7 @@ class ProxyPairing:
         """The original ``repost_id`` replaces: the newest one in ``channel_id`` seen within the
         window whose text contains the repost's (proxy tags are removed, never added), not paired
         yet. None when there is none (the bot never saw it: its author is unknown)."""
+        self.forget_old()
         now = self.clock()
         wanted = _normal(text)
         for original in reversed(self._recent.get(channel_id, ())):
@@ -130,8 +132,9 @@ class ProxyPairing:
         return self._by_original.get(original_id)
 
     def forget_old(self) -> None:
-        """Drop pairs and candidates older than the window (called now and then)."""
-        cutoff = self.clock() - max(self.window_s * 4, 60.0)
+        """Drop candidates and pairs seen more than ``KEEP_S`` ago (a reply being written for
+        that long still needs its pair when it is logged)."""
+        cutoff = self.clock() - KEEP_S
         for channel, recent in list(self._recent.items()):
             while recent and recent[0].seen_at < cutoff:
                 recent.popleft()

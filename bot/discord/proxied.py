@@ -63,6 +63,8 @@ class ProxiedMessages:
         if repost.guild is not None:
             self._guilds_seen.add(repost.guild.id)
         found = self.pairing.pair(repost.id, repost.channel.id, said(repost).text or "", repost)
+        kept = self.pairing.reposted()
+        self.moved = {k: v for k, v in self.moved.items() if k in kept}  # bounded like the pairs
         if found is None:
             log.info(
                 "a proxied message (%s) whose original this bot did not see is not answered: its author is unknown",
