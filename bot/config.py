@@ -65,7 +65,7 @@ class EngineSettings:
     # Idle connections to the servers are dropped after this; keep it below the servers' own
     # keep-alive (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default).
     vllm_keepalive_s: float = 4.0
-    # A request with no first token within this marks its server suspect (engine hung?).
+    # A request with no token within this (the first, or the next one) marks its server suspect.
     vllm_first_token_timeout_s: float = 30.0
 
 

@@ -41,6 +41,7 @@ class FakeVllm:
     reply: str = "こんにちは、元気だぜ"
     finish_reason: str | None = "stop"  # None: the stream ends with [DONE] and no reason
     token_delay_s: float = 0.0
+    stall_after: int | None = None  # after this many tokens, wait for engine_running (clear it)
     health_status: int = 200
     # Requests wait here before their first token while the event is clear (an engine hung).
     engine_running: asyncio.Event = field(default_factory=asyncio.Event)
@@ -150,7 +151,8 @@ class FakeVllm:
             )
         ids = self.tokenizer(self.reply, add_special_tokens=False)["input_ids"]
         ids = ids[: int(body.get("max_tokens") or len(ids))]
-        await self.engine_running.wait()
+        if self.stall_after is None:
+            await self.engine_running.wait()
         if not body.get("stream"):
             text = self.tokenizer.decode(ids)
             choice = {"index": 0, "text": text, "finish_reason": self.finish_reason}
@@ -158,6 +160,8 @@ class FakeVllm:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i, token in enumerate(ids):
+            if i == self.stall_after:
+                await self.engine_running.wait()  # a hang mid-stream, after some tokens
             last = i == len(ids) - 1
             choice = {
                 "index": 0,

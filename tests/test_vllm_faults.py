@@ -2,7 +2,9 @@
 
 Server A is the session's (``vllm_server``); server B is this module's and is killed, stopped
 and restarted. B first runs without runtime adapter loading (the "LoRA disabled" bad input),
-later with it (re-registration after a restart). The tests run in file order and share B.
+later with it (re-registration after a restart) and with --max-model-len 512 (a context smaller
+than A's), then its engine is paused and it is stopped mid-stream. The tests run in file order
+and share B.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")
 
 BASE_PROMPTS = [("ojousama", f"お話しましょう{i}") for i in range(6)]  # no adapter: any server serves them
 # Replies that must still be running when the test acts on them are about as long as the servers'
-# context allows (--max-model-len 1024, less the persona's prompt of about 225 tokens, which is
+# context allows (--max-model-len 1024, less the persona's prompt of about 240 tokens, which is
 # fitted to the context whole, never cut). The tiny model writes a few hundred tokens in seconds,
 # and on a loaded machine the test can fall that far behind.
-LONG_REPLY = 700
+LONG_REPLY = 760
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,7 @@ async def test_a_restarted_server_gets_its_adapters_again_and_serves(
         name = backend.registry.current["marisa"].name
         assert not backend.stats().servers[1].healthy
         server_b.runtime_lora = True
+        server_b.max_model_len = 512  # smaller than A's 1024, for the context test after this one
         await asyncio.to_thread(server_b.start)  # same port: the bot's health loop finds it again
         b = backend.pool.servers[1]
         await wait_for(lambda: b.healthy and name in b.adapters, 30, "server B re-registered")
@@ -159,27 +162,6 @@ async def test_a_restarted_server_gets_its_adapters_again_and_serves(
         await backend.stop(drain_timeout=1)
 
 
-async def test_two_servers_one_stopped_every_request_is_served_by_the_other(
-    vllm_server, server_b, vllm_models, adapters
-):
-    # A long health interval: the pool still believes B is up, so requests are tried there first.
-    settings = backend_settings(
-        vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url), vllm_health_interval_s=600.0
-    )
-    backend = await VllmBackend.start(settings, greedy_cards())
-    try:
-        assert all(s.healthy for s in backend.stats().servers)
-        await asyncio.to_thread(server_b.stop)
-        results = await answer_all(backend, greedy_cards(), [("marisa", "やあ"), *BASE_PROMPTS[:5]])
-        assert all(r.new_tokens > 0 for r, _ in results)
-        a, b = backend.stats().servers
-        assert a.served == 6 and b.served == 0
-        assert b.failed >= 1  # it was tried, failed before the first byte, and the request moved
-        assert backend.stats().requests_failed == 0
-    finally:
-        await backend.stop(drain_timeout=1)
-
-
 def long_conversation(chat: ChatService, persona: str, turns: int = 40):
     line = "今日は魔法の森でキノコを探してたんだけど、ぜんぜん見つからなくて困ったぜ。"
     history = [
@@ -189,17 +171,14 @@ def long_conversation(chat: ChatService, persona: str, turns: int = 40):
     return [*history, chat.user_turn(persona, "で、どう思う？")]
 
 
-async def test_b_again_smaller_hung_then_shut_down_never_costs_a_member_a_wrong_answer(
-    vllm_server, server_b, vllm_models, adapters, caplog
+async def test_b_smaller_then_hung_never_costs_a_member_a_wrong_answer(
+    vllm_server, server_b, vllm_models, adapters
 ):
-    """Server B restarted with --max-model-len 512 beside A's 1024 (issue 18): idle connections
+    """Server B, restarted with --max-model-len 512 beside A's 1024 (issue 18): idle connections
     outlive vLLM's 5 s keep-alive without a false "down"; a long conversation routed to B is
     fitted to B's context; B's engine hung behind a live API (SIGSTOP) costs one request the
-    first-token bound and B is out until its engine answers; B shut down mid-stream (SIGTERM:
-    vLLM aborts its requests) gives "try again", never the half reply as a finished one."""
-    assert server_b.process.poll() is not None  # stopped by the test before
-    server_b.max_model_len = 512
-    await asyncio.to_thread(server_b.start)
+    first-token bound, and B is out until its engine answers again."""
+    assert server_b.process.poll() is None and server_b.max_model_len == 512  # restarted before
     settings = backend_settings(
         vllm_models["gpt-neox"],
         adapters,
@@ -246,20 +225,52 @@ async def test_b_again_smaller_hung_then_shut_down_never_costs_a_member_a_wrong_
         finally:
             server_b.pause_engine(False)
         await wait_for(lambda: backend.pool.check_soon(b) or (b.healthy and not b.suspect), 60, "B back")
-
-        # 8: B shut down mid-stream: vLLM aborts its requests ("abort", or the connection drops)
-        long_cards = greedy_cards(max_new_tokens=400, min_new_tokens=400)
-        long_chat = ChatService(long_cards, backend, backend.facts)
-        a.last_pick = 10**12
-        pending = long_chat.submit("ojousama", [long_chat.user_turn("ojousama", "長い話をして")])
-        stream = aiter(pending.ticket)
-        await asyncio.wait_for(anext(stream), 60)
-        assert b.outstanding == 1
-        await asyncio.to_thread(server_b.stop)
-        with pytest.raises(GenerationError) as info:
-            await pending.text()
-        assert str(info.value) == MID_STREAM and pending.result is None
-        assert not b.healthy
     finally:
         server_b.pause_engine(False)
+        await backend.stop(drain_timeout=1)
+
+
+async def test_two_servers_one_stopped_every_request_is_served_by_the_other(
+    vllm_server, server_b, vllm_models, adapters
+):
+    """B is stopped (SIGTERM: vLLM aborts its requests, or leaves their streams open while it
+    shuts down) while one backend streams a reply from it and another still believes it is up:
+    the streamed reply fails with "try again", never the half reply as a finished one (issue
+    18); the other backend's requests are tried on B, fail before the first byte, and are served
+    by A."""
+    # A long health interval: the pool still believes B is up, so requests are tried there first.
+    settings = backend_settings(
+        vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url), vllm_health_interval_s=600.0
+    )
+    backend = await VllmBackend.start(settings, greedy_cards())
+    # vLLM may abort the stream ("abort", [DONE]) or leave it open while it shuts down: a stream
+    # with no token for 3 s is given up too.
+    quick = backend_settings(
+        vllm_models["gpt-neox"],
+        adapters,
+        (vllm_server.url, server_b.url),
+        vllm_health_interval_s=600.0,
+        vllm_first_token_timeout_s=3.0,
+    )
+    streaming = await VllmBackend.start(quick, greedy_cards(max_new_tokens=400, min_new_tokens=400))
+    try:
+        assert all(s.healthy for s in backend.stats().servers)
+        long_chat = ChatService(streaming.cards, streaming, streaming.facts)
+        streaming.pool.servers[0].last_pick = 10**9  # B
+        pending = long_chat.submit("ojousama", [long_chat.user_turn("ojousama", "長い話をして")])
+        await asyncio.wait_for(anext(aiter(pending.ticket)), 60)  # it is streaming from B
+        assert streaming.pool.servers[1].outstanding == 1
+        server_b.terminate()
+        with pytest.raises(GenerationError) as info:
+            await pending.text()
+        assert str(info.value) == MID_STREAM and pending.result is None  # nothing to log or card
+        await asyncio.to_thread(server_b.kill)  # its shutdown can outlast the test; down is down
+        results = await answer_all(backend, greedy_cards(), [("marisa", "やあ"), *BASE_PROMPTS[:5]])
+        assert all(r.new_tokens > 0 for r, _ in results)
+        a, b = backend.stats().servers
+        assert a.served == 6 and b.served == 0
+        assert b.failed >= 1  # it was tried, failed before the first byte, and the request moved
+        assert backend.stats().requests_failed == 0
+    finally:
+        await streaming.stop(drain_timeout=1)
         await backend.stop(drain_timeout=1)

@@ -285,3 +285,24 @@ async def test_with_two_servers_the_request_without_a_first_token_goes_to_the_ot
         assert await ask(backend) and state_b.served == 2  # A is out of rotation meanwhile
     finally:
         await backend.stop(drain_timeout=1)
+
+
+async def test_a_stream_that_stalls_after_its_first_tokens_fails_within_the_bound(
+    servers, tiny_neox, tmp_path
+) -> None:
+    server = servers[0]
+    backend = await start_backend(tiny_neox, tmp_path, [server.url], vllm_first_token_timeout_s=0.5)
+    try:
+        server.stall_after = 2
+        server.engine_running.clear()  # two tokens, then nothing: the engine hung mid-reply
+        chat = ChatService(backend.cards, backend, backend.facts)
+        pending = chat.submit("ojousama", [chat.user_turn("ojousama", "やあ")])
+        began = time.monotonic()
+        shown = "".join([piece async for piece in pending.pieces()])
+        with pytest.raises(GenerationError) as info:
+            await pending.text()
+        assert str(info.value) == MID_STREAM and shown and time.monotonic() - began < 3
+        state = backend.pool.servers[0]
+        assert state.suspect and "a stream stalled: no token for 0.5 s" in (state.problem or "")
+    finally:
+        await backend.stop(drain_timeout=1)

@@ -167,6 +167,12 @@ class VllmServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
 
+    def terminate(self) -> None:
+        """SIGTERM to the whole process group without waiting: vLLM begins its shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return

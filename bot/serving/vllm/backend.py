@@ -255,9 +255,11 @@ class VllmBackend:
                 refreshed.add(server)
                 server.adapters.discard(name or "")
                 await self.pool.check(server)
-            except FirstTokenTimeout:
+            except TokenTimeout as exc:
                 server.failed += 1
-                self.pool.mark_suspect(server)
+                self.pool.mark_suspect(server, stalled=exc.stalled)
+                if decoder.emitted:
+                    raise GenerationError(MID_STREAM) from None
                 tried.add(server)  # nothing was shown: another server may answer, else "busy"
             except ServerUnavailable as exc:
                 server.failed += 1
@@ -300,17 +302,21 @@ class VllmBackend:
     ) -> None:
         """Stream one completion into ``ticket`` through ``decoder``.
 
-        Raises FirstTokenTimeout when nothing arrives within the pool's first-token bound (the
+        Raises TokenTimeout when no token arrives within the pool's bound, first or next (the
         stream is closed, so the server aborts the request), StreamNotFinished when the stream
         ends without a finish reason that means "finished", and the client's errors.
         """
         reason: str | None = None
+        bound = self.pool.first_token_timeout_s
+        loop = asyncio.get_running_loop()
+        tokens = 0
         # aclosing: leaving the loop early closes the stream at once, so the server stops.
         async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
             try:
-                async with asyncio.timeout(self.pool.first_token_timeout_s) as first_token:
+                async with asyncio.timeout(bound) as idle:
                     async for chunk in stream:
-                        first_token.reschedule(None)  # the engine answers: no bound from here on
+                        idle.reschedule(loop.time() + bound)  # the engine answers; the next token, too?
+                        tokens += 1
                         if chunk.token_ids:
                             ticket._token(time.monotonic(), len(chunk.token_ids))
                         ticket._piece(decoder.feed(chunk.token_ids))
@@ -320,7 +326,7 @@ class VllmBackend:
                             reason = chunk.finish_reason
                             break
             except TimeoutError:
-                raise FirstTokenTimeout(server.url) from None
+                raise TokenTimeout(server.url, stalled=tokens > 0) from None
         if decoder.finish_reason is None and reason not in SERVER_FINISHED:
             raise StreamNotFinished(
                 server.url,
@@ -331,12 +337,14 @@ class VllmBackend:
         ticket._piece(decoder.finish(reason))
 
 
-class FirstTokenTimeout(Exception):
-    """No first token within the pool's bound (handled inside the backend, never raised out)."""
+class TokenTimeout(Exception):
+    """No token within the pool's bound: none at all, or none since the last one (``stalled``).
+    Handled inside the backend, never raised out."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, stalled: bool) -> None:
         super().__init__(url)
         self.url = url
+        self.stalled = stalled
 
 
 def _load_tokenizer(settings: Settings) -> tuple[Any, int]:

@@ -115,12 +115,14 @@ class ServerPool:
         server.problem = reason
         self.check_soon(server)
 
-    def mark_suspect(self, server: Server) -> None:
-        """A request saw no first token within the bound: the engine may hang behind a live API
-        process. Out of rotation (the next request goes elsewhere or is told "busy" at once)
-        until a health check's one-token test completion answers within the bound."""
+    def mark_suspect(self, server: Server, *, stalled: bool = False) -> None:
+        """A request saw no first token within the bound (or, ``stalled``, no next one): the
+        engine may hang behind a live API process. Out of rotation (the next request goes
+        elsewhere or is told "busy" at once) until a health check's one-token test completion
+        answers within the bound."""
+        what = "a stream stalled: no token for" if stalled else "no first token within"
         reason = (
-            f"vLLM server {server.url}: no first token within {self.first_token_timeout_s:g} s "
+            f"vLLM server {server.url}: {what} {self.first_token_timeout_s:g} s "
             "(its engine may be hung or overloaded); not used until a test completion answers"
         )
         server.suspect = True
@@ -152,7 +154,7 @@ class ServerPool:
             reason = str(exc)
             if server.suspect:
                 reason = (
-                    f"vLLM server {server.url}: suspect since no first token came within "
+                    f"vLLM server {server.url}: suspect since a request got no token within "
                     f"{self.first_token_timeout_s:g} s, and the test completion failed: {_after_url(exc)}"
                 )
             self._set_down(server, reason)
