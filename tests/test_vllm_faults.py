@@ -33,7 +33,10 @@ LONG_REPLY = 760
 @pytest.fixture(scope="module")
 def server_b(vllm_models, tmp_path_factory):
     server = VllmServer(
-        vllm_models["gpt-neox"], tmp_path_factory.mktemp("vllm-b") / "server.log", runtime_lora=False
+        vllm_models["gpt-neox"],
+        tmp_path_factory.mktemp("vllm-b") / "server.log",
+        runtime_lora=False,
+        dev_mode=True,
     ).start()
     try:
         yield server
@@ -78,6 +81,37 @@ async def test_a_server_without_runtime_lora_is_one_line_and_serves_the_base(
         assert [r.adapter_version for r, _ in results] == ["v1", "v1", None, None]
         a, b = backend.stats().servers
         assert a.served >= 2 and a.served + b.served == 4  # marisa's requests can only go to A
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
+async def test_a_stream_the_server_aborts_is_try_again_never_a_finished_reply(
+    vllm_server, server_b, vllm_models, adapters, caplog
+):
+    """B's generation is paused with mode=abort (what vLLM does to its requests when it is
+    drained, restarted for a weight update or put to sleep): the stream ends with
+    finish_reason "abort" and [DONE]. The half reply is a failure ("try again"), never posted,
+    logged or reviewed as finished (issue 18); B is checked again and serves once resumed."""
+    cards = greedy_cards(max_new_tokens=LONG_REPLY, min_new_tokens=LONG_REPLY)
+    settings = backend_settings(vllm_models["gpt-neox"], adapters, (vllm_server.url, server_b.url))
+    backend = await VllmBackend.start(settings, cards)
+    a, b = backend.pool.servers
+    try:
+        chat = ChatService(cards, backend, backend.facts)
+        a.last_pick = 10**9  # B
+        pending = chat.submit("ojousama", [chat.user_turn("ojousama", "長い話をして")])
+        await asyncio.wait_for(anext(aiter(pending.ticket)), 120)  # streaming from B
+        assert b.outstanding == 1
+        assert await asyncio.to_thread(server_b.post, "/pause?mode=abort") == 200
+        try:
+            with pytest.raises(GenerationError) as info:
+                await pending.text()
+            assert str(info.value) == MID_STREAM and pending.result is None  # nothing to log or card
+            assert b.failed == 1 and b.served == 0
+            assert any("finish reason 'abort'" in r.getMessage() for r in caplog.records)  # checked again
+        finally:
+            await asyncio.to_thread(server_b.post, "/resume")
+        await wait_for(lambda: backend.pool.check_soon(b) or b.healthy, 60, "B serving again")
     finally:
         await backend.stop(drain_timeout=1)
 

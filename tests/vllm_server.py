@@ -58,6 +58,7 @@ class VllmServer:
     max_model_len: int = 1024
     enable_lora: bool = True
     runtime_lora: bool = True
+    dev_mode: bool = False  # VLLM_SERVER_DEV_MODE: /pause and /resume, which abort or hold requests
     process: subprocess.Popen | None = None
     started_s: float = 0.0
 
@@ -102,6 +103,7 @@ class VllmServer:
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True" if self.runtime_lora else "False",
             "VLLM_LOGGING_LEVEL": "WARNING",
+            "VLLM_SERVER_DEV_MODE": "1" if self.dev_mode else "0",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
@@ -130,6 +132,12 @@ class VllmServer:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def post(self, path: str) -> int:
+        """POST an empty body to ``path`` (``/pause?mode=abort``, ``/resume``); the status."""
+        request = urllib.request.Request(self.url + path, data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
 
     def engine_processes(self) -> list[int]:
         """The server's child processes (its engine core and helpers), not the API process."""
