@@ -87,6 +87,11 @@ class EngineSettings:
     # How often CURRENT/CANARY are checked for moves made by another process (trainer promote,
     # rollback, canary); a persona whose pointers moved is reloaded. 0: never.
     adapter_poll_s: float = 3.0
+    # Idle connections to the servers are dropped after this; keep it below the servers' own
+    # keep-alive (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default).
+    vllm_keepalive_s: float = 4.0
+    # A request with no token within this (the first, or the next one) marks its server suspect.
+    vllm_first_token_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,9 @@ class DiscordSettings:
     owner_ids: tuple[int, ...] = ()
     review_poll_s: float = 10.0  # how often review items from other processes are looked for
     shutdown_grace_s: float = 20.0  # on SIGTERM, how long in-flight replies may still finish
+    # Applications whose webhook reposts are a member's own words (PluralKit, Tupperbox): the
+    # repost is answered as that member's message, once (docs/robustness.md, proxied messages).
+    proxy_bots: tuple[int, ...] = (466378653216014359, 431544605209788416)
 
 
 @dataclass(frozen=True)
@@ -381,6 +389,7 @@ def validate(settings: Settings) -> None:
         ("discord.allowed_roles", settings.discord.allowed_roles),
         ("discord.owner_ids", settings.discord.owner_ids),
         ("discord.allowed_servers", settings.discord.allowed_servers),
+        ("discord.proxy_bots", settings.discord.proxy_bots),
     ):
         if any(i <= 0 for i in ids):
             raise ConfigError(f"{key}: Discord ids are positive numbers, got {list(ids)}")
@@ -451,6 +460,14 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("engine.adapter_poll_s", s.engine.adapter_poll_s, 0, True, " (seconds; 0: never)"),
         ("engine.vllm_health_interval_s", s.engine.vllm_health_interval_s, 0, False, " (seconds)"),
         ("engine.vllm_connect_timeout_s", s.engine.vllm_connect_timeout_s, 0, False, " (seconds)"),
+        (
+            "engine.vllm_keepalive_s",
+            s.engine.vllm_keepalive_s,
+            0,
+            False,
+            " (seconds; keep it below the servers' VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 by default)",
+        ),
+        ("engine.vllm_first_token_timeout_s", s.engine.vllm_first_token_timeout_s, 0, False, " (seconds)"),
     ]
 
 

@@ -79,6 +79,8 @@ class TokenizerFacts:
     # How a line break is written in prompts: "\n", or rinna's "<NL>" for tokenizers that
     # cannot spell a newline (they would silently turn it into a space).
     newline: str = "\n"
+    # Tokens the tokenizer adds around any prompt (BOS, a trailing EOS): room they take in the context.
+    prompt_special_tokens: int = 0
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenizerFacts:
@@ -89,6 +91,7 @@ class TokenizerFacts:
             special_texts=specials,
             count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
             newline="\n" if "\n" in probe else NL_MARK,
+            prompt_special_tokens=len(tokenizer("", add_special_tokens=True)["input_ids"]),
         )
 
 
@@ -218,16 +221,17 @@ class PromptRenderer:
 
     # -- generation --------------------------------------------------------
 
-    def render_prompt(self, history: Sequence[Turn]) -> RenderedPrompt:
+    def render_prompt(self, history: Sequence[Turn], budget_tokens: int | None = None) -> RenderedPrompt:
         """Render ``history`` (oldest first, newest user message last) for generation.
 
-        History is fitted into the card's token budget by dropping the oldest turns; the
-        newest turn is never dropped, and one longer than the budget keeps its end
-        (the words nearest the reply) and loses its start.
+        History is fitted into the card's token budget (or ``budget_tokens``, when the model's
+        context leaves less: personas/context_fit.py) by dropping the oldest turns; the newest
+        turn is never dropped, and one longer than the budget keeps its end (the words nearest
+        the reply) and loses its start.
         """
         if not history:
             raise InputError("There is no message to answer.")
-        budget = self.card.history_budget_tokens
+        budget = self.card.history_budget_tokens if budget_tokens is None else budget_tokens
         count = self.facts.count_tokens
         newest = history[-1]
         newest_line = self._line(newest)
@@ -247,6 +251,11 @@ class PromptRenderer:
         kept.reverse()
         text = self._header() + self._examples_as_context() + "".join(kept) + self._open()
         return RenderedPrompt(text, self.stop_strings, len(history) - len(kept))
+
+    def fixed_tokens(self) -> int:
+        """Tokens every prompt of this persona spends outside the history: the system prompt and
+        examples before it, the persona's open label after it (special tokens not included)."""
+        return self.facts.count_tokens(self._header() + self._examples_as_context() + self._open())
 
     def _fit_from_end(self, turn: Turn, budget: int) -> str:
         text = self.sanitize(turn.text)

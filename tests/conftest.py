@@ -51,6 +51,15 @@ def tiny_neox(tiny_models) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_neox_512(tmp_path_factory) -> Path:
+    """A tiny GPT-NeoX whose context (max_position_embeddings) is 512 tokens: smaller than a
+    card's history budget plus its system prompt and reply room, as small GPUs' models are."""
+    from trainer.tiny import TinyShape, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models-512") / "gpt-neox", shape=TinyShape(max_positions=512))
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tiny_models) -> Path:
     return tiny_models["llama"]
 

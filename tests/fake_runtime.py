@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bot.config import Settings
@@ -34,6 +35,10 @@ class Script:
     # Streamed, the first this many characters of ``reply`` arrive before the gate is waited for
     # (a reply held half-written, for Stop); the rest after it.
     shown_before_gate: int = 0
+    # Or the raw pieces as they are generated, ``piece_gap_s`` apart; the reply is then their
+    # concatenation (cleaned by the renderer), ready once the last piece is out.
+    pieces: list[str] | None = None
+    piece_gap_s: float = 0.0
 
 
 class FakePending:
@@ -45,6 +50,8 @@ class FakePending:
         self.cancelled = False
         self._positions = collections.deque(script.positions)
         self._cancel_event = asyncio.Event()
+        self._renderer = PromptRenderer(card)
+        self._streamed = asyncio.Event()
 
     @property
     def params(self):
@@ -67,9 +74,20 @@ class FakePending:
         else:
             await asyncio.sleep(0)
 
-    async def pieces(self):
-        """The reply as it is "generated": its first ``shown_before_gate`` characters, then
-        (once the gate opens) the rest; nothing more after a cancel."""
+    async def pieces(self) -> AsyncIterator[str]:
+        """The reply as it is "generated": the script's pieces, ``piece_gap_s`` apart; else its
+        first ``shown_before_gate`` characters, then (once the gate opens) the rest; nothing more
+        after a cancel."""
+        if self.script.pieces is not None:
+            try:
+                for piece in self.script.pieces:
+                    if self.cancelled:
+                        break
+                    yield piece
+                    await asyncio.sleep(self.script.piece_gap_s)
+            finally:
+                self._streamed.set()
+            return
         reply = self.script.reply if isinstance(self.script.reply, str) else ""
         head = reply[: self.script.shown_before_gate]
         if head:
@@ -79,16 +97,25 @@ class FakePending:
             yield reply[len(head) :]
 
     def draft(self, raw: str) -> str:
-        return PromptRenderer(self.card).draft_reply(raw)
+        return self._renderer.draft_reply(raw)
 
     async def text(self) -> str:
         await self._held()
+        if self.script.pieces is not None:  # ready once streamed (or cancelled)
+            streamed = asyncio.ensure_future(self._streamed.wait())
+            cancel = asyncio.ensure_future(self._cancel_event.wait())
+            await asyncio.wait({streamed, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            streamed.cancel()
+            cancel.cancel()
         if self.cancelled:
             raise RequestCancelledError("The request was cancelled.")
         if isinstance(self.script.reply, BaseException):
             raise self.script.reply
+        text = self.script.reply
+        if self.script.pieces is not None:
+            text = self._renderer.clean_reply("".join(self.script.pieces))
         self.result = GenerationResult(
-            text=self.script.reply,
+            text=text,
             new_tokens=12,
             finish_reason="stop",
             adapter=self.card.id,
@@ -96,7 +123,7 @@ class FakePending:
             seconds=0.25,
             batch_size=2,
         )
-        return self.script.reply
+        return text
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -325,8 +325,9 @@ async def test_a_message_deleted_by_someone_else_stops_the_updates() -> None:
     sink.failures.append(SendError("gone", gone=True))
     await feed(reply, ["一つ目 二つ目"], gap_s=0.05)
     count = len(sink.ops)
-    assert await reply.finish("一つ目 二つ目 三つ目") == [1]
-    assert len(sink.ops) == count  # nothing re-posted after a moderator removed it
+    assert await reply.finish("一つ目 二つ目 三つ目") == [] and not reply.complete
+    # nothing posted or edited after a moderator removed it, and what is left goes too
+    assert [op.action for op in sink.ops[count:]] == ["delete"] and sink.contents == {}
 
 
 async def test_finish_without_any_earlier_piece_posts_the_final_text() -> None:

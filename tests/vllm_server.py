@@ -55,8 +55,10 @@ class VllmServer:
     port: int = field(default_factory=free_port)
     max_loras: int = 4
     max_lora_rank: int = MAX_LORA_RANK
+    max_model_len: int = 1024
     enable_lora: bool = True
     runtime_lora: bool = True
+    dev_mode: bool = False  # VLLM_SERVER_DEV_MODE: /pause and /resume, which abort or hold requests
     process: subprocess.Popen | None = None
     started_s: float = 0.0
 
@@ -79,7 +81,7 @@ class VllmServer:
             "--dtype",
             "float32",
             "--max-model-len",
-            "1024",
+            str(self.max_model_len),
             "--max-num-seqs",
             "16",
         ]
@@ -101,6 +103,7 @@ class VllmServer:
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True" if self.runtime_lora else "False",
             "VLLM_LOGGING_LEVEL": "WARNING",
+            "VLLM_SERVER_DEV_MODE": "1" if self.dev_mode else "0",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
@@ -130,12 +133,53 @@ class VllmServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def post(self, path: str) -> int:
+        """POST an empty body to ``path`` (``/pause?mode=abort``, ``/resume``); the status."""
+        request = urllib.request.Request(self.url + path, data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+
+    def engine_processes(self) -> list[int]:
+        """The server's child processes (its engine core and helpers), not the API process."""
+        if self.process is None:
+            return []
+        parents = {self.process.pid}
+        found: list[int] = []
+        grew = True
+        while grew:
+            grew = False
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) in found:
+                    continue
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid in parents:
+                    found.append(int(entry.name))
+                    parents.add(int(entry.name))
+                    grew = True
+        return found
+
+    def pause_engine(self, paused: bool) -> None:
+        """SIGSTOP (or SIGCONT) the engine behind a running API process: a hung engine, while
+        /health and /v1/models go on answering."""
+        for pid in self.engine_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def kill(self) -> None:
         """Kill at once (SIGKILL to the whole process group), as a crash would."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
+
+    def terminate(self) -> None:
+        """SIGTERM to the whole process group without waiting: vLLM begins its shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -114,6 +115,16 @@ class LogSpool:
         self._pending = kept
         return dropped
 
+    def move(self, old_id: int, new_id: int) -> int:
+        """Spooled entries that answered ``old_id`` now answer ``new_id`` (a proxy bot reposted the
+        message and deleted the original); returns how many."""
+        moved = 0
+        for i, entry in enumerate(self._pending):
+            if entry.message_id == old_id:
+                self._pending[i] = dataclasses.replace(entry, message_id=new_id)
+                moved += 1
+        return moved
+
     def forget_later(self, message_id: int) -> None:
         """Keep the deletion of ``message_id``'s rows for the next flush (the database refused it)."""
         if message_id not in self._forgets:
@@ -202,9 +213,19 @@ class ReplyFlow:
         filtered: Filtered,
         latency_ms: int,
         reply_message_id: int | None,
+        shown: str = "full",
+        shown_text: str = "",
     ) -> LogEntry:
+        """The log row of one reply. ``shown`` says what the channel shows of it: "full",
+        "partial" (``shown_text``, an earlier draft it could not replace) or "none"; anything but
+        "full" is recorded in the row's params, so the row never claims more than was shown."""
         result = pending.result
         newest = conversation.turns[-1].text if conversation.turns else ""
+        params = _params_dict(pending, result)
+        if shown != "full":
+            params["shown"] = shown
+            if shown == "partial":
+                params["shown_text"] = shown_text
         return LogEntry(
             guild_id=incoming.guild_id,
             channel_id=incoming.channel_id,
@@ -215,7 +236,7 @@ class ReplyFlow:
             prompt=pending.prompt,
             user_text=newest,
             reply=filtered.text,
-            params=_params_dict(pending, result),
+            params=params,
             latency_ms=latency_ms,
             status="blocked" if filtered.is_blocked else "pending",
             origin="live",

@@ -7,13 +7,14 @@ deleted message are all reflected the next time history is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import discord
 
 from bot.chatflow.cast import other_speaker_label
 from bot.chatflow.conversation import ChatMessage, Conversation, build_conversation, parse_prefixed
+from bot.discord.message_parts import is_forward, said
 from bot.store.store import Store
 from personas.card import PersonaCard
 
@@ -27,12 +28,13 @@ CONVERSATION_TYPES = frozenset({discord.MessageType.default, discord.MessageType
 
 
 def is_conversation(message: discord.Message) -> bool:
-    """Whether ``message`` is something a person (or a persona) said, judged by its type alone.
+    """Whether ``message`` is something a person (or a persona) said: its type, and not a forward.
 
     False for every system message: those are never input, history, log rows or training data,
-    and Discord refuses replies to them.
+    and Discord refuses replies to them. False for a forward too: a type-0 message whose words
+    are someone else's, in its snapshot (bot/chatflow/said.py says why it is not read).
     """
-    return message.type in CONVERSATION_TYPES
+    return message.type in CONVERSATION_TYPES and not is_forward(message)
 
 
 def persona_line(
@@ -67,32 +69,39 @@ def classify(
     card: PersonaCard,
     webhook_ids: set[int],
     others: Sequence[PersonaCard] = (),
+    proxy_bots: Collection[int] = (),
+    proxied_authors: Mapping[int, int] | None = None,
 ) -> ChatMessage | None:
     """A message as a conversation line for ``card``; None for lines that are not part of it.
 
     Persona lines are the bot's webhook posts under the card's name and its own prefixed posts.
     Lines of ``others`` (the other personas: a cast) are another speaker's, under their names.
+    A proxy bot's repost (an application in ``proxy_bots``) is the line of the member
+    ``proxied_authors`` names for it, and left out when nobody is known to have written it.
     Other bots, other webhooks, the bot's notices and system messages (a thread's name, "pinned
     a message" …) are left out.
     """
     if not is_conversation(message):
         return None
+    if message.webhook_id is not None and getattr(message, "application_id", None) in proxy_bots:
+        author = (proxied_authors or {}).get(message.id)
+        return ChatMessage(message.id, author, said(message).text or "") if author is not None else None
     if message.webhook_id is not None or (bot_user_id is not None and message.author.id == bot_user_id):
-        said = persona_line(
+        spoken = persona_line(
             message,
             [card, *(o for o in others if o.id != card.id)],
             bot_user_id=bot_user_id,
             webhook_ids=webhook_ids,
         )
-        if said is None:
+        if spoken is None:
             return None
-        speaker, line = said
+        speaker, line = spoken
         if speaker.id == card.id:
             return ChatMessage(message.id, None, line, is_persona=True)
         return ChatMessage(message.id, None, line, speaker=other_speaker_label(card, speaker))
     if message.author.bot:
         return None
-    return ChatMessage(message.id, message.author.id, message.content)
+    return ChatMessage(message.id, message.author.id, said(message).text or "")
 
 
 async def channel_history(
@@ -172,8 +181,8 @@ async def _resolve(current: discord.Message, target: int) -> discord.Message | N
 def is_reply_to_bot(message: discord.Message, *, bot_user_id: int | None, webhook_ids: Iterable[int]) -> bool:
     """Whether ``message`` replies to one of the bot's own posts (prefixed or through its webhook)."""
     ref = message.reference
-    if ref is None:
-        return False
+    if ref is None or is_forward(message):
+        return False  # a forward of the bot's message quotes it; it does not answer it
     resolved: Any = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
     if resolved is None or not is_conversation(resolved):
         return False  # e.g. a wave at the bot's own "joined the server" message
@@ -202,6 +211,8 @@ async def read_conversation(
     webhook_ids: Iterable[int],
     others: Sequence[PersonaCard] = (),
     speaker: PersonaCard | None = None,
+    proxy_bots: Collection[int] = (),
+    reposted: Container[int] = frozenset(),
 ) -> Conversation:
     """The conversation ``message`` ends, at most ``limit`` earlier messages after the channel's
     reset marker. In a persona channel, the channel since the reset; elsewhere the bot was
@@ -211,6 +222,10 @@ async def read_conversation(
     ``others`` are the other personas whose lines may appear (a cast, any loaded card); when
     ``message`` itself is one of their lines (``speaker``: personas answering each other), it
     ends the conversation as that persona's turn, not a member's.
+
+    Proxy bots' reposts are their members' lines (the store knows who wrote each); an original a
+    proxy already reposted but has not deleted yet (``reposted``) is left out, so its words are
+    not read twice.
     """
     marker = await store.channel_reset_marker(message.channel.id)
     if channel_has_persona:
@@ -218,15 +233,28 @@ async def read_conversation(
     else:
         earlier = await reply_chain(message, after=marker, limit=limit, answered_by=store.message_answered_by)
     known = set(webhook_ids)
+    earlier = [m for m in earlier if m.id not in reposted]
+    proxied = [
+        m.id for m in earlier if m.webhook_id is not None and getattr(m, "application_id", None) in proxy_bots
+    ]
+    authors = await store.proxied_authors(proxied) if proxied else {}
     lines: list[ChatMessage] = []
     for m in earlier:
-        line = classify(m, bot_user_id=bot_user_id, card=card, webhook_ids=known, others=others)
+        line = classify(
+            m,
+            bot_user_id=bot_user_id,
+            card=card,
+            webhook_ids=known,
+            others=others,
+            proxy_bots=proxy_bots,
+            proxied_authors=authors,
+        )
         if line is not None:
             lines.append(line)
     if speaker is not None:
-        said = persona_line(message, [speaker], bot_user_id=bot_user_id, webhook_ids=known)
-        text = said[1] if said else message.content
+        spoken = persona_line(message, [speaker], bot_user_id=bot_user_id, webhook_ids=known)
+        text = spoken[1] if spoken else message.content
         lines.append(ChatMessage(message.id, None, text, speaker=other_speaker_label(card, speaker)))
     else:
-        lines.append(ChatMessage(message.id, message.author.id, message.content))
+        lines.append(ChatMessage(message.id, message.author.id, said(message).text or ""))
     return build_conversation(card, lines, limit)

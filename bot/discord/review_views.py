@@ -100,6 +100,11 @@ def review_embed(item: ReviewItem, persona_name: str | None = None) -> discord.E
     )
     if summary:
         embed.add_field(name="Generation", value=_clip(summary, 1000))
+    if params.get("shown") == "none":
+        embed.add_field(name="⚠ Not shown", value="Discord refused this reply: members never saw it.", inline=False)
+    elif params.get("shown") == "partial":
+        value = f"Members see only this draft (Discord refused the rest):\n{shown(str(params.get('shown_text', '')))}"
+        embed.add_field(name="⚠ Shown in part", value=_clip(value, 1000), inline=False)
     if item.decision is not None:
         when = ""
         with contextlib.suppress(TypeError, ValueError):

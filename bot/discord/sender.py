@@ -7,8 +7,10 @@ back to the prefixed form instead of losing the reply.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -25,6 +27,20 @@ WEBHOOK_NAME = "oshaberi"
 NO_WEBHOOK_RETRY_S = 600.0
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What the channel shows of a reply once it ended, so the log row can say the same.
+
+    ``state``: "full" (``messages`` show the final text), "partial" (``messages`` show ``text``,
+    an earlier draft that could not be replaced or removed: a thread archived mid-stream) or
+    "none" (nothing: Discord refused, or a moderator removed the reply while it was written).
+    """
+
+    messages: list[Any]
+    state: str
+    text: str = ""
+
+
 class ReplySender:
     def __init__(self, client: discord.Client, use_webhooks: bool = True) -> None:
         self.client = client
@@ -35,7 +51,7 @@ class ReplySender:
     # -- webhooks ------------------------------------------------------------------------------
 
     @staticmethod
-    def _webhook_home(channel: Any) -> Any:
+    def webhook_home(channel: Any) -> Any:
         """Threads post through their parent channel's webhook."""
         return channel.parent if isinstance(channel, discord.Thread) else channel
 
@@ -46,7 +62,7 @@ class ReplySender:
         """The bot's webhook for this channel (created on first use), or None where not possible."""
         if not self.use_webhooks or getattr(channel, "guild", None) is None:
             return None
-        home = self._webhook_home(channel)
+        home = self.webhook_home(channel)
         if home is None or not hasattr(home, "webhooks"):
             return None
         if home.id in self._webhooks:
@@ -107,20 +123,42 @@ class ReplySender:
                 return sent
             except discord.HTTPException as exc:
                 self.webhook_failed(channel, exc)
-        for i, chunk in enumerate(chunks[len(sent) :], len(sent)):
-            kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
-            if view is not None and i == 0:
-                kwargs["view"] = view
-            if not sent and reply_to is not None:
-                kwargs["reference"] = reply_to.to_reference(fail_if_not_exists=False)
-                kwargs["mention_author"] = False
-            sent.append(await channel.send(prefix + chunk, **kwargs))
+        try:
+            for i, chunk in enumerate(chunks[len(sent) :], len(sent)):
+                kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS}
+                if view is not None and i == 0:
+                    kwargs["view"] = view
+                if not sent and reply_to is not None:
+                    kwargs["reference"] = reply_to.to_reference(fail_if_not_exists=False)
+                    kwargs["mention_author"] = False
+                sent.append(await channel.send(prefix + chunk, **kwargs))
+        except discord.HTTPException:
+            # Half a reply must not stay up beside a log row that says nothing was shown.
+            for message in sent:
+                with contextlib.suppress(discord.HTTPException):
+                    await message.delete()
+            raise
         return sent
+
+    async def post(
+        self,
+        channel: Any,
+        card: PersonaCard,
+        text: str,
+        reply_to: discord.Message | None = None,
+        view: discord.ui.View | None = None,
+    ) -> Shown:
+        """:meth:`send`, reporting what the channel shows instead of raising: all of it or nothing."""
+        try:
+            return Shown(await self.send(channel, card, text, reply_to, view=view), "full")
+        except discord.HTTPException as exc:
+            log.warning("could not post a reply in channel %s: %s", getattr(channel, "id", "?"), exc)
+            return Shown([], "none")
 
     def webhook_failed(self, channel: Any, exc: discord.HTTPException) -> None:
         """Log a failed webhook send; a deleted webhook is forgotten (the next reply makes one)."""
         if isinstance(exc, discord.NotFound):
-            self._webhooks.pop(self._webhook_home(channel).id, None)
+            self._webhooks.pop(self.webhook_home(channel).id, None)
             log.warning("webhook for channel %s is gone; replying as the bot", channel.id)
         else:
             log.warning("webhook send failed in channel %s (%s); replying as the bot", channel.id, exc)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import discord
 
 from bot.chatflow.conversation import persona_prefix
-from bot.discord.sender import NO_PINGS, ReplySender
+from bot.discord.sender import NO_PINGS, ReplySender, Shown
 from bot.text.splitter import DISCORD_LIMIT
 from bot.text.streaming import SendError, StreamedReply
 from personas.card import PersonaCard
@@ -64,10 +64,42 @@ def _body_retry_after(text: str) -> Any:
         return None
 
 
+# Refusals no retry can change: a thread archived (50083) or locked (160005), access or
+# permissions taken away (50001, 50013), the channel (10003) or the webhook (10015) deleted.
+PERMANENT_CODES = frozenset({50083, 160005, 50001, 50013, 10003, 10015})
+UNKNOWN_MESSAGE = 10008
+
+
 def send_error(exc: BaseException, doing: str) -> SendError:
+    code = getattr(exc, "code", 0)
     return SendError(
-        f"{doing}: {exc}", retry_after=retry_after_s(exc), gone=isinstance(exc, discord.NotFound)
+        f"{doing}: {exc}",
+        retry_after=retry_after_s(exc),
+        gone=isinstance(exc, discord.NotFound) and code in (UNKNOWN_MESSAGE, 0),
+        permanent=code in PERMANENT_CODES,
     )
+
+
+async def settle(
+    stream: StreamedReply[Posted], text: str, post_whole: Callable[[], Awaitable[Shown]]
+) -> Shown:
+    """End a streamed reply with ``text``, and make the channel show it or nothing.
+
+    When the last round cannot be shown (its retries ran out, the webhook or a permission went,
+    the thread was archived or locked), the drafts are deleted and ``text`` is posted whole
+    (``post_whole``: through the webhook, else as the bot); never a draft beside a log row that
+    says the reply was shown. A reply a moderator deleted mid-stream is not posted again.
+    """
+    sent = await stream.finish(text)
+    if stream.complete:
+        return Shown(sent, "full")
+    unwanted = stream.interrupted or stream.withdrawn  # removed by a moderator, or its question deleted
+    await stream.withdraw()
+    if stream.stuck:
+        return Shown([m for m, _ in stream.stuck], "partial", "".join(t for _, t in stream.stuck))
+    if unwanted:
+        return Shown([], "none")
+    return await post_whole()
 
 
 class DiscordSink:
@@ -156,3 +188,25 @@ async def feed_stream(pieces: AsyncIterator[str], stream: StreamedReply[Posted])
     async for piece in pieces:
         raw += piece
         stream.feed(raw)
+
+
+async def show_reply(
+    sender: ReplySender,
+    channel: Any,
+    card: PersonaCard,
+    text: str,
+    reply_to: Any,
+    stream: StreamedReply[Posted] | None,
+    view: discord.ui.View | None = None,
+) -> Shown:
+    """Show a reply's final ``text``: the streamed messages brought to it (:func:`settle`), or
+    posted whole (with ``view``, the reply's buttons, on its first message); returns what the
+    channel shows (all of it, part, or nothing: Discord refused, and the row is still logged for
+    review, marked as not shown)."""
+
+    def post_whole() -> Awaitable[Shown]:
+        return sender.post(channel, card, text, reply_to, view=view)
+
+    if stream is None:
+        return await post_whole()
+    return await settle(stream, text, post_whole)

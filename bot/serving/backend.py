@@ -47,6 +47,12 @@ class ServingBackend(Protocol):
         """The adapter name to put in a request for this persona, or BASE_ADAPTER if it has none."""
         ...
 
+    def context_tokens(self, adapter: str) -> int:
+        """The tokens (prompt plus the reply's room) a request for ``adapter`` may use: the local
+        model's context, or for vLLM the largest among the servers that may serve it (a request
+        routed to a smaller one is fitted again through ``GenerationRequest.refit``)."""
+        ...
+
     def stats(self) -> WorkerStats: ...
 
     async def reload(self, persona_id: str | None = None) -> list[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from personas.card import GenerationParams, PersonaCard
@@ -14,6 +15,12 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter bat
 # text; "length": max_new_tokens; "cancelled": the caller cancelled or timed out (callers see
 # RequestCancelledError / RequestTimeoutError instead of a result with this reason).
 FinishReason = Literal["stop", "eos", "length", "cancelled"]
+# The reasons that mean the reply is finished, the only ones a result may carry. A server's
+# "abort" (restarted, drained, put to sleep), "error", "repetition", an unknown reason or none at
+# all is a failure, handled like a server lost mid-stream: never posted, logged or reviewed as a
+# reply (``Ticket._finish`` enforces it for both backends).
+FINISHED_REASONS = frozenset({"stop", "eos", "length"})
+UNFINISHED_REPLY = "The model stopped before this reply was finished. Please try again."
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,25 @@ class GenerationRequest:
     # The resident adapter to use; BASE_ADAPTER for prompt-only personas.
     adapter: str = BASE_ADAPTER
     seed: int | None = None
+    # The same request rendered again for a context of N tokens (history cut, the reply's room
+    # kept within it): a backend that picks a server with a smaller context than the one the
+    # prompt was rendered for calls it. None: the prompt cannot be rendered again.
+    refit: Callable[[int], GenerationRequest] | None = field(default=None, compare=False, repr=False)
+
+    def fits(self, prompt_tokens: int, context: int) -> bool:
+        """Whether ``prompt_tokens`` plus the reply's room fit a context of ``context`` tokens."""
+        return prompt_tokens + self.params.max_new_tokens <= context
+
+    def with_reply_room(self, max_new_tokens: int) -> GenerationRequest:
+        """The same request with at most ``max_new_tokens`` for the reply (min_new_tokens kept below it)."""
+        if max_new_tokens >= self.params.max_new_tokens:
+            return self
+        params = replace(
+            self.params,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min(self.params.min_new_tokens, max_new_tokens),
+        )
+        return replace(self, params=params)
 
     @classmethod
     def for_card(

@@ -19,6 +19,9 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from bot.serving.generation import (
+    FINISHED_REASONS,
+    UNFINISHED_REPLY,
+    GenerationError,
     GenerationRequest,
     GenerationResult,
     RequestCancelledError,
@@ -122,6 +125,11 @@ class Ticket:
         if self._future.done():
             return
         self.state = "done"
+        if exc is None and (result is None or result.finish_reason not in FINISHED_REASONS):
+            # Only a finished reply is a result; half a sentence is never shown as complete.
+            reason = None if result is None else result.finish_reason
+            exc = GenerationError(UNFINISHED_REPLY)
+            exc.add_note(f"finish reason {reason!r}")
         if exc is not None:
             self._future.set_exception(exc)
             self._future.exception()  # mark retrieved: a cancelled caller may never await it

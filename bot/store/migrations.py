@@ -233,6 +233,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX adapter_actions_persona ON adapter_actions (persona_id, id)",
         ),
     ),
+    Migration(
+        7,
+        "members behind proxied messages (PluralKit, Tupperbox): whose words a proxy's webhook repost is",
+        (
+            """
+            CREATE TABLE proxied_messages (
+                message_id INTEGER PRIMARY KEY,
+                original_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                channel_id INTEGER,
+                created_at TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX proxied_messages_user ON proxied_messages (user_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -194,6 +194,8 @@ class PrivacyStore(SqliteDatabase):
             )
             # Which reply buttons they pressed is theirs too.
             await self._conn.execute("DELETE FROM reply_presses WHERE user_id = ?", (user_id,))
+            # Which proxied reposts were theirs is their data too.
+            await self._conn.execute("DELETE FROM proxied_messages WHERE user_id = ?", (user_id,))
             await self._conn.execute(
                 """
                 INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)
@@ -214,10 +216,15 @@ class PrivacyStore(SqliteDatabase):
 
         # Discord reports every deleted message, the bot's own notices included: most match no
         # row, and a read answers that without taking the write lock.
-        if await self._fetchone("SELECT 1 FROM logs WHERE message_id = ? LIMIT 1", (message_id,)) is None:
+        found = await self._fetchone(
+            "SELECT 1 FROM logs WHERE message_id = ? UNION ALL SELECT 1 FROM proxied_messages WHERE message_id = ?",
+            (message_id, message_id),
+        )
+        if found is None:
             return ForgetResult(0, ())
 
         async def body() -> ForgetResult:
+            await self._conn.execute("DELETE FROM proxied_messages WHERE message_id = ?", (message_id,))
             return await self._delete_rows(
                 "SELECT id, review_channel_id, review_message_id FROM logs WHERE message_id = ?",
                 (message_id,),

@@ -27,6 +27,7 @@ import aiosqlite
 
 from bot.store.migrations import LATEST_VERSION, MIGRATIONS
 from bot.store.rows import utc_now
+from bot.store.text_binding import TextSafeConnection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,12 +72,13 @@ class SqliteDatabase:
     def __init__(
         self, conn: aiosqlite.Connection, path: Path, *, max_attempts: int, base_delay_s: float
     ) -> None:
-        self._conn = conn
+        # Every statement binds storable text only (a lone surrogate would fail the bind).
+        self._conn = TextSafeConnection(conn)
         self.path = path
         self._lock = asyncio.Lock()
         # Until open() adds a read connection (never for ":memory:", which is private to one
         # connection), reads share the write connection and its lock.
-        self._reader = conn
+        self._reader = self._conn
         self._read_lock = self._lock
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s
@@ -115,7 +117,7 @@ class SqliteDatabase:
             if str(path) != ":memory:":
                 await store._open_reader(busy_timeout_ms)
         except BaseException:
-            if store._reader is not conn:
+            if store._reader is not store._conn:
                 await store._reader.close()
             await conn.close()
             raise
@@ -130,7 +132,7 @@ class SqliteDatabase:
         except BaseException:
             await reader.close()
             raise
-        self._reader = reader
+        self._reader = TextSafeConnection(reader)
         self._read_lock = asyncio.Lock()
 
     async def close(self) -> None:

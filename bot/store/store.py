@@ -22,6 +22,7 @@ from bot.store.adapter_actions import AdapterAction, AdapterActionStore
 from bot.store.casts import CastStore
 from bot.store.decision_stats import DecisionStats, VersionDecisions
 from bot.store.privacy import PrivacyStore
+from bot.store.proxied import ProxiedStore
 from bot.store.reply_presses import ReplyPressStore
 from bot.store.rows import (
     DECISIONS,
@@ -72,7 +73,15 @@ class ReviewNotFoundError(LookupError):
     """The log row is gone (its user asked to be forgotten) or never existed."""
 
 
-class Store(ServerSettingsStore, PrivacyStore, DecisionStats, CastStore, ReplyPressStore, AdapterActionStore):
+class Store(
+    ServerSettingsStore,
+    PrivacyStore,
+    DecisionStats,
+    CastStore,
+    ReplyPressStore,
+    AdapterActionStore,
+    ProxiedStore,
+):
     """Async access to the bot's database; open with :meth:`open`, close with :meth:`close`.
 
     Every read and write raises StoreError once the store is closed, and sqlite3.OperationalError

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
+from bot.text.edit_budget import EditBudget
 from bot.text.mentions import defuse_mentions
 from bot.text.splitter import split_message
 from bot.text.wordfilter import WordFilter
@@ -33,8 +34,10 @@ M = TypeVar("M")
 _MENTION_START = re.compile(
     r"(?:@(?:e(?:v(?:e(?:r(?:y(?:o(?:n)?)?)?)?)?)?|h(?:e(?:r)?)?)?|<(?:@[!&]?\d*)?)$", re.IGNORECASE
 )
-# A final edit refused with 429 more often than this is given up (discord.py already retried).
-FINAL_ATTEMPTS = 5
+# A final round that fails this often (not counting rate limits) is given up: discord.py has
+# already retried each request itself. Rate limits are waited out, up to FINAL_WAIT_S in all.
+FINAL_ATTEMPTS = 2
+FINAL_WAIT_S = 60.0
 
 
 # -- what is visible -------------------------------------------------------------------------------
@@ -128,12 +131,16 @@ class EditPacer:
 
 class SendError(Exception):
     """A post, edit or delete failed. ``retry_after`` (seconds) for a rate limit; ``gone`` when
-    the message no longer exists (someone deleted it)."""
+    the message no longer exists (someone deleted it); ``permanent`` when trying again cannot
+    help (the thread was archived or locked, permissions or the webhook were taken away)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, gone: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, gone: bool = False, permanent: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.gone = gone
+        self.permanent = permanent
 
 
 class MessageSink(Protocol[M]):
@@ -170,6 +177,11 @@ class StreamedReply(Generic[M]):
     Feed it with :meth:`feed` (the raw text so far; cheap, called per piece); one task does all
     posting and editing, so the order of changes is never in doubt. End it with
     :meth:`finish` (the final, filtered text) or :meth:`withdraw` (delete what was posted).
+
+    After :meth:`finish`, :attr:`complete` says whether the messages show the final text; when
+    they do not (the last round failed for good, or someone deleted one of them), the caller
+    decides what the channel should show (``bot/discord/streaming.py: settle``). Rounds draw on
+    ``budget``, shared by every reply behind the same webhook (:mod:`bot.text.edit_budget`).
     """
 
     def __init__(
@@ -181,12 +193,16 @@ class StreamedReply(Generic[M]):
         *,
         on_first_post: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        budget: EditBudget | None = None,
     ) -> None:
         self.sink = sink
         self.words = words
         self.draft = draft  # raw text so far -> cleaned text that may be shown (renderer rules)
         self.pacer = EditPacer(interval_s, clock)
+        self.budget = budget  # None: this reply alone decides its pace
         self.on_first_post = on_first_post
+        self.complete = False  # the messages show the final text
+        self.stuck: list[tuple[M, str]] = []  # messages a deletion could not remove (still shown)
         self.posted: list[tuple[M, str]] = []
         self._raw = ""
         self._shown = ""  # the visible text of the last round
@@ -194,6 +210,7 @@ class StreamedReply(Generic[M]):
         self._withdraw = False
         self._keep = False  # stopped by a member: what is shown now is the reply
         self._gone = False  # a message of ours was deleted by someone: stop touching the reply
+        self._permanent = False  # a round failed in a way no later round can fix
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()  # cuts a pacing wait short (withdrawal)
         self._task: asyncio.Task[None] | None = None
@@ -201,6 +218,20 @@ class StreamedReply(Generic[M]):
     @property
     def messages(self) -> list[M]:
         return [m for m, _ in self.posted]
+
+    @property
+    def withdrawn(self) -> bool:
+        return self._withdraw
+
+    @property
+    def interrupted(self) -> bool:
+        """Someone deleted one of the reply's messages (a moderator): it is not to be shown again."""
+        return self._gone and not self._permanent
+
+    @property
+    def shown_text(self) -> str:
+        """What the channel shows of the reply now (its messages' texts, joined)."""
+        return "".join(text for _, text in self.posted)
 
     def start(self) -> None:
         if self._task is None:
@@ -213,11 +244,11 @@ class StreamedReply(Generic[M]):
 
     async def finish(self, text: str) -> list[M]:
         """Show ``text`` (final, filtered, mentions defused) once the pacer allows; returns the
-        messages that show it, in order (empty if none could be posted)."""
+        messages that show it, in order: empty unless :attr:`complete`."""
         self._final = text
         self._wake.set()
         await self._join()
-        return self.messages
+        return self.messages if self.complete else []
 
     async def withdraw(self) -> None:
         """Delete every message posted so far and stop (the reply is not to be seen)."""
@@ -250,6 +281,7 @@ class StreamedReply(Generic[M]):
 
     async def _run(self) -> None:
         attempts = 0
+        waited = 0.0  # rate-limit waits of the final round, seconds
         while True:
             await self._wake.wait()
             if self._withdraw:
@@ -267,6 +299,7 @@ class StreamedReply(Generic[M]):
             shown_now: str | None = None
             if self._gone:
                 if final is not None:
+                    await self._delete_all()  # a moderator removed part of it: none of it stays
                     return
                 continue
             if final is not None:
@@ -282,6 +315,8 @@ class StreamedReply(Generic[M]):
                 target = layout(visible.text, self.sink.limit)
                 shown_now = visible.text
             try:
+                if self.budget is not None:
+                    await self.budget.acquire(final=final is not None)
                 await self._apply(target, last_round=final is not None)
             except Exception as exc:
                 if not isinstance(exc, SendError):  # a bug or an unforeseen client error
@@ -292,17 +327,33 @@ class StreamedReply(Generic[M]):
                     self._gone = True
                 elif exc.retry_after is not None:
                     self.pacer.rate_limited(exc.retry_after)
+                    if self.budget is not None:
+                        await self.budget.rate_limited(exc.retry_after)  # every reply behind it waits
                 else:
                     log.warning("could not update a streamed reply: %s", exc)
                     self.pacer.done()
                 if final is not None:
-                    attempts += 1
-                    if attempts >= FINAL_ATTEMPTS or self._gone:
-                        log.warning("gave up the final edit of a streamed reply after %d tries", attempts)
+                    if exc.retry_after is not None:
+                        waited += exc.retry_after
+                    else:
+                        attempts += 1
+                    if self._gone:
+                        self._wake.set()  # the next turn removes the rest
+                        continue
+                    if exc.permanent or attempts >= FINAL_ATTEMPTS or waited > FINAL_WAIT_S:
+                        log.warning(
+                            "gave up the final edit of a streamed reply (%s; %d tries, %.0f s rate-limited)",
+                            exc,
+                            attempts,
+                            waited,
+                        )
                         return
+                elif exc.permanent:
+                    self._gone = self._permanent = True  # no later round can succeed; finish decides
                 self._wake.set()  # try again once the pacer allows
                 continue
             if shown_now is None:
+                self.complete = True
                 return  # the final text is shown
             self._shown = shown_now
 
@@ -335,10 +386,12 @@ class StreamedReply(Generic[M]):
         self.pacer.done()
 
     async def _delete_all(self) -> None:
+        """Delete every posted message; one that cannot be deleted (not gone) is kept in :attr:`stuck`."""
         while self.posted:
-            message, _ = self.posted.pop()
+            message, _text = self.posted.pop()
             try:
                 await self.sink.delete(message)
             except SendError as exc:
                 if not exc.gone:
                     log.warning("could not delete a withdrawn reply's message: %s", exc)
+                    self.stuck.insert(0, (message, _text))

@@ -40,6 +40,7 @@ class Fault:
     code: int | None = None
     message: str | None = None
     body: dict[str, Any] | None = None
+    skip: int = 0  # let this many matching requests through first (fail the 2nd chunk, not the 1st)
     hits: int = 0
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
@@ -103,6 +104,9 @@ class FaultInjector:
     def take(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
             if fault.matches(method, path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    return None
                 return fault
         return None
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from . import wire
 from .recorder import GatewayRecord, Recorder
 from .state import EmulatorState
 
@@ -252,7 +253,7 @@ class Gateway:
                     self._record("close", conn.session.id if conn.session else None, data={"code": item.code})
                     await conn.ws.close(code=item.code, message=item.reason.encode())
                     return
-                text = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+                text = wire.dumps(item, separators=(",", ":"))
                 encoded = conn.compressor.encode(text)
                 if isinstance(encoded, bytes):
                     await conn.ws.send_bytes(encoded)

@@ -50,11 +50,13 @@ class HookBuilder:
         message_reference: Any,
         embeds: list[dict[str, Any]] | None,
         message_type: int | None = None,
+        extras: dict[str, Any] | None = None,
     ) -> StoredMessage:
         """A message typed by a person: content mentions are parsed, explicit ones added.
 
         ``message_type`` makes it a system message Discord creates on the member's behalf (18 a
         thread created, its content the thread's name; 6 a pin, referencing the pinned message …).
+        ``extras`` are :meth:`what_else` parts (a forward, a poll, stickers, a voice message …).
         """
         parsed_users, parsed_roles, parsed_everyone = self.factory.mentions_for_bot_message(
             content, None, None
@@ -86,9 +88,86 @@ class HookBuilder:
             referenced=referenced,
             msg_type=message_type,
         )
+        payload.update(extras or {})
         msg = StoredMessage(payload=payload, source="user")
         self.state.messages[msg.id] = msg
         return msg
+
+    def what_else(
+        self,
+        channel_id: str,
+        *,
+        forward_of: Any = None,
+        poll: dict[str, Any] | None = None,
+        sticker_names: list[str] | None = None,
+        voice_message: bool = False,
+        activity: bool = False,
+    ) -> dict[str, Any]:
+        """Payload fields of a member's message beyond its text, as Discord sends them.
+
+        ``forward_of`` (a message id): a forward, with ``message_reference.type`` 1 and the
+        original in ``message_snapshots`` (no ``referenced_message``); ``poll``: ``{"question",
+        "answers": [...]}``; ``voice_message``: flag 8192 and an audio attachment.
+        """
+        extras: dict[str, Any] = {}
+        flags = 0
+        if forward_of is not None:
+            original = self.state.messages[str(forward_of)].payload
+            extras["message_reference"] = {
+                "type": 1,
+                "message_id": original["id"],
+                "channel_id": original["channel_id"],
+                "guild_id": self.state.guild_id,
+            }
+            snapshot = {
+                key: original.get(key)
+                for key in (
+                    "type",
+                    "content",
+                    "embeds",
+                    "attachments",
+                    "timestamp",
+                    "edited_timestamp",
+                    "flags",
+                    "mentions",
+                    "mention_roles",
+                    "components",
+                )
+            }
+            extras["message_snapshots"] = [{"message": snapshot}]
+            flags |= 1 << 14  # HAS_SNAPSHOT
+        if poll is not None:
+            extras["poll"] = {
+                "question": {"text": poll["question"]},
+                "answers": [
+                    {"answer_id": i, "poll_media": {"text": text}}
+                    for i, text in enumerate(poll["answers"], 1)
+                ],
+                "expiry": "2099-01-01T00:00:00+00:00",
+                "allow_multiselect": False,
+                "layout_type": 1,
+            }
+        if sticker_names:
+            extras["sticker_items"] = [
+                {"id": self.state.ids.next(), "name": name, "format_type": 1} for name in sticker_names
+            ]
+        if voice_message:
+            flags |= 1 << 13  # IS_VOICE_MESSAGE
+            extras["attachments"] = [
+                {
+                    **self.factory.hook_attachment(
+                        channel_id,
+                        {"filename": "voice-message.ogg", "content": b"OggS", "content_type": "audio/ogg"},
+                    ),
+                    "duration_secs": 2.5,
+                    "waveform": "AAAA",
+                }
+            ]
+        if activity:
+            extras["activity"] = {"type": 1, "party_id": "spotify:1"}
+        if flags:
+            extras["flags"] = flags
+        return extras
 
     # ---------------------------------------------------------- interactions
     def interaction(

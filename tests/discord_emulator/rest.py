@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
+from . import wire
 from .errors import ApiError
 from .messages import UploadedFile
 from .recorder import Call
@@ -173,7 +174,7 @@ class RestApi:
             return web.Response(status=reply.status if reply.body is not None else 204, headers=reply.headers)
         # Exactly "application/json" (no charset): discord.py compares the header verbatim.
         headers = {**reply.headers, "Content-Type": "application/json"}
-        body = json.dumps(reply.body, ensure_ascii=False).encode("utf-8")
+        body = wire.dumps(reply.body).encode("utf-8")
         return web.Response(status=reply.status, body=body, headers=headers)
 
     async def _respond(self, req: ApiRequest, request: web.Request, bucket: str) -> tuple[Reply, bool]:

@@ -237,8 +237,17 @@ class DiscordEmulator:
         message_reference: Any = None,
         embeds: list[dict[str, Any]] | None = None,
         message_type: int | None = None,
+        forward_of: str | int | None = None,
+        poll: dict[str, Any] | None = None,
+        sticker_names: list[str] | None = None,
+        voice_message: bool = False,
+        activity: bool = False,
     ) -> dict[str, Any]:
         """A user posts a message; dispatches MESSAGE_CREATE and returns the message payload.
+
+        ``forward_of`` forwards that message (type 0, no content, a message snapshot);
+        ``poll`` (``{"question", "answers"}``), ``sticker_names``, ``voice_message`` and
+        ``activity`` send those message kinds (see ``HookBuilder.what_else``).
 
         ``message_type`` sends a system message on the user's behalf instead (18: thread
         created, 6: pinned, 7: joined …); by default 0, or 19 with a reference.
@@ -261,6 +270,14 @@ class DiscordEmulator:
             message_reference=message_reference,
             embeds=embeds,
             message_type=message_type,
+            extras=self.hooks.what_else(
+                cid,
+                forward_of=forward_of,
+                poll=poll,
+                sticker_names=sticker_names,
+                voice_message=voice_message,
+                activity=activity,
+            ),
         )
         self.gateway.dispatch("MESSAGE_CREATE", self.factory.gateway_payload(msg), channel_id=cid)
         self.state.save()
@@ -539,12 +556,14 @@ class DiscordEmulator:
         code: int | None = None,
         message: str | None = None,
         body: dict[str, Any] | None = None,
+        skip: int = 0,
     ) -> Fault:
         """Fail the next ``count`` REST calls whose method matches and path (after /api/v10) matches
-        ``path_regex`` (re.search). 429s carry ``retry_after``, ``Retry-After``, ``X-RateLimit-*``
-        (``scope`` = "user" | "global" | "shared"); other statuses carry Discord's error body."""
+        ``path_regex`` (re.search), after letting ``skip`` of them through. 429s carry
+        ``retry_after``, ``Retry-After``, ``X-RateLimit-*`` (``scope`` = "user" | "global" |
+        "shared"); other statuses carry Discord's error body (``code``: 50083 a thread archived …)."""
         return self.faults.add(
-            Fault(method, path_regex, status, count, retry_after, scope, code, message, body)
+            Fault(method, path_regex, status, count, retry_after, scope, code, message, body, skip)
         )
 
     def clear_faults(self) -> None:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import wire
 from .errors import (
     UNKNOWN_CHANNEL,
     UNKNOWN_GUILD,
@@ -709,7 +710,7 @@ class EmulatorState:
         if self.state_file is None:
             return
         tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(wire.dumps(self.to_json()), encoding="utf-8")
         os.replace(tmp, self.state_file)
 
     def load(self) -> None:

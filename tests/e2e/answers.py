@@ -51,6 +51,7 @@ NOTICES: tuple[tuple[str, str | None], ...] = (
     ("reply was held back for a moderator", "refused"),
     ("The bot is still starting up", "refused"),
     ("is not available any more", "refused"),
+    ("cannot answer on this model", "refused"),
     ("you do not have a role", "refused"),
 )
 

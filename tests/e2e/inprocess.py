@@ -383,6 +383,7 @@ async def emulated_bot(
     chat_settings: dict[str, Any] | None = None,
     world: Callable[[DiscordEmulator], None] | None = None,
     emu: DiscordEmulator | None = None,
+    runtime_factory: Callable[[Settings], Any] | None = None,
 ) -> AsyncIterator[EmulatedBot]:
     """An emulator and a connected bot with the fake runtime; commands synced to the guild.
 
@@ -390,16 +391,17 @@ async def emulated_bot(
     webhooks off (replies are "**Name**: text" messages from the bot), no streaming (the fake
     runtime answers whole replies; streaming is tested in tests/test_e2e_streaming.py), the
     review poller stopped after its start-up round (a test runs a round by calling it). Pass a running ``emu`` to start a second bot
-    (a restart) in the same Discord; it is left running.
+    (a restart) in the same Discord; it is left running. ``runtime_factory`` (settings → an
+    awaitable runtime) replaces the fake runtime, for a scenario with a real model.
     """
     if emu is not None:
-        async with _connected(tmp_path, emu, discord_settings, chat_settings) as harness:
+        async with _connected(tmp_path, emu, discord_settings, chat_settings, runtime_factory) as harness:
             yield harness
         return
     async with DiscordEmulator(token=TOKEN) as own:
         if world is not None:
             world(own)
-        async with _connected(tmp_path, own, discord_settings, chat_settings) as harness:
+        async with _connected(tmp_path, own, discord_settings, chat_settings, runtime_factory) as harness:
             yield harness
 
 
@@ -409,6 +411,7 @@ async def _connected(
     emu: DiscordEmulator,
     discord_settings: dict[str, Any] | None,
     chat_settings: dict[str, Any] | None,
+    runtime_factory: Callable[[Settings], Any] | None = None,
 ) -> AsyncIterator[EmulatedBot]:
     saved = (
         discord.http.Route.BASE,
@@ -429,9 +432,12 @@ async def _connected(
         ),
         chat=ChatSettings(**{"stream_replies": False, **(chat_settings or {})}),
     )
-    runtime = FakeRuntime(settings)
+    runtime: Any = FakeRuntime(settings)
 
-    async def factory(_s: Settings) -> FakeRuntime:
+    async def factory(_s: Settings) -> Any:
+        nonlocal runtime
+        if runtime_factory is not None:
+            runtime = await runtime_factory(_s)
         return runtime
 
     bot = RecordingBot(settings, runtime_factory=factory)

@@ -20,6 +20,7 @@ from bot.chatflow.conversation import Conversation
 from bot.chatflow.inflight import RepliesInFlight, ReplyInFlight
 from bot.chatflow.ratelimit import describe_wait
 from bot.chatflow.replyflow import Incoming, ReplyFlow, Stopwatch
+from bot.chatflow.said import only_text_notice
 from bot.discord.bot_protocol import BotServices
 from bot.discord.cast_lookup import CastLookup
 from bot.discord.checks import channel_allowed, member_allowed
@@ -31,13 +32,16 @@ from bot.discord.history import (
     persona_line,
     read_conversation,
 )
+from bot.discord.message_parts import said
+from bot.discord.proxied import ProxiedMessages
 from bot.discord.reply_controls import controls_view, delete_replaced
 from bot.discord.reply_job import Answered, ReplyJob
-from bot.discord.sender import notify
-from bot.discord.streaming import DiscordSink, Posted, feed_stream
+from bot.discord.sender import ReplySender, Shown, notify
+from bot.discord.streaming import DiscordSink, Posted, feed_stream, show_reply
 from bot.discord.waiting import QueueNotice, TypingIndicator
 from bot.serving.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
 from bot.store.store import Store, StoreError
+from bot.text.edit_budget import EditBudgets
 from bot.text.streaming import StreamedReply
 from personas.card import PersonaCard, UnknownPersonaError
 from personas.render import InputError, clean_text
@@ -49,9 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHUTDOWN_NOTICE = "The bot is restarting, so this message was not answered. Please send it again in a minute."
-ONLY_TEXT = (
-    "Only text can be answered: attachments and stickers are not read. Please write what you want to say."
-)
+ONLY_TEXT = only_text_notice(("attachments and stickers",))
 
 
 class Chat(commands.Cog):
@@ -90,11 +92,20 @@ class Chat(commands.Cog):
         self._withdrawn: set[int] = set()
         # Streamed replies whose final edit is on its way, by the id of the message they answer.
         self._finishing: dict[int, StreamedReply[Posted]] = {}
+        # Proxy bots' reposts (PluralKit, Tupperbox) and the member messages they replace.
+        self.proxied = ProxiedMessages(bot, store, flow)
+        self.edit_budgets = EditBudgets()  # streamed replies' posts and edits, per webhook
 
     # -- which messages are answered -----------------------------------------------------------
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
+        if self.proxied.is_repost(message):
+            # Paired before any await: the original's deletion, which comes next, must find it.
+            found = self.proxied.pair(message)
+            if found is not None:
+                await self.proxied.record(found)
+            return  # never answered itself: its original was answered (or refused) once
         if message.author.bot or message.webhook_id is not None:
             return  # other bots, webhooks, and the bot itself (its persona webhook included)
         if self.bot.user is not None and message.author.id == self.bot.user.id:
@@ -106,6 +117,7 @@ class Chat(commands.Cog):
         server = self.bot.servers.get(message.guild.id)  # its own settings, the TOML's where unset
         if not server.served:
             return  # not on discord.allowed_servers: no reply, nothing logged
+        self.proxied.remember(message)  # a proxy bot may repost it in a moment
         if not channel_allowed(server, message.channel):
             return
         casting = self.casting
@@ -218,10 +230,10 @@ class Chat(commands.Cog):
 
         try:
             conversation = await self._conversation(message, card, job)
-            if (message.attachments or message.stickers) and not clean_text(
-                conversation.turns[-1].text
-            ).strip():
-                raise InputError(ONLY_TEXT)  # "empty" would be wrong: the user did post something
+            unreadable = said(message).unreadable
+            if unreadable and not clean_text(conversation.turns[-1].text).strip():
+                # "Empty" would be wrong: the member did send something, just nothing readable.
+                raise InputError(only_text_notice(unreadable))
             pending = runtime.chat.submit(persona_id, conversation.turns)
         except InputError as exc:
             await notify(channel, str(exc), message)
@@ -253,14 +265,14 @@ class Chat(commands.Cog):
             return None
 
         filtered = flow.filter(text)
-        sent: list[Any] = []
+        shown = Shown([], "full")  # what the channel shows of the reply, for the log row
         if not filtered.text.strip():
             if stream is not None:
                 await stream.withdraw()
-            said = "stopped before it said anything" if writing.stopped_by else "had nothing to say to that"
+            outcome = "stopped before it said anything" if writing.stopped_by else "had nothing to say to that"
             await notify(
                 channel,
-                f"{card.display_name} {said}. Try saying it another way.",
+                f"{card.display_name} {outcome}. Try saying it another way.",
                 message,
             )
             return None
@@ -270,48 +282,55 @@ class Chat(commands.Cog):
             await notify(
                 channel, f"{card.display_name}'s reply was held back for a moderator to check.", message
             )
-        elif stream is not None:
+        else:
             # The final edit may wait out the edit interval; a deletion meanwhile still withdraws.
-            self._finishing[message.id] = stream
+            if stream is not None:
+                self._finishing[message.id] = stream
             try:
-                sent = await stream.finish(filtered.text)
+                buttons = controls_view(job.asker_id, message.id, writing=False)
+                reply_to = self.proxied.reply_target(message)
+                shown = await show_reply(bot.sender, channel, card, filtered.text, reply_to, stream, buttons)
             finally:
                 self._finishing.pop(message.id, None)
             if message.id in self._withdrawn:
                 self._withdrawn.discard(message.id)
                 log.info("message %s was deleted while its reply was shown; nothing logged", message.id)
                 return None
-            if not sent:
-                log.warning("could not post the streamed reply to message %s", message.id)
-        else:
-            try:
-                buttons = controls_view(job.asker_id, message.id, writing=False)
-                sent = await bot.sender.send(channel, card, filtered.text, message, view=buttons)
-            except discord.HTTPException as exc:
-                # Discord is down or refuses: the reply is still logged, so it is not lost for review.
-                log.warning("could not post the reply to message %s: %s", message.id, exc)
-        shown = [getattr(m, "message", m) for m in sent]
-        if shown and job.replaced:
+        sent = shown.messages
+        posted = [getattr(m, "message", m) for m in sent]
+        if posted and job.replaced:
             await delete_replaced(job.replaced)  # the regenerated-away reply gives way to this one
 
+        logged_as = self.proxied.logged_id(job.root_id)  # the repost, if a proxy replaced the message
         incoming = Incoming(
             guild_id=message.guild.id if message.guild else None,
             channel_id=channel.id,
-            message_id=job.root_id,
+            message_id=logged_as,
             user_id=job.asker_id,
             created_at=discord.utils.snowflake_time(job.root_id),
         )
-        entry = flow.entry(incoming, conversation, pending, filtered, clock.ms, sent[0].id if sent else None)
+        entry = flow.entry(
+            incoming,
+            conversation,
+            pending,
+            filtered,
+            clock.ms,
+            sent[0].id if sent else None,
+            shown.state,
+            shown.text,
+        )
         if writing.stopped_by is not None:
             entry = dataclasses.replace(
                 entry, params={**entry.params, "finish_reason": "stopped"}, stopped_by=writing.stopped_by
             )
         entry = dataclasses.replace(entry, turn=job.turn, replaces=job.replaces)
         log_id = await flow.record(entry)
+        if self.proxied.logged_id(job.root_id) != logged_as:  # replaced while the row was written
+            await self.proxied.move_log(logged_as, self.proxied.logged_id(job.root_id))
         if log_id is not None and self.reviews is not None:
             await self.reviews.post_new(log_id)
         text = "" if filtered.is_blocked else filtered.text
-        return Answered(job, card, text, tuple(shown), log_id, stopped=writing.stopped_by is not None)
+        return Answered(job, card, text, tuple(posted), log_id, stopped=writing.stopped_by is not None)
 
     async def _await_text(
         self,
@@ -379,26 +398,33 @@ class Chat(commands.Cog):
             self.flow.words,
             pending.draft,
             self.bot.settings.chat.stream_edit_interval_s,
+            budget=self.edit_budgets.for_key(ReplySender.webhook_home(channel).id),  # one per webhook
         )
 
     # -- a question withdrawn while it is answered -------------------------------------------------
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self._withdraw(payload.message_id)
+        await self._withdraw(payload.message_id, payload.guild_id)
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         for message_id in payload.message_ids:
-            await self._withdraw(message_id)
+            await self._withdraw(message_id, payload.guild_id)
 
-    async def _withdraw(self, message_id: int) -> None:
+    async def _withdraw(self, message_id: int, guild_id: int | None = None) -> None:
         """A message was deleted: if it is being answered, stop, and post and log nothing; if it
         was answered already, delete its log row and review card.
 
         Either way the words its author took back never reach the review queue or training data,
-        and a reply posted afterwards would answer nothing anyone can see.
+        and a reply posted afterwards would answer nothing anyone can see. A proxy bot deleting
+        the original it reposted takes nothing back: the answer is handed over to the repost.
         """
+        found = await self.proxied.replacement(message_id, guild_id)
+        if found is not None:
+            if self.replies.get(message_id) is None and message_id not in self._finishing:
+                await self.proxied.move_log(message_id, found.repost_id)  # answered and logged already
+            return
         writing = self.replies.get(message_id)
         if writing is not None:
             self._withdrawn.add(message_id)
@@ -435,7 +461,7 @@ class Chat(commands.Cog):
         others = [c for c in self.runtime.cards.cards.values() if c.id != card.id]
         bot_user_id = self.bot.user.id if self.bot.user else None
         webhook_ids = self.bot.sender.known_webhook_ids()
-        said = persona_line(message, others, bot_user_id=bot_user_id, webhook_ids=webhook_ids)
+        spoken = persona_line(message, others, bot_user_id=bot_user_id, webhook_ids=webhook_ids)
         return await read_conversation(
             message,
             card,
@@ -445,7 +471,9 @@ class Chat(commands.Cog):
             bot_user_id=bot_user_id,
             webhook_ids=webhook_ids,
             others=others,
-            speaker=said[0] if said else None,
+            speaker=spoken[0] if spoken else None,
+            proxy_bots=self.proxied.proxy_bots,
+            reposted=self.proxied.reposted(),
         )
 
     # -- the log spool -------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class LocalBackend:
     def adapter_for(self, persona_id: str) -> str:
         return persona_id if self.engine.has_adapter(persona_id) else BASE_ADAPTER
 
+    def context_tokens(self, adapter: str) -> int:
+        """The model's context (``max_position_embeddings``): prompt plus reply, in tokens."""
+        return self.engine.max_positions
+
     def stats(self) -> WorkerStats:
         return self.worker.stats()
 

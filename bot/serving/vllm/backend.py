@@ -4,7 +4,9 @@ The bot process loads the tokenizer only (no weights). Each request is one strea
 completion on the healthy server with the fewest outstanding requests that has the persona's
 adapter. A server that fails before any of the reply was shown has the request retried on
 another; one that fails after gives that user a clear "try again" (never a second, different
-answer); no healthy server at all gives the same busy answer as a full queue.
+answer); no healthy server at all gives the same busy answer as a full queue. A stream that
+ends without a finish reason meaning "finished" (``abort`` …) is such a failure too, and a
+request with no first token within the bound marks its server suspect and moves on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from bot.config import Settings
-from bot.model.loading import ModelLoadError, load_tokenizer
+from bot.model.loading import ModelLoadError, encode_prompt, load_tokenizer
 from bot.serving.generation import (
     BASE_ADAPTER,
     GenerationError,
@@ -32,7 +34,16 @@ from bot.serving.generation import (
 )
 from bot.serving.ticket import Ticket
 from bot.serving.vllm.adapters import AdapterRegistry, PublishedAdapter
-from bot.serving.vllm.http import ModelNotFound, ServerError, ServerUnavailable, VllmClient
+from bot.serving.vllm.http import (
+    SERVER_FINISHED,
+    ModelNotFound,
+    ServerError,
+    ServerUnavailable,
+    StreamNotFinished,
+    VllmClient,
+    connection_pool,
+    fresh_connections,
+)
 from bot.serving.vllm.pool import TOKENIZER_PROBE, Server, ServerPool
 from bot.serving.vllm.request import StreamDecoder, completion_payload, prompt_ids
 from personas.card import CardSet
@@ -55,6 +66,7 @@ class VllmBackend:
         max_positions: int,
         session: aiohttp.ClientSession,
         pool: ServerPool,
+        fresh: aiohttp.ClientSession | None = None,
     ) -> None:
         self.settings = settings
         self.cards = cards
@@ -63,6 +75,7 @@ class VllmBackend:
         self.base_model = settings.model.base_model
         self.max_positions = max_positions
         self.session = session
+        self.fresh = fresh  # single-use connections for retries (closed with the backend)
         self.pool = pool
         self.registry = AdapterRegistry(pool, settings, cards)
         self._accepting = True
@@ -81,11 +94,17 @@ class VllmBackend:
         tokenizer, max_positions = await asyncio.to_thread(_load_tokenizer, settings)
         probe = tokenizer(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"]
         engine = settings.engine
-        # No connection cap: every outstanding stream holds one (the queue size bounds them).
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        clients = [VllmClient(url, session, engine.vllm_connect_timeout_s) for url in engine.vllm_urls]
-        pool = ServerPool(clients, probe, settings.model.base_model, engine.vllm_health_interval_s)
-        backend = cls(settings, cards, tokenizer, max_positions, session, pool)
+        session = connection_pool(engine.vllm_keepalive_s)
+        fresh = fresh_connections()
+        clients = [VllmClient(url, session, engine.vllm_connect_timeout_s, fresh) for url in engine.vllm_urls]
+        pool = ServerPool(
+            clients,
+            probe,
+            settings.model.base_model,
+            engine.vllm_health_interval_s,
+            engine.vllm_first_token_timeout_s,
+        )
+        backend = cls(settings, cards, tokenizer, max_positions, session, pool, fresh)
         await pool.check_all()
         if pool.healthy():
             await backend.registry.publish_all()
@@ -125,6 +144,17 @@ class VllmBackend:
     def adapter_for(self, persona_id: str) -> str:
         return persona_id if self.registry.has(persona_id) else BASE_ADAPTER
 
+    def context_tokens(self, adapter: str) -> int:
+        """The largest context among the healthy servers that may serve ``adapter`` (each one's
+        ``max_model_len``, within the model's own); the model's when none is known."""
+        current = self.registry.current.get(adapter)
+        name = current.name if current is not None else None  # a canary is loaded beside it
+        sizes = [self._context_of(s) for s in self.pool.healthy() if name is None or name in s.adapters]
+        return max(sizes, default=self.max_positions)
+
+    def _context_of(self, server: Server) -> int:
+        return min(server.max_model_len or self.max_positions, self.max_positions)
+
     def stats(self) -> WorkerStats:
         tokens = sum(t for t, _ in self._recent)
         seconds = sum(s for _, s in self._recent)
@@ -163,6 +193,8 @@ class VllmBackend:
         await self.pool.stop()
         await self.registry.drain()
         await self.session.close()
+        if self.fresh is not None:
+            await self.fresh.close()
 
     # -- one request ---------------------------------------------------------------------
 
@@ -189,23 +221,19 @@ class VllmBackend:
 
     async def _generate(self, ticket: Ticket) -> GenerationResult:
         """Serve one request on the version it is admitted with (held until it ends)."""
-        request = ticket.request
-        ids = prompt_ids(self.tokenizer, request, self.max_positions)
-        published = self.registry.admit(request.adapter)
+        published = self.registry.admit(ticket.request.adapter)
         try:
-            return await self._attempts(ticket, ids, published)
+            return await self._attempts(ticket, published)
         finally:
             self.registry.release(published)
 
-    async def _attempts(
-        self, ticket: Ticket, ids: list[int], published: PublishedAdapter | None
-    ) -> GenerationResult:
+    async def _attempts(self, ticket: Ticket, published: PublishedAdapter | None) -> GenerationResult:
         """Try healthy servers that have ``published`` until one answers (see the module doc)."""
-        request = ticket.request
         name = published.name if published is not None else None
         version = published.version if published is not None else None
         tried: set[Server] = set()
         refreshed: set[Server] = set()
+        resized: set[Server] = set()
         while True:
             server = self.pool.pick(name, tried)
             if server is None and name is not None and self.pool.healthy():
@@ -219,22 +247,13 @@ class VllmBackend:
                 raise QueueFullError(
                     len(self._tickets), self.settings.worker.queue_size * max(len(self.pool.healthy()), 1)
                 )
+            request, ids = self._fitted(ticket, server)
             decoder = StreamDecoder(self.tokenizer, request)
             payload = completion_payload(name or server.base_model or self.base_model, ids, request)
             server.outstanding += 1
             started = time.perf_counter()
             try:
-                # aclosing: leaving the loop early closes the stream at once, so the server stops.
-                async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
-                    async for chunk in stream:
-                        if chunk.token_ids:
-                            ticket._token(time.monotonic(), len(chunk.token_ids))
-                        ticket._piece(decoder.feed(chunk.token_ids))
-                        if decoder.finish_reason is not None or chunk.finish_reason is not None:
-                            ticket._piece(decoder.finish(chunk.finish_reason))
-                            break
-                if decoder.finish_reason is None:
-                    ticket._piece(decoder.finish(None))
+                await self._stream(server, payload, ticket, decoder)
                 server.served += 1
                 return decoder.result(request.adapter, version, time.perf_counter() - started)
             except ModelNotFound as exc:
@@ -247,6 +266,12 @@ class VllmBackend:
                 refreshed.add(server)
                 server.adapters.discard(name or "")
                 await self.pool.check(server)
+            except TokenTimeout as exc:
+                server.failed += 1
+                self.pool.mark_suspect(server, stalled=exc.stalled)
+                if decoder.emitted:
+                    raise GenerationError(MID_STREAM) from None
+                tried.add(server)  # nothing was shown: another server may answer, else "busy"
             except ServerUnavailable as exc:
                 server.failed += 1
                 self.pool.mark_down(server, str(exc))
@@ -255,6 +280,11 @@ class VllmBackend:
                     raise GenerationError(MID_STREAM) from exc
                 tried.add(server)  # nothing was shown yet: another server may answer instead
             except ServerError as exc:
+                if exc.status == 400 and "context length" in str(exc) and server not in resized:
+                    # Its --max-model-len changed (a restart between health checks): read it, refit.
+                    resized.add(server)
+                    await self.pool.check(server)
+                    continue
                 server.failed += 1
                 log.error("%s", exc)
                 raise GenerationError(
@@ -262,6 +292,69 @@ class VllmBackend:
                 ) from exc
             finally:
                 server.outstanding -= 1
+
+    def _fitted(self, ticket: Ticket, server: Server) -> tuple[GenerationRequest, list[int]]:
+        """The ticket's request and prompt ids fitted to ``server``'s context: rendered again
+        (history cut) when it was rendered for a larger one. The ticket keeps the request sent,
+        so the log holds the prompt the model saw."""
+        request = ticket.request
+        context = self._context_of(server)
+        ids = encode_prompt(self.tokenizer, request.prompt)
+        if not request.fits(len(ids), context) and request.refit is not None:
+            request = ticket.request = request.refit(context)
+            ids = encode_prompt(self.tokenizer, request.prompt)
+        if not request.fits(len(ids), context):
+            ids = prompt_ids(self.tokenizer, request, context)  # cannot be rendered again: keep the end
+        return request, ids
+
+    async def _stream(
+        self, server: Server, payload: dict[str, Any], ticket: Ticket, decoder: StreamDecoder
+    ) -> None:
+        """Stream one completion into ``ticket`` through ``decoder``.
+
+        Raises TokenTimeout when no token arrives within the pool's bound, first or next (the
+        stream is closed, so the server aborts the request), StreamNotFinished when the stream
+        ends without a finish reason that means "finished", and the client's errors.
+        """
+        reason: str | None = None
+        bound = self.pool.first_token_timeout_s
+        loop = asyncio.get_running_loop()
+        tokens = 0
+        # aclosing: leaving the loop early closes the stream at once, so the server stops.
+        async with contextlib.aclosing(server.client.stream_completion(payload)) as stream:
+            try:
+                async with asyncio.timeout(bound) as idle:
+                    async for chunk in stream:
+                        idle.reschedule(loop.time() + bound)  # the engine answers; the next token, too?
+                        tokens += 1
+                        if chunk.token_ids:
+                            ticket._token(time.monotonic(), len(chunk.token_ids))
+                        ticket._piece(decoder.feed(chunk.token_ids))
+                        if decoder.finish_reason is not None:
+                            break  # a stop string or EOS seen here ends the reply
+                        if chunk.finish_reason is not None:
+                            reason = chunk.finish_reason
+                            break
+            except TimeoutError:
+                raise TokenTimeout(server.url, stalled=tokens > 0) from None
+        if decoder.finish_reason is None and reason not in SERVER_FINISHED:
+            raise StreamNotFinished(
+                server.url,
+                f"ended a reply with finish reason {reason!r} (aborted: restarted, drained or asleep?)"
+                if reason
+                else "ended a reply without a finish reason",
+            )
+        ticket._piece(decoder.finish(reason))
+
+
+class TokenTimeout(Exception):
+    """No token within the pool's bound: none at all, or none since the last one (``stalled``).
+    Handled inside the backend, never raised out."""
+
+    def __init__(self, url: str, *, stalled: bool) -> None:
+        super().__init__(url)
+        self.url = url
+        self.stalled = stalled
 
 
 def _load_tokenizer(settings: Settings) -> tuple[Any, int]:

@@ -9,11 +9,44 @@ reading one line knows which of several servers is meant.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+log = logging.getLogger(__name__)
+# vLLM's API server (uvicorn) closes a connection idle for VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by
+# default; aiohttp keeps idle connections 15 s. A request sent on a connection the server is
+# closing fails before the server read it (aio-libs/aiohttp#9138), so the pool's keep-alive stays
+# below the server's (``engine.vllm_keepalive_s``) and such a failure is retried on a fresh one.
+SERVER_KEEPALIVE_S = 5.0
+DEFAULT_KEEPALIVE_S = 4.0
+# A reply is finished only by these; vLLM's others are "abort" (restarted, drained, asleep),
+# "error" and "repetition" (vllm/v1/engine/__init__.py: FinishReason).
+SERVER_FINISHED = frozenset({"stop", "length"})
+
+
+def connection_pool(keepalive_s: float = DEFAULT_KEEPALIVE_S) -> aiohttp.ClientSession:
+    """The bot's pool of connections to its vLLM servers: no connection cap (every outstanding
+    stream holds one; the queue size bounds them), idle connections dropped after ``keepalive_s``."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive_s))
+
+
+def fresh_connections() -> aiohttp.ClientSession:
+    """Connections used once and closed: for the retry of a request whose pooled connection the
+    server had already closed, so that retry cannot meet another stale one."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+
+
+def _never_reached_the_server(exc: BaseException) -> bool:
+    """A failure on an established connection before any byte of the response: the server closed
+    it (keep-alive expiry) or reset it. Not a refused connect, not a timeout (those say the
+    server is down or stuck)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
 
 
 class ServerError(RuntimeError):
@@ -31,6 +64,11 @@ class ServerUnavailable(ServerError):
 
 class ModelNotFound(ServerError):
     """The server answered 404 for the model name: the adapter is not (or no longer) loaded there."""
+
+
+class StreamNotFinished(ServerUnavailable):
+    """The stream ended without a finish reason that means "finished" (``abort`` when the server
+    is restarted, drained or put to sleep; ``error``; ``repetition``; none at all)."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +106,18 @@ def _first_line(text: str, limit: int = 300) -> str:
 class VllmClient:
     """Calls one server. ``url`` is its base URL (``http://host:8000``, with or without ``/v1``)."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        connect_timeout_s: float = 5.0,
+        fresh: aiohttp.ClientSession | None = None,
+    ) -> None:
         url = url.rstrip("/")
         self.url = url[: -len("/v1")] if url.endswith("/v1") else url
         self._session = session
+        self._fresh = fresh or session  # the retry's connections (see fresh_connections)
+        self.stale_retries = 0  # requests retried because the server had closed their connection
         self._connect_timeout_s = connect_timeout_s
         # Short calls (health, models, tokenize) must not hang a health check for long.
         self._short = aiohttp.ClientTimeout(
@@ -85,10 +131,28 @@ class VllmClient:
     def __repr__(self) -> str:
         return f"VllmClient({self.url!r})"
 
+    async def _send(self, method: str, path: str, timeout: aiohttp.ClientTimeout, **kwargs: Any) -> Any:
+        """Send a request and return its response (headers read, body not yet).
+
+        A failure before any byte of the response on a pooled connection means the server had
+        closed (or reset) it, not that the server is down: it is retried once on a fresh
+        connection, and only that retry's failure is raised (aiohttp's errors, for the caller).
+        aiohttp retries idempotent methods (GET) on a reused connection itself; POSTs
+        (completions, tokenize, adapter loads) are what this adds.
+        """
+        try:
+            return await self._session.request(method, self.url + path, timeout=timeout, **kwargs)
+        except (aiohttp.ClientError, OSError) as exc:
+            if not _never_reached_the_server(exc):
+                raise
+            self.stale_retries += 1
+            log.info("vLLM server %s closed a pooled connection (%s); retrying on a fresh one", self.url, exc)
+        return await self._fresh.request(method, self.url + path, timeout=timeout, **kwargs)
+
     async def _request(self, method: str, path: str, timeout: aiohttp.ClientTimeout, **kwargs: Any) -> Any:
         """One JSON call; raises ServerUnavailable, ModelNotFound (404) or ServerError (other 4xx)."""
         try:
-            async with self._session.request(method, self.url + path, timeout=timeout, **kwargs) as resp:
+            async with await self._send(method, path, timeout, **kwargs) as resp:
                 text = await resp.text()
                 if resp.status >= 500:
                     raise ServerUnavailable(
@@ -103,6 +167,21 @@ class VllmClient:
                 return json.loads(text) if text.strip().startswith(("{", "[")) else text
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ServerUnavailable(self.url, f"not reachable ({_describe(exc)})") from None
+
+    async def health(self) -> None:
+        """``GET /health``: 200 while the engine runs. vLLM answers 503 once its engine died, while
+        ``/v1/models`` (the API process) may go on answering (vllm-project/vllm#39863). Raises
+        ServerUnavailable (or ServerError for a 4xx: no vLLM there)."""
+        try:
+            await self._request("GET", "/health", self._short)
+        except ServerUnavailable as exc:
+            if exc.status is None:
+                raise  # not reachable at all: the line says so
+            raise ServerUnavailable(
+                self.url,
+                f"its engine is not running (/health answered {exc.status}, whatever /v1/models says)",
+                exc.status,
+            ) from None
 
     async def models(self) -> ServedModels:
         """The served base model and adapters. Raises ServerUnavailable or ServerError."""
@@ -162,6 +241,13 @@ class VllmClient:
         except ModelNotFound:
             return
 
+    async def probe_completion(self, model: str, prompt_ids: list[int], timeout_s: float) -> None:
+        """Generate one token within ``timeout_s``: the engine itself answers, not only the API
+        process. Raises ServerUnavailable when it does not (timed out, 5xx, unreachable)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout_s)
+        payload = {"model": model, "prompt": prompt_ids, "max_tokens": 1, "temperature": 0.0}
+        await self._request("POST", "/v1/completions", timeout, json=payload)
+
     async def stream_completion(self, payload: dict[str, Any]) -> AsyncIterator[CompletionChunk]:
         """POST /v1/completions with ``stream: true``; yields chunks as they arrive.
 
@@ -171,9 +257,7 @@ class VllmClient:
         """
         body = {**payload, "stream": True}
         try:
-            async with self._session.post(
-                self.url + "/v1/completions", json=body, timeout=self._stream
-            ) as resp:
+            async with await self._send("POST", "/v1/completions", self._stream, json=body) as resp:
                 if resp.status != 200:
                     text = await resp.text()
                     kind = (

@@ -1,7 +1,11 @@
 """Several vLLM servers: health checks, least-outstanding routing, per-server adapter sets.
 
-A server is *healthy* when ``/v1/models`` answers and its tokenizer gives the bot's token ids
-for a probe text (so the prompts the bot renders mean the same thing there). A request goes to
+A server is *healthy* when ``/health`` answers 200 (its engine runs: vLLM's API process can go on
+answering ``/v1/models`` after the engine died, vllm-project/vllm#39863), ``/v1/models`` lists
+its model and adapters, and its tokenizer gives the bot's token ids for a probe text (so the
+prompts the bot renders mean the same thing there). A server that let a request wait longer than
+the first-token bound is *suspect* (its engine may hang while ``/health`` still answers): out of
+rotation until a one-token test completion answers within that bound. A request goes to
 the healthy server with the fewest outstanding requests among those that have its adapter.
 A server that fails a request is taken out of rotation at once and put back by the next health
 check that passes; a server whose adapters vanished (it restarted) gets them registered again
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field
 from bot.serving.generation import ServerStatus
 from bot.serving.vllm.http import ServerError, VllmClient
 
+DEFAULT_FIRST_TOKEN_TIMEOUT_S = 30.0
+
 log = logging.getLogger(__name__)
 
 # Japanese and ASCII both, so a tokenizer for another language or vocabulary differs here.
@@ -32,6 +38,7 @@ class Server:
 
     client: VllmClient
     healthy: bool = False
+    suspect: bool = False  # no first token within the bound: back only after a test completion
     problem: str | None = "not checked yet"
     base_model: str | None = None  # the id the server serves its base model under
     max_model_len: int | None = None
@@ -69,8 +76,10 @@ class ServerPool:
         probe_ids: Sequence[int],
         bot_base_model: str,
         interval_s: float = 5.0,
+        first_token_timeout_s: float = DEFAULT_FIRST_TOKEN_TIMEOUT_S,
     ) -> None:
         self.servers = [Server(c) for c in clients]
+        self.first_token_timeout_s = first_token_timeout_s
         self._probe_ids = list(probe_ids)
         self._bot_base_model = bot_base_model
         self.interval_s = interval_s
@@ -106,6 +115,19 @@ class ServerPool:
         server.problem = reason
         self.check_soon(server)
 
+    def mark_suspect(self, server: Server, *, stalled: bool = False) -> None:
+        """A request saw no first token within the bound (or, ``stalled``, no next one): the
+        engine may hang behind a live API process. Out of rotation (the next request goes
+        elsewhere or is told "busy" at once) until a health check's one-token test completion
+        answers within the bound."""
+        what = "a stream stalled: no token for" if stalled else "no first token within"
+        reason = (
+            f"vLLM server {server.url}: {what} {self.first_token_timeout_s:g} s "
+            "(its engine may be hung or overloaded); not used until a test completion answers"
+        )
+        server.suspect = True
+        self.mark_down(server, reason)
+
     def check_soon(self, server: Server) -> None:
         """Start a health check of one server now, unless one is already running."""
         task = self._checking.get(server)
@@ -115,6 +137,7 @@ class ServerPool:
     async def check(self, server: Server) -> None:
         """Probe one server: reachable, same tokenizer, adapters still there (else re-register)."""
         try:
+            await server.client.health()
             models = await server.client.models()
             if models.base != server.base_model or not server.healthy:
                 ids = await server.client.tokenize(models.base, TOKENIZER_PROBE)
@@ -125,9 +148,18 @@ class ServerPool:
                         f"bot's base model {self._bot_base_model!r}; start it with the same model",
                     )
                     return
+            if server.suspect:
+                await server.client.probe_completion(models.base, self._probe_ids, self.first_token_timeout_s)
         except ServerError as exc:
-            self._set_down(server, str(exc))
+            reason = str(exc)
+            if server.suspect:
+                reason = (
+                    f"vLLM server {server.url}: suspect since a request got no token within "
+                    f"{self.first_token_timeout_s:g} s, and the test completion failed: {_after_url(exc)}"
+                )
+            self._set_down(server, reason)
             return
+        server.suspect = False
         lost = server.adapters - models.adapters
         if lost:
             log.warning(
@@ -177,3 +209,8 @@ class ServerPool:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loop_task = None
+
+
+def _after_url(exc: ServerError) -> str:
+    """A ServerError's reason without its 'vLLM server URL: ' prefix."""
+    return str(exc).split(": ", 1)[-1]
