@@ -79,6 +79,8 @@ class ServerStatus:
     adapters: int
     problem: str | None = None
     adapter_problems: tuple[str, ...] = ()
+    # Share of prompt tokens the server took from its prefix cache (vLLM's counters); None: unknown.
+    prefix_cache_hit_rate: float | None = None
 
 
 @dataclass
@@ -94,6 +96,13 @@ class WorkerStats:
     device: str = "cpu"
     device_memory_mb: float | None = None
     servers: list[ServerStatus] = field(default_factory=list)  # empty for the local engine
+    # Prefix reuse: prompt tokens taken from a prefix cache and prompt tokens prefilled, and the
+    # first's share (None: reuse is off or unknown); the local engine's cache memory in MiB.
+    prompt_tokens_reused: int = 0
+    prompt_tokens_computed: int = 0
+    prefix_cache_hit_rate: float | None = None
+    prefix_cache_used_mb: float | None = None
+    prefix_cache_budget_mb: float | None = None
 
 
 class GenerationError(RuntimeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,6 +33,9 @@ class AdapterPool:
         self.peft = None  # the PeftModel wrapper, created with the first adapter
         self._resident: dict[str, tuple[str, AdapterInfo]] = {}  # persona -> (internal name, info)
         self._names = itertools.count(1)
+        # Called with an internal name once its weights are deleted (the engine's prefix cache
+        # forgets what was computed with them). Internal names are never reused.
+        self.on_drop: Callable[[str], None] | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -114,3 +118,5 @@ class AdapterPool:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
             self.peft.delete_adapter(internal)
+        if self.on_drop is not None:
+            self.on_drop(internal)

@@ -187,6 +187,7 @@ class GenerationWorker:
         memory = None
         if self.engine.device.type == "cuda":
             memory = torch.cuda.memory_allocated(self.engine.device) / 2**20
+        prefixes = self.engine.prefix_cache.stats()
         return WorkerStats(
             queue_depth=depth,
             queue_capacity=self.settings.queue_size,
@@ -198,11 +199,17 @@ class GenerationWorker:
             adapters=self.engine.adapters(),
             device=str(self.engine.device),
             device_memory_mb=memory,
+            prompt_tokens_reused=prefixes.tokens_reused,
+            prompt_tokens_computed=prefixes.tokens_computed,
+            prefix_cache_hit_rate=prefixes.reuse_rate if prefixes.budget_bytes else None,
+            prefix_cache_used_mb=prefixes.used_bytes / 2**20,
+            prefix_cache_budget_mb=prefixes.budget_bytes / 2**20,
         )
 
     # -- the worker thread -----------------------------------------------------
 
     def _run(self) -> None:
+        self.engine.prefix_cache.set_budget(self.settings.prefix_cache_mb * 2**20)
         batch = RunningBatch(self.engine, self.settings.prefill_chunk_tokens)
         self._batch = batch
         while self._wait_for_work(batch):
