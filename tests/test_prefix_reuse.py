@@ -151,19 +151,23 @@ def test_budget_zero_is_todays_behaviour(engine):
 def test_a_budget_smaller_than_one_prompt_stays_within_it_and_changes_nothing(engine):
     request = req(HEADER + turn(4), "marisa")
     ids = engine.sequence(request).prompt_ids
-    engine.generate([req("x", "marisa")])  # one token's size, below
-    per_token = engine.prefix_cache.stats()  # nothing stored yet: budget 0
-    assert per_token.tokens == 0
-    engine.prefix_cache.set_budget(1)  # smaller than one token
-    assert without_cache(engine, request) == list(engine.generate([request])[0].token_ids)
+    config = engine.loaded.model.config
+    per_token = config.num_hidden_layers * 2 * config.hidden_size * 4  # float32 K and V, all layers
+    engine.prefix_cache.set_budget(per_token - 1)  # not even one token
+    assert list(engine.generate([request])[0].token_ids) == without_cache(engine, request)
     assert engine.prefix_cache.used_bytes == 0
-    small = 4000 * len(ids) // 4  # a few dozen tokens' worth on the tiny models, not a whole prompt
+    small = per_token * (len(ids) // 2)  # half a prompt
     engine.prefix_cache.set_budget(small)
     for k in range(3):
         follow = req(HEADER + turn(4) + f"ね{k}", "marisa")
-        assert list(engine.generate([follow])[0].token_ids) == without_cache(engine, follow)
+        seq = engine.sequence(follow)
+        batch = RunningBatch(engine)
+        batch.add([seq])
+        run_to_end(batch, [seq])
+        assert seq.generated == without_cache(engine, follow)
         assert 0 < engine.prefix_cache.used_bytes <= small
-    assert engine.prefix_cache.tokens < len(ids)
+        assert k == 0 or 0 < seq.reused_tokens <= len(ids) // 2  # the start that fitted is reused
+    assert engine.prefix_cache.tokens == len(ids) // 2
 
 
 def test_a_reloaded_adapter_never_serves_its_old_versions_prefixes(engine, random_adapters, tiny_models):
