@@ -74,10 +74,14 @@ class ChatService:
         self.cards.get(persona_id)  # raises UnknownPersonaError with the known ids
         return self._renderers[persona_id]
 
-    def submit(self, persona_id: str, history: Sequence[Turn]) -> PendingReply:
+    def submit(
+        self, persona_id: str, history: Sequence[Turn], conversation: str | None = None
+    ) -> PendingReply:
         """Queue a reply to the last turn of ``history``.
 
-        Raises InputError (message safe to show), UnknownPersonaError or QueueFullError.
+        ``conversation`` names where the history comes from (a channel): the vLLM backend sends
+        one conversation's requests to the same server, whose prefix cache holds its earlier
+        prompts. Raises InputError (message safe to show), UnknownPersonaError or QueueFullError.
         """
         renderer = self.renderer(persona_id)
         card = renderer.card
@@ -90,11 +94,11 @@ class ChatService:
             raise InputError("That message holds nothing but formatting markers: there is nothing to answer.")
         rendered = renderer.render_prompt([*history[:-1], checked])
         adapter = self.backend.adapter_for(persona_id)
-        request = GenerationRequest.for_card(card, rendered, adapter)
+        request = GenerationRequest.for_card(card, rendered, adapter, conversation=conversation)
         return PendingReply(card, rendered.text, self.backend.submit(request), renderer)
 
-    async def reply(self, persona_id: str, history: Sequence[Turn]) -> str:
-        return await self.submit(persona_id, history).text()
+    async def reply(self, persona_id: str, history: Sequence[Turn], conversation: str | None = None) -> str:
+        return await self.submit(persona_id, history, conversation).text()
 
     def user_turn(self, persona_id: str, text: str) -> Turn:
         card = self.cards.get(persona_id)

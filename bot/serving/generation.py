@@ -28,10 +28,18 @@ class GenerationRequest:
     # The resident adapter to use; BASE_ADAPTER for prompt-only personas.
     adapter: str = BASE_ADAPTER
     seed: int | None = None
+    # The conversation (a channel) this request continues: with several vLLM servers, requests of
+    # one conversation go to the same server, whose prefix cache holds its earlier prompts.
+    conversation: str | None = None
 
     @classmethod
     def for_card(
-        cls, card: PersonaCard, rendered: RenderedPrompt, adapter: str = BASE_ADAPTER, seed: int | None = None
+        cls,
+        card: PersonaCard,
+        rendered: RenderedPrompt,
+        adapter: str = BASE_ADAPTER,
+        seed: int | None = None,
+        conversation: str | None = None,
     ) -> GenerationRequest:
         """The one way a persona's rendered prompt becomes a request: the card's sampling
         settings and banned words, the renderer's stop strings (bot and trainer alike)."""
@@ -43,6 +51,7 @@ class GenerationRequest:
             banned_words=card.banned_words,
             adapter=adapter,
             seed=seed,
+            conversation=conversation,
         )
 
 

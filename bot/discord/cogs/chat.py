@@ -178,7 +178,7 @@ class Chat(commands.Cog):
                 conversation.turns[-1].text
             ).strip():
                 raise InputError(ONLY_TEXT)  # "empty" would be wrong: the user did post something
-            pending = runtime.chat.submit(persona_id, conversation.turns)
+            pending = runtime.chat.submit(persona_id, conversation.turns, f"channel:{channel.id}")
         except InputError as exc:
             await notify(channel, str(exc), message)
             return

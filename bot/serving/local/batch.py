@@ -249,7 +249,9 @@ class PrefillBatch:
             self.cache = new_cache()
         else:
             rests = [s.prompt_ids[r:] for s, r in zip(seqs, reused, strict=True)]
-            heads = left_pad([s.prompt_ids[:r] or [pad] for s, r in zip(seqs, reused, strict=True)], pad, device)
+            heads = left_pad(
+                [s.prompt_ids[:r] or [pad] for s, r in zip(seqs, reused, strict=True)], pad, device
+            )
             tails = left_pad(rests, pad, device)
             head_mask = heads[1] * torch.tensor([[r > 0] for r in reused], device=device)
             self.ids = torch.cat([heads[0], tails[0]], dim=1)
