@@ -331,6 +331,8 @@ class GenerationWorker:
         """Drop the batch; rows that have shown nothing yet go back to the queue's front and the
         row limit halves (fewer rows need less memory); rows already streamed, or alone, fail."""
         seqs = batch.abort()
+        # Cached prefixes are the first memory to give back: they only save work.
+        self.engine.prefix_cache.clear()
         _empty_cache()
         self._row_limit = max(1, len(seqs) // 2)
         log.warning("out of memory on a step of %d rows; now at most %d rows", len(seqs), self._row_limit)
