@@ -109,6 +109,11 @@ def test_mixed_adapters_never_reuse_each_others_prefixes(engine):
     assert [s.reused_tokens > 0 for s in seqs] == [True, False, False, True]
     for seq, request in zip(seqs, requests, strict=True):
         assert seq.generated == without_cache(engine, request), request.adapter
+    # The very same prompt again (a retry): all but its last token is reused.
+    again = engine.sequence(req(prompt, "marisa"))
+    batch.add([again])
+    run_to_end(batch, [again])
+    assert again.reused_tokens == len(again.prompt_ids) - 1 and again.generated == list(first.token_ids)
 
 
 def test_a_prefix_hit_joins_a_batch_that_is_decoding(engine):
