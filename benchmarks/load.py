@@ -21,6 +21,10 @@ each row of ``rates`` then names its ``scheduler``. With ``--backend vllm`` the 
 adapters are written to ``--workdir`` and the server must run on that folder (the first run
 prints the command); time to first token comes from the first streamed token ids.
 
+The prefix cache is off (``--cache-mb 0``) unless asked for: this benchmark's 16 prompts repeat,
+so with the cache on most of each prompt would be reused and the figures would no longer measure
+the scheduling they are kept for (``benchmarks.chat`` measures reuse on chat-shaped prompts).
+
 Figures, not assertions: targets are judged by reading them, never in timed tests.
 """
 
@@ -153,6 +157,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         queue_size=1024,
         scheduler="continuous" if args.scheduler == "both" else args.scheduler,
         request_timeout_s=3600,  # a slow machine must give figures, not timeouts
+        prefix_cache_mb=args.cache_mb,
     )
     worker = await GenerationWorker.launch(build, settings)
     try:
@@ -177,6 +182,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         "new_tokens": args.new_tokens,
         "max_batch_size": MAX_BATCH_SIZE,
         "torch_threads": torch.get_num_threads(),
+        "cache_mb": args.cache_mb,
     }
 
 
@@ -253,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--cache-mb", type=int, default=0, help="the local engine's prefix cache in MiB (0: off, the default)"
+    )
     parser.add_argument("--backend", choices=("local", "vllm"), default="local")
     parser.add_argument("--vllm-url", help="base URL of a vLLM server running on --workdir's model")
     parser.add_argument("--workdir", type=Path, help="keep the model and adapters here (needed with vllm)")

@@ -43,6 +43,7 @@ def server_command(model_dir: Path, port: int = 8000, max_lora_rank: int = 8) ->
                 "8",
                 "--max-lora-rank",
                 str(max_lora_rank),
+                "--enable-prefix-caching",
             ]
         )
         + "   # add --enforce-eager --dtype float32 with VLLM_CPU_KVCACHE_SPACE=4 for the CPU build"

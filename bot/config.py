@@ -105,6 +105,9 @@ class WorkerSettings:
     # Most prompt tokens (rows x columns) read per step while newcomers are prefilled, so a long
     # prompt delays the decoding rows by a bounded amount per step (chunked prefill).
     prefill_chunk_tokens: int = 512
+    # Memory for the KV cache of recent prompts and replies, reused by later prompts that start
+    # the same way (per adapter version, least recently used evicted first); 0 turns reuse off.
+    prefix_cache_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,7 @@ def _ranges(s: Settings) -> list[tuple[str, float, float, bool, str]]:
         ("worker.queue_size", s.worker.queue_size, 1, True, ""),
         ("worker.request_timeout_s", s.worker.request_timeout_s, 0, False, " (seconds)"),
         ("worker.prefill_chunk_tokens", s.worker.prefill_chunk_tokens, 1, True, " (prompt tokens per step)"),
+        ("worker.prefix_cache_mb", s.worker.prefix_cache_mb, 0, True, " (MiB; 0 turns prefix reuse off)"),
         ("chat.history_messages", s.chat.history_messages, 0, True, ""),
         ("chat.rate_limit_per_minute", s.chat.rate_limit_per_minute, 0, True, " (0 switches the limit off)"),
         ("chat.rate_limit_burst", s.chat.rate_limit_burst, 1, True, ""),

@@ -80,7 +80,7 @@ class ConsoleChat:
         turn = chat.user_turn(self.persona_id, text)
         line = _StreamedLine(self.out, f"{self.runtime.cards.get(self.persona_id).display_name}: ")
         try:
-            pending = chat.submit(self.persona_id, [*self.history, turn])
+            pending = chat.submit(self.persona_id, [*self.history, turn], "console")
             if self.interactive and self.runtime.settings.chat.stream_replies:
                 raw = ""
                 async for piece in pending.pieces():

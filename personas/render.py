@@ -14,6 +14,8 @@ User text is untrusted: :func:`sanitize` makes sure it can neither start a turn 
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +24,13 @@ from dataclasses import dataclass
 from personas.card import PersonaCard
 
 MAX_INPUT_CHARS = 4000  # Discord's own ceiling for a message (with Nitro)
+# History is trimmed in steps: when it must lose turns it drops to this share of its budget (and of
+# the turns it was given), then grows back, so consecutive prompts share their start (see
+# PromptRenderer._history_start).
+HISTORY_LOW_MARK = 0.5
+# Lines remembered per renderer (16-byte digests): starts of recent prompts, and lines recently shown.
+REMEMBERED_STARTS = 1024
+REMEMBERED_LINES = 16384
 NL_MARK = "<NL>"
 ALPACA_PREAMBLE = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
 # Labels users might type to impersonate a speaker, beside the card's own two.
@@ -159,6 +168,10 @@ class PromptRenderer:
         self._alpaca_header_re = re.compile(
             r"#{2,}\s*(指示|入力|応答|Instruction|Input|Response)\s*[:：]?", re.I
         )
+        # Digests of history lines that began a recent prompt, and of lines recently in one
+        # (see _history_start); least recently used forgotten first.
+        self._starts: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._shown: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     # -- sanitizing -------------------------------------------------------
 
@@ -225,9 +238,9 @@ class PromptRenderer:
         """Render ``history`` (oldest first, newest user message last) for generation.
 
         History is fitted into the card's token budget (or ``budget_tokens``, when the model's
-        context leaves less: personas/context_fit.py) by dropping the oldest turns; the newest
-        turn is never dropped, and one longer than the budget keeps its end (the words nearest
-        the reply) and loses its start.
+        context leaves less: personas/context_fit.py) by dropping the oldest turns, in steps
+        (see :meth:`_history_start`); the newest turn is never dropped, and one longer than the
+        budget keeps its end (the words nearest the reply) and loses its start.
         """
         if not history:
             raise InputError("There is no message to answer.")
@@ -237,20 +250,58 @@ class PromptRenderer:
         newest_line = self._line(newest)
         if count(newest_line) > budget:
             newest_line = self._fit_from_end(newest, budget)
-        kept = [newest_line]
-        used = count(newest_line)
-        for turn in reversed(history[:-1]):
-            if not self.sanitize(turn.text):
-                continue  # only markers or invisible characters: an empty "ユーザー: " line says nothing
-            line = self._line(turn)
-            cost = count(line)
-            if used + cost > budget:
-                break
-            kept.append(line)
-            used += cost
-        kept.reverse()
+        # Turns with nothing left after sanitizing (only markers or invisible characters) are
+        # left out: an empty "ユーザー: " line says nothing.
+        lines = [self._line(turn) for turn in history[:-1] if self.sanitize(turn.text)]
+        start = self._history_start(lines, count(newest_line), budget)
+        kept = [*lines[start:], newest_line]
         text = self._header() + self._examples_as_context() + "".join(kept) + self._open()
         return RenderedPrompt(text, self.stop_strings, len(history) - len(kept))
+
+    def _history_start(self, lines: Sequence[str], newest_cost: int, budget: int) -> int:
+        """Index of the first of ``lines`` (earlier turns, oldest first) to keep.
+
+        Dropping only the oldest turn whenever the history overflows would change the prompt
+        right after the card's header at every message once a channel is long, so no prefix
+        cache (the local engine's or vLLM's) could reuse anything. Instead the history is cut
+        in steps, and a cut point once chosen is kept while it still fits:
+
+        1. a line that began a recent prompt and still fits the budget begins this one too
+           (the oldest such line), so the prompt only grows at its end;
+        2. otherwise, a conversation never seen before (a new channel, or the first message
+           after a restart) keeps every turn that fits, as before;
+        3. otherwise (the history outgrew the budget, or the channel's message window slid past
+           the last start) it drops to ``HISTORY_LOW_MARK``: at most half the budget's tokens
+           and half the turns it was given, and grows back from there.
+
+        The trade-off: right after a cut a prompt holds about half the history it could, and
+        on average about three quarters; in exchange consecutive prompts share everything up to
+        their new turns except once per half a budget of growth. Lines are remembered by
+        digest, per renderer (one per persona), in bounded least-recently-used sets.
+        """
+        costs = [self.facts.count_tokens(line) for line in lines]
+        room = budget - newest_cost
+        fit, used = len(lines), 0  # today's cut: every turn that fits, newest first
+        while fit > 0 and used + costs[fit - 1] <= room:
+            fit -= 1
+            used += costs[fit]
+        digests = [hashlib.blake2b(line.encode(), digest_size=16).digest() for line in lines]
+        start = next((k for k in range(fit, len(lines)) if digests[k] in self._starts), None)
+        if start is None:
+            if fit == 0 and (not lines or digests[0] not in self._shown):
+                start = 0
+            else:
+                low = int(budget * HISTORY_LOW_MARK) - newest_cost
+                start, used = len(lines), 0
+                while start > 0 and used + costs[start - 1] <= low:
+                    start -= 1
+                    used += costs[start]
+                start = max(start, fit, len(lines) - int(len(lines) * HISTORY_LOW_MARK))
+        if start < len(lines):
+            _remember(self._starts, digests[start], REMEMBERED_STARTS)
+        for digest in digests[start:]:
+            _remember(self._shown, digest, REMEMBERED_LINES)
+        return start
 
     def fixed_tokens(self) -> int:
         """Tokens every prompt of this persona spends outside the history: the system prompt and
@@ -334,6 +385,13 @@ class PromptRenderer:
             prompt = self._header() + self._examples_as_context() + context + self._open()
             examples.append([Segment(prompt, False), Segment(self.sanitize(turn.text) + self.turn_end, True)])
         return examples
+
+
+def _remember(seen: collections.OrderedDict[bytes, None], digest: bytes, limit: int) -> None:
+    seen[digest] = None
+    seen.move_to_end(digest)
+    while len(seen) > limit:
+        seen.popitem(last=False)
 
 
 def _merge(segments: Iterable[Segment]) -> list[Segment]:

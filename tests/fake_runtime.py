@@ -137,12 +137,13 @@ class FakeChat:
         self.cards = cards
         self.scripts: collections.deque[Script] = collections.deque()
         self.submitted: list[tuple[str, list[Turn]]] = []
+        self.conversations: list[str | None] = []  # what each submit named as its conversation
         self.pending: list[FakePending] = []
         self.full = False
         # Personas whose requests fail at once (an adapter the backend cannot serve), with why.
         self.failing: dict[str, BaseException] = {}
 
-    def submit(self, persona_id: str, history: list[Turn]) -> FakePending:
+    def submit(self, persona_id: str, history: list[Turn], conversation: str | None = None) -> FakePending:
         card = self.cards.get(persona_id)
         if persona_id in self.failing:
             raise self.failing[persona_id]
@@ -154,6 +155,7 @@ class FakeChat:
             raise QueueFullError(64, 64)
         rendered = PromptRenderer(card).render_prompt([*history[:-1], checked])
         self.submitted.append((persona_id, list(history)))
+        self.conversations.append(conversation)
         pending = FakePending(card, rendered.text, self.scripts.popleft() if self.scripts else Script())
         self.pending.append(pending)
         return pending

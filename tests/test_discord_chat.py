@@ -110,6 +110,8 @@ async def test_mention_is_answered_by_the_default_persona(h: EmulatedBot) -> Non
     assert reply.content.startswith("**霧雨魔理沙**: ")
     persona, turns = h.fake_chat.submitted[0]
     assert persona == "marisa" and [t.text for t in turns] == ["やあ"]  # the mention never reaches the prompt
+    # The channel is the conversation: with several vLLM servers its requests stay on one (its prefix cache).
+    assert h.fake_chat.conversations == [f"channel:{h.chat}"]
     [item] = await all_logs(h)
     assert "関係ない雑談" not in item.prompt
 

@@ -237,3 +237,11 @@ def test_the_vllm_profile_serves_lora_from_the_bots_adapters_volume() -> None:
     bot_volume = next(v.split(":")[0] for v in bot["volumes"] if v.split(":")[1] == adapters)
     assert f"{bot_volume}:{adapters}:ro" in vllm["volumes"]
     assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_the_vllm_profile_keeps_prefix_caching_on() -> None:
+    """Issue 20: a channel's prompts repeat its previous prompt; the server must be able to reuse it."""
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    vllm = compose["services"]["vllm"]
+    assert "--enable-prefix-caching" in vllm["command"]
+    assert not any(arg.startswith("--no-enable-prefix-caching") for arg in vllm["command"])

@@ -91,8 +91,90 @@ def test_history_budget_drops_oldest_turns_first():
     ]
     prompt = r.render_prompt(history)
     assert "一番古い" not in prompt.text
-    assert "三番目" in prompt.text and "最新のメッセージ" in prompt.text
+    assert "最新のメッセージ" in prompt.text
     assert prompt.dropped_turns >= 1
+    kept = body(r, prompt.text)
+    assert kept == "".join(r._line(t) for t in history[len(history) - len(kept_lines(kept)) :])
+
+
+def body(r: PromptRenderer, prompt: str) -> str:
+    """The history part of a speaker-script prompt: after the card's header, before the open label."""
+    assert prompt.startswith(r._header()) and prompt.endswith(r._open())
+    return prompt[len(r._header()) : len(prompt) - len(r._open())]
+
+
+def kept_lines(history_text: str) -> list[str]:
+    return history_text.splitlines(keepends=True)
+
+
+def exchange(k: int) -> list[Turn]:
+    return [user(f"{k}番目の質問だよ、元気？"), Turn("魔理沙", f"{k}回目も元気だぜ！", True)]
+
+
+def test_a_growing_channel_keeps_its_prompt_start_and_is_cut_in_steps():
+    """Issue 20: once history passes the budget, consecutive prompts still share everything up
+    to their new turns, except once per half a budget of growth, when it drops to half."""
+    budget = 200
+    r = renderer("marisa", history_budget_tokens=budget)
+    history: list[Turn] = []
+    previous, cuts = None, 0
+    for k in range(60):
+        history.append(user(f"{k}番目の質問だよ、元気？"))
+        prompt = r.render_prompt(history).text
+        kept = body(r, prompt)
+        assert len(kept) <= budget and kept.endswith(r._line(history[-1]))
+        if previous is not None and not prompt.startswith(previous[: -len(r._open())]):
+            cuts += 1
+            assert len(kept) <= budget // 2  # a cut goes down to the low mark
+        previous = prompt
+        history.append(Turn("魔理沙", f"{k}回目も元気だぜ！", True))
+    # Each exchange adds ~33 tokens: a cut every ~100 tokens of growth, not one per message.
+    assert 8 <= cuts <= 20
+
+
+def test_a_sliding_message_window_is_cut_in_steps_too():
+    """Discord reads only the last chat.history_messages messages: when that window slides past
+    the prompt's start, the start moves in a step as well, not by one message per message."""
+    r = renderer("marisa", history_budget_tokens=10_000)  # the token budget never binds here
+    window = 12
+    everything: list[Turn] = []
+    previous, cuts = None, 0
+    for k in range(60):
+        everything.append(user(f"{k}番目"))
+        history = everything[-(window + 1) :]
+        prompt = r.render_prompt(history).text
+        if previous is not None and not prompt.startswith(previous[: -len(r._open())]):
+            cuts += 1
+        previous = prompt
+        everything.append(Turn("魔理沙", f"{k}回目だぜ", True))
+    # The window slides by two messages per exchange: a start kept for half the window lasts ~3 exchanges.
+    assert 10 <= cuts <= 25
+
+
+def test_a_conversation_seen_for_the_first_time_keeps_all_that_fits():
+    """After a restart (or in a new channel) nothing is cut that fits; an over-long one is cut to the low mark."""
+    history = [t for k in range(4) for t in exchange(k)] + [user("さて")]
+    fits = renderer("marisa", history_budget_tokens=10_000).render_prompt(history)
+    assert fits.dropped_turns == 0
+    long = [t for k in range(40) for t in exchange(k)] + [user("さて")]
+    r = renderer("marisa", history_budget_tokens=300)
+    cut = r.render_prompt(long)
+    assert len(body(r, cut.text)) <= 150 and cut.text.endswith(r._line(long[-1]) + r._open())
+
+
+def test_two_channels_of_one_persona_keep_their_own_starts():
+    r = renderer("marisa", history_budget_tokens=150)
+    channels: dict[str, list[Turn]] = {"a": [], "b": []}
+    previous: dict[str, str] = {}
+    shared = 0
+    for k in range(30):
+        for name, history in channels.items():
+            history.append(user(f"{name}{k}: 今日の話をしよう"))
+            prompt = r.render_prompt(history).text
+            shared += name in previous and prompt.startswith(previous[name][: -len(r._open())])
+            previous[name] = prompt
+            history.append(Turn("魔理沙", f"{name}{k}だぜ", True))
+    assert shared >= 2 * 29 * 0.6  # most consecutive prompts of each channel share their start
 
 
 def test_newest_message_longer_than_budget_keeps_its_end():

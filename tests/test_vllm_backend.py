@@ -147,6 +147,33 @@ async def test_mixed_personas_give_the_local_engines_greedy_tokens(
     assert stats.servers[0].healthy and stats.servers[0].served == len(MIXED)
 
 
+async def test_the_servers_prefix_cache_hit_rate_reaches_status(
+    vllm_server, vllm_models, vllm_adapters, tmp_path
+):
+    """Issue 20: a channel's second message re-sends the first one's prompt; the server finds it
+    in its prefix cache (on by default, and in the compose profile), and /status says how much."""
+    cards = greedy_cards(max_new_tokens=4)
+    settings = backend_settings(
+        vllm_models["gpt-neox"], adapters_for(tmp_path, vllm_adapters["gpt-neox"]), (vllm_server.url,)
+    )
+    backend = await VllmBackend.start(settings, cards)
+    try:
+        chat = ChatService(cards, backend, backend.facts)
+        history = [chat.user_turn("marisa", "魔法の研究は順調？")]
+        for text in ("それで？", "もっと教えて"):
+            pending = chat.submit("marisa", history, "channel:1")
+            reply = await pending.text()
+            history += [chat.persona_turn("marisa", reply or "…"), chat.user_turn("marisa", text)]
+        await backend.pool.check_all()  # the health check reads the counters
+        stats = backend.stats()
+        assert stats.prefix_cache_hit_rate is not None and stats.prefix_cache_hit_rate > 0
+        assert stats.prompt_tokens_reused > 0 and stats.servers[0].prefix_cache_hit_rate > 0
+        text = "\n".join(status_lines(stats, None, 0))
+        assert "**Prefix cache**:" in text and "prefix cache hit rate" in text
+    finally:
+        await backend.stop(drain_timeout=1)
+
+
 async def test_a_server_with_another_tokenizer_is_refused_in_one_line(
     llama_server, vllm_server, vllm_models, vllm_adapters, tmp_path
 ):

@@ -172,12 +172,15 @@ async def test_out_of_memory_retries_with_fewer_rows(real_engine, monkeypatch):
         return real_forward(input_ids, *args, **kwargs)
 
     monkeypatch.setattr(real_engine, "forward", small_only)
+    cleared: list[bool] = []
+    monkeypatch.setattr(real_engine.prefix_cache, "clear", lambda: cleared.append(True))
     worker = await started(real_engine, max_batch_size=4, batch_window_ms=50)
     tickets = [worker.submit(req(p)) for p in ("w", "x", "y", "z")]
     results = [await t.result() for t in tickets]
     monkeypatch.setattr(real_engine, "forward", real_forward)
     assert [r.token_ids for r in results] == [real_engine.generate([t.request])[0].token_ids for t in tickets]
     assert rows_seen[:3] == [4, 2, 1] and max(r.batch_size for r in results) == 1
+    assert cleared == [True, True]  # each time, the prefix cache gave its memory back first
     await worker.stop()
 
 

@@ -91,10 +91,14 @@ class ChatService:
         self.cards.get(persona_id)  # raises UnknownPersonaError with the known ids
         return self._renderers[persona_id]
 
-    def submit(self, persona_id: str, history: Sequence[Turn]) -> PendingReply:
+    def submit(
+        self, persona_id: str, history: Sequence[Turn], conversation: str | None = None
+    ) -> PendingReply:
         """Queue a reply to the last turn of ``history``.
 
-        Raises InputError (message safe to show), UnknownPersonaError or QueueFullError.
+        ``conversation`` names where the history comes from (a channel): the vLLM backend sends
+        one conversation's requests to the same server, whose prefix cache holds its earlier
+        prompts. Raises InputError (message safe to show), UnknownPersonaError or QueueFullError.
         """
         renderer = self.renderer(persona_id)
         card = renderer.card
@@ -107,11 +111,18 @@ class ChatService:
             raise InputError("That message holds nothing but formatting markers: there is nothing to answer.")
         turns = [*history[:-1], checked]
         adapter = self.backend.adapter_for(persona_id)
-        request = self._fitted_request(renderer, turns, adapter, self.backend.context_tokens(adapter))
+        request = self._fitted_request(
+            renderer, turns, adapter, self.backend.context_tokens(adapter), conversation
+        )
         return PendingReply(card, self.backend.submit(request), renderer)
 
     def _fitted_request(
-        self, renderer: PromptRenderer, turns: list[Turn], adapter: str, context: int
+        self,
+        renderer: PromptRenderer,
+        turns: list[Turn],
+        adapter: str,
+        context: int,
+        conversation: str | None = None,
     ) -> GenerationRequest:
         """The request for ``turns`` with its history fitted to ``context`` tokens; it can be fitted
         again for a smaller context (``refit``: a vLLM server with a shorter --max-model-len).
@@ -128,13 +139,15 @@ class ChatService:
         if fitted.cut:
             line = fitted.operator_line(card.id, card.history_budget_tokens, card.generation.max_new_tokens)
             self._warn_once(card.id, context, line)
-        request = GenerationRequest.for_card(card, fitted.rendered, adapter).with_reply_room(
+        request = GenerationRequest.for_card(
+            card, fitted.rendered, adapter, conversation=conversation
+        ).with_reply_room(
             fitted.max_new_tokens
         )
 
         def refit(smaller: int) -> GenerationRequest:
             try:
-                return self._fitted_request(renderer, turns, adapter, smaller)
+                return self._fitted_request(renderer, turns, adapter, smaller, conversation)
             except InputError as exc:  # raised inside a backend: a GenerationError reaches the member
                 raise GenerationError(str(exc)) from exc
 
@@ -146,8 +159,8 @@ class ChatService:
             self._warned.add((persona_id, context))
             log.warning("%s", line)
 
-    async def reply(self, persona_id: str, history: Sequence[Turn]) -> str:
-        return await self.submit(persona_id, history).text()
+    async def reply(self, persona_id: str, history: Sequence[Turn], conversation: str | None = None) -> str:
+        return await self.submit(persona_id, history, conversation).text()
 
     def user_turn(self, persona_id: str, text: str) -> Turn:
         card = self.cards.get(persona_id)

@@ -32,6 +32,7 @@ def status_lines(
     lines.append(
         f"**Device**: {stats.device}" + (f", {memory:,.0f} MiB in use" if memory is not None else "")
     )
+    lines += prefix_cache_lines(stats)
     lines += server_lines(getattr(stats, "servers", []) or [])
     adapters = getattr(stats, "adapters", []) or []
     canaries = getattr(stats, "canaries", []) or []
@@ -65,6 +66,25 @@ def status_lines(
     return lines
 
 
+def prefix_cache_lines(stats: Any) -> list[str]:
+    """How much of the prompts was read from a prefix cache (issue 20): the local engine's own
+    cache with its memory, or the vLLM servers' (their counters, since each server started)."""
+    rate = getattr(stats, "prefix_cache_hit_rate", None)
+    budget = getattr(stats, "prefix_cache_budget_mb", None)
+    if budget is not None and not budget:
+        return ["**Prefix cache**: off (worker.prefix_cache_mb = 0)"]
+    if rate is None:
+        return []
+    line = f"**Prefix cache**: {rate:.0%} of prompt tokens reused"
+    reused = getattr(stats, "prompt_tokens_reused", 0) or 0
+    computed = getattr(stats, "prompt_tokens_computed", 0) or 0
+    if reused or computed:
+        line += f" ({reused:,} reused, {computed:,} computed)"
+    if budget:
+        line += f"; {stats.prefix_cache_used_mb:,.0f} of {budget:,.0f} MiB in use"
+    return [line]
+
+
 def server_lines(servers: list[Any]) -> list[str]:
     """One line per serving server (vLLM backend): health, load, and each problem named."""
     if not servers:
@@ -72,9 +92,10 @@ def server_lines(servers: list[Any]) -> list[str]:
     lines = ["**Servers**:"]
     for s in servers:
         if s.healthy:
+            rate = getattr(s, "prefix_cache_hit_rate", None)
             lines.append(
                 f"• `{s.url}`: ✅ healthy, {s.outstanding} in flight, {s.served} served, {s.failed} failed, "
-                f"{s.adapters} adapters"
+                f"{s.adapters} adapters" + (f", prefix cache hit rate {rate:.0%}" if rate is not None else "")
             )
         else:
             lines.append(f"• `{s.url}`: ❌ {s.problem or 'down'}")

@@ -54,10 +54,18 @@ class GenerationRequest:
             min_new_tokens=min(self.params.min_new_tokens, max_new_tokens),
         )
         return replace(self, params=params)
+    # The conversation (a channel) this request continues: with several vLLM servers, requests of
+    # one conversation go to the same server, whose prefix cache holds its earlier prompts.
+    conversation: str | None = None
 
     @classmethod
     def for_card(
-        cls, card: PersonaCard, rendered: RenderedPrompt, adapter: str = BASE_ADAPTER, seed: int | None = None
+        cls,
+        card: PersonaCard,
+        rendered: RenderedPrompt,
+        adapter: str = BASE_ADAPTER,
+        seed: int | None = None,
+        conversation: str | None = None,
     ) -> GenerationRequest:
         """The one way a persona's rendered prompt becomes a request: the card's sampling
         settings and banned words, the renderer's stop strings (bot and trainer alike)."""
@@ -69,6 +77,7 @@ class GenerationRequest:
             banned_words=card.banned_words,
             adapter=adapter,
             seed=seed,
+            conversation=conversation,
         )
 
 
@@ -109,6 +118,8 @@ class ServerStatus:
     adapters: int
     problem: str | None = None
     adapter_problems: tuple[str, ...] = ()
+    # Share of prompt tokens the server took from its prefix cache (vLLM's counters); None: unknown.
+    prefix_cache_hit_rate: float | None = None
 
 
 @dataclass
@@ -125,6 +136,13 @@ class WorkerStats:
     device: str = "cpu"
     device_memory_mb: float | None = None
     servers: list[ServerStatus] = field(default_factory=list)  # empty for the local engine
+    # Prefix reuse: prompt tokens taken from a prefix cache and prompt tokens prefilled, and the
+    # first's share (None: reuse is off or unknown); the local engine's cache memory in MiB.
+    prompt_tokens_reused: int = 0
+    prompt_tokens_computed: int = 0
+    prefix_cache_hit_rate: float | None = None
+    prefix_cache_used_mb: float | None = None
+    prefix_cache_budget_mb: float | None = None
 
 
 class GenerationError(RuntimeError):

@@ -59,6 +59,7 @@ class BotConfig:
     backend: str = "local"
     vllm_urls: tuple[str, ...] = ()
     adapter_poll_s: float = 3.0  # how soon a pointer moved by the trainer CLI is served
+    prefix_cache_mb: int | None = None  # None: the default (worker.prefix_cache_mb)
 
     def toml(self, personas_dir: Path) -> str:
         channels = ", ".join(str(c) for c in self.allowed_channels)
@@ -75,6 +76,7 @@ class BotConfig:
                 f"queue_size = {self.queue_size}",
                 f"max_batch_size = {self.max_batch_size}",
                 f"request_timeout_s = {float(self.request_timeout_s)}",
+                *([f"prefix_cache_mb = {self.prefix_cache_mb}"] if self.prefix_cache_mb is not None else []),
                 "",
                 "[chat]",
                 f"default_persona = {_toml_str(self.default_persona)}",

@@ -71,6 +71,9 @@ class LoadConfig:
     # kept freed tensor memory; since, about 1 % (docs/memory.md). Quarters, not halves: a leak
     # growing steadily by L % over the run shows as 0.75 L here, so a 5 % leak fails.
     max_rss_growth_pct: float = 3.0
+    # The prefix cache's budget: small enough that the run fills it during its warm-up (the tiny
+    # model's K/V take 1 KiB a token), so the RSS check also checks that it stays within it.
+    prefix_cache_mb: int = 2
 
 
 @dataclass
@@ -347,6 +350,7 @@ async def run_load(cfg: LoadConfig, model_dir: Path, workdir: Path) -> LoadResul
         rate_limit_per_minute=cfg.rate_limit_per_minute,
         rate_limit_burst=cfg.rate_limit_burst,
         max_new_tokens=cfg.max_new_tokens,
+        prefix_cache_mb=cfg.prefix_cache_mb,
     ) as stack:
         send_s, sampler = await drive(stack, cfg)
         peak_kb = stack.bot.memory_kb().get("VmHWM", 0)
@@ -389,6 +393,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     p.add_argument("--max-rss-growth", type=float, default=defaults.max_rss_growth_pct, help="percent")
     p.add_argument(
+        "--prefix-cache-mb", type=int, default=defaults.prefix_cache_mb, help="the bot's prefix cache (MiB)"
+    )
+    p.add_argument(
         "--rss-warmup", type=float, default=defaults.rss_warmup_s, help="seconds of RSS samples left out"
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -415,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         max_rss_growth_pct=args.max_rss_growth,
         rss_warmup_s=args.rss_warmup,
+        prefix_cache_mb=args.prefix_cache_mb,
     )
     with tempfile.TemporaryDirectory(prefix="oshaberi-e2e-") as tmp:
         workdir = args.workdir or Path(tmp) / "run"

@@ -234,7 +234,7 @@ class Chat(commands.Cog):
             if unreadable and not clean_text(conversation.turns[-1].text).strip():
                 # "Empty" would be wrong: the member did send something, just nothing readable.
                 raise InputError(only_text_notice(unreadable))
-            pending = runtime.chat.submit(persona_id, conversation.turns)
+            pending = runtime.chat.submit(persona_id, conversation.turns, f"channel:{channel.id}")
         except InputError as exc:
             await notify(channel, str(exc), message)
             return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,6 +73,9 @@ class AdapterPool:
         self._canary: dict[str, tuple[ResidentAdapter, float]] = {}
         self._retired: dict[str, ResidentAdapter] = {}  # by key: replaced, still pinned by rows
         self._names = itertools.count(1)
+        # Called with an internal name once its weights are deleted (the engine's prefix cache
+        # forgets what was computed with them). Internal names are never reused.
+        self.on_drop: Callable[[str], None] | None = None
 
     # -- what is resident ---------------------------------------------------------------------
 
@@ -271,3 +275,5 @@ class AdapterPool:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
             self.peft.delete_adapter(key)
+        if self.on_drop is not None:
+            self.on_drop(key)

@@ -31,6 +31,8 @@ from transformers import DynamicCache
 from bot.serving.detokenizer import IncrementalDetokenizer, held_back
 from bot.serving.generation import FinishReason, GenerationRequest
 from bot.serving.local.adapter_pool import ResidentAdapter
+from bot.serving.local.kv_cache import MIN_SPARE_COLUMNS, GrowingLayer, joined, new_cache
+from bot.serving.local.prefix_cache import PrefixMatch
 from bot.serving.local.sampling import RowSampling
 
 
@@ -70,6 +72,11 @@ class SequenceState:
     started_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     max_rows: int = 1  # the most rows that shared a step with this one
+    # The adapter identity its K/V were computed with (set when its prefill starts); the prefix
+    # cache stores the row under it only if the row still runs on that identity when it ends.
+    cache_key: str | None = None
+    reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead of prefilled
+    passed_over: int = 0  # prefill groups formed without this row (shortest-first grouping)
 
     @property
     def finished(self) -> bool:
@@ -209,14 +216,9 @@ class CausalBatch:
     def concatenate(a: CausalBatch, b: CausalBatch) -> CausalBatch:
         """One batch of ``a``'s rows then ``b``'s; the shorter one is left-padded to the longer length."""
         length = max(a.length, b.length)
-        layers = []
-        for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
-            keys = torch.cat([_pad_left(la.keys, length), _pad_left(lb.keys, length)])
-            values = torch.cat([_pad_left(la.values, length), _pad_left(lb.values, length)])
-            layers.append((keys, values))
         return CausalBatch(
             a.seqs + b.seqs,
-            DynamicCache(layers),
+            joined(a.cache, b.cache, length),
             torch.cat(
                 [F.pad(a.attention, (length - a.length, 0)), F.pad(b.attention, (length - b.length, 0))]
             ),
@@ -226,23 +228,43 @@ class CausalBatch:
         )
 
 
-def _pad_left(states: torch.Tensor, length: int) -> torch.Tensor:
-    """``(rows, heads, n, dim)`` -> ``(rows, heads, length, dim)`` with zeros in front."""
-    return F.pad(states, (0, 0, length - states.shape[2], 0))
-
-
 class PrefillBatch:
     """Newcomers whose prompts are being read, a chunk of columns per step (chunked prefill).
 
-    ids and mask: ``(rows, width)`` left-padded prompts; ``done`` columns are in the cache.
+    ids and mask: ``(rows, width)``; ``done`` columns are in the cache. Without reused prefixes
+    the prompts are simply left-padded. With them (``prefixes[i].length`` tokens of row i come
+    from the prefix cache) the columns are two blocks: the reused prefixes, right-aligned in a
+    block as wide as the longest of them and copied into the cache at once, then the rest of
+    each prompt, right-aligned in a block as wide as the longest rest, which is prefilled. A row
+    with a shorter prefix has masked columns between its two parts; positions count real tokens
+    only, so they are exactly the positions of the whole prompt.
     """
 
-    def __init__(self, seqs: list[SequenceState], pad: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        seqs: list[SequenceState],
+        pad: int,
+        device: torch.device,
+        prefixes: Sequence[PrefixMatch] | None = None,
+    ) -> None:
         self.seqs = seqs
-        self.ids, self.mask = left_pad([s.prompt_ids for s in seqs], pad, device)
+        reused = [m.length for m in prefixes] if prefixes else [0] * len(seqs)
+        block = max(reused)
+        if block == 0:
+            self.ids, self.mask = left_pad([s.prompt_ids for s in seqs], pad, device)
+            self.cache = new_cache()
+        else:
+            rests = [s.prompt_ids[r:] for s, r in zip(seqs, reused, strict=True)]
+            heads = left_pad(
+                [s.prompt_ids[:r] or [pad] for s, r in zip(seqs, reused, strict=True)], pad, device
+            )
+            tails = left_pad(rests, pad, device)
+            head_mask = heads[1] * torch.tensor([[r > 0] for r in reused], device=device)
+            self.ids = torch.cat([heads[0], tails[0]], dim=1)
+            self.mask = torch.cat([head_mask, tails[1]], dim=1)
+            self.cache = _prefix_block(prefixes, block, self.ids.shape[1] + MIN_SPARE_COLUMNS)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache()
-        self.done = 0
+        self.done = block
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -274,7 +296,7 @@ class PrefillBatch:
         index = torch.tensor(keep, dtype=torch.long, device=self.ids.device)
         self.seqs = [self.seqs[i] for i in keep]
         self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
-        if self.done:
+        if self.cache.layers:
             self.cache.batch_select_indices(index)
 
     def ready(self, tokens: torch.Tensor, seen: torch.Tensor) -> CausalBatch:
@@ -290,3 +312,20 @@ class PrefillBatch:
         ids = torch.where(self.mask.bool(), self.ids, vocab)
         seen = torch.zeros((len(self), vocab + 1), dtype=torch.bool, device=self.ids.device)
         return seen.scatter_(1, ids, True)[:, :vocab].contiguous()
+
+
+def _prefix_block(prefixes: Sequence[PrefixMatch], block: int, capacity: int) -> DynamicCache:
+    """A cache of ``block`` columns holding each row's reused prefix right-aligned (zeros before),
+    in buffers with room for ``capacity`` columns (the prompts' rest and the first replies)."""
+    first = next(m for m in prefixes if m.length).segments[0][0]
+    cache = new_cache()
+    cache.layers = [
+        GrowingLayer.zeros(k, v, len(prefixes), block, capacity)
+        for k, v in zip(first.keys, first.values, strict=True)
+    ]
+    keys = [layer.keys for layer in cache.layers]
+    values = [layer.values for layer in cache.layers]
+    for row, match in enumerate(prefixes):
+        if match.length:
+            match.write(keys, values, row, block)
+    return cache

@@ -42,6 +42,8 @@ from bot.serving.generation import (
 )
 from bot.serving.local.adapter_pool import AdapterPool
 from bot.serving.local.batch import CausalBatch, PrefillBatch, SequenceState
+from bot.serving.local.prefix_cache import PrefixCache
+from bot.serving.local.prefix_reuse import keep_rows, start_prefill
 from bot.serving.local.sampling import RowSampling, choose_tokens
 from personas.card import PersonaCard
 from personas.render import TokenizerFacts
@@ -62,6 +64,11 @@ class Engine:
         self.device = loaded.device
         self.facts = TokenizerFacts.from_tokenizer(loaded.tokenizer)
         self.pool = AdapterPool(loaded)
+        # Off until the worker sets its budget (worker.prefix_cache_mb); keyed by the pool's
+        # internal adapter names, which change on every load, and emptied per adapter as the
+        # pool drops one, so a reloaded persona never reuses its old version's prefixes.
+        self.prefix_cache = PrefixCache(0)
+        self.pool.on_drop = self.prefix_cache.drop
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -311,8 +318,9 @@ class RunningBatch:
         engine = self.engine
         finished = self._drop_cancelled()
         if self.prefilling is None and self.waiting:
-            self.prefilling = PrefillBatch(self.waiting, engine.pad, engine.device)
-            self.waiting = []
+            self.prefilling, self.waiting = start_prefill(
+                self.waiting, engine.prefix_cache, self._adapter_name, engine.pad, engine.device
+            )
         rows = self.rows
         logits_parts: list[torch.Tensor] = []
         seen_parts: list[torch.Tensor] = []
@@ -358,10 +366,14 @@ class RunningBatch:
             self.engine.release(seq)
         return seqs
 
+    def _adapters(self, seqs: list[SequenceState]) -> list[str]:
+        return [self._adapter_name(s) for s in seqs]
+
     @staticmethod
-    def _adapters(seqs: list[SequenceState]) -> list[str]:
-        """Each row's pinned instance, by PEFT name: never looked up again by persona."""
-        return [s.adapter.key if s.adapter is not None else BASE_ADAPTER for s in seqs]
+    def _adapter_name(seq: SequenceState) -> str:
+        """The instance a row is pinned to, by PEFT name (never looked up again by persona; new
+        for every loaded version, never reused): also the identity its prefixes are cached under."""
+        return seq.adapter.key if seq.adapter is not None else BASE_ADAPTER
 
     def _drop_cancelled(self) -> list[SequenceState]:
         """Cancelled (or timed-out) rows leave before the step's forwards."""
@@ -386,6 +398,9 @@ class RunningBatch:
             return []
         done = [s for s in self.decoding.seqs if s.finished]
         if done:
+            # Cancelled rows too: their K/V are right as far as they went (failed rows are skipped).
+            leaving = [i for i, s in enumerate(self.decoding.seqs) if s.finished]
+            keep_rows(self.engine.prefix_cache, self.decoding, leaving, self._adapter_name)
             keep = [i for i, s in enumerate(self.decoding.seqs) if not s.finished]
             if keep:
                 self.decoding.filter(keep)

@@ -187,6 +187,7 @@ class GenerationWorker:
         memory = None
         if self.engine.device.type == "cuda":
             memory = torch.cuda.memory_allocated(self.engine.device) / 2**20
+        prefixes = self.engine.prefix_cache.stats()
         return WorkerStats(
             queue_depth=depth,
             queue_capacity=self.settings.queue_size,
@@ -199,11 +200,17 @@ class GenerationWorker:
             canaries=self.engine.canaries(),
             device=str(self.engine.device),
             device_memory_mb=memory,
+            prompt_tokens_reused=prefixes.tokens_reused,
+            prompt_tokens_computed=prefixes.tokens_computed,
+            prefix_cache_hit_rate=prefixes.reuse_rate if prefixes.budget_bytes else None,
+            prefix_cache_used_mb=prefixes.used_bytes / 2**20,
+            prefix_cache_budget_mb=prefixes.budget_bytes / 2**20,
         )
 
     # -- the worker thread -----------------------------------------------------
 
     def _run(self) -> None:
+        self.engine.prefix_cache.set_budget(self.settings.prefix_cache_mb * 2**20)
         batch = RunningBatch(self.engine, self.settings.prefill_chunk_tokens)
         self._batch = batch
         while self._wait_for_work(batch):
@@ -321,6 +328,8 @@ class GenerationWorker:
         """Drop the batch; rows that have shown nothing yet go back to the queue's front and the
         row limit halves (fewer rows need less memory); rows already streamed, or alone, fail."""
         seqs = batch.abort()
+        # Cached prefixes are the first memory to give back: they only save work.
+        self.engine.prefix_cache.clear()
         _empty_cache()
         self._row_limit = max(1, len(seqs) // 2)
         log.warning("out of memory on a step of %d rows; now at most %d rows", len(seqs), self._row_limit)

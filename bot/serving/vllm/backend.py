@@ -159,6 +159,9 @@ class VllmBackend:
         tokens = sum(t for t, _ in self._recent)
         seconds = sum(s for _, s in self._recent)
         healthy = len(self.pool.healthy())
+        counters = [s.prefix_cache for s in self.pool.servers if s.prefix_cache is not None]
+        queries = sum(c.queries for c in counters)
+        hits = sum(c.hits for c in counters)
         return WorkerStats(
             queue_depth=0,
             queue_capacity=self.settings.worker.queue_size * max(healthy, 1),
@@ -170,6 +173,10 @@ class VllmBackend:
             canaries=self.registry.canary_infos(),
             device=f"vLLM, {healthy} of {len(self.pool.servers)} servers healthy",
             servers=[s.status() for s in self.pool.servers],
+            # The servers' own counters (since each started): prompt tokens found in their caches.
+            prompt_tokens_reused=int(hits),
+            prompt_tokens_computed=int(queries - hits),
+            prefix_cache_hit_rate=hits / queries if queries else None,
         )
 
     async def reload(self, persona_id: str | None = None) -> list[str]:
@@ -235,14 +242,14 @@ class VllmBackend:
         refreshed: set[Server] = set()
         resized: set[Server] = set()
         while True:
-            server = self.pool.pick(name, tried)
+            server = self.pool.pick(name, tried, ticket.request.conversation)
             if server is None and name is not None and self.pool.healthy():
                 # Healthy servers exist but none has this version (all restarted?): register, retry.
                 for candidate in self.pool.healthy():
                     if candidate not in refreshed:
                         refreshed.add(candidate)
                         await self.registry.ensure_on(candidate)
-                server = self.pool.pick(name, tried)
+                server = self.pool.pick(name, tried, ticket.request.conversation)
             if server is None:
                 raise QueueFullError(
                     len(self._tickets), self.settings.worker.queue_size * max(len(self.pool.healthy()), 1)

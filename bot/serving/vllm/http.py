@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ def _never_reached_the_server(exc: BaseException) -> bool:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return False
     return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+# A sample line of either counter (Prometheus text format), any labels, not its _created twin.
+_PREFIX_COUNTER = re.compile(r"^vllm:prefix_cache_(queries|hits)(?:_total)?(?:\{[^}]*\})?\s+(\S+)\s*$", re.M)
 
 
 class ServerError(RuntimeError):
@@ -78,6 +81,14 @@ class ServedModels:
     base: str
     max_model_len: int | None
     adapters: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class PrefixCacheCounters:
+    """vLLM's prefix-cache counters since the server started, in prompt tokens."""
+
+    queries: float
+    hits: float
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,25 @@ class VllmClient:
             return list(body["tokens"])
         except (TypeError, KeyError):
             raise ServerError(self.url, "/tokenize gave no tokens") from None
+
+    async def prefix_cache(self) -> PrefixCacheCounters | None:
+        """The server's ``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits`` counters
+        (Prometheus text at ``/metrics``, summed over engines); None when it does not report them
+        (metrics off, or an older vLLM). Raises ServerUnavailable when it cannot be reached."""
+        try:
+            text = await self._request("GET", "/metrics", self._short)
+        except ServerUnavailable:
+            raise
+        except ServerError:
+            return None
+        if not isinstance(text, str):
+            return None
+        totals: dict[str, float] = {}
+        for match in _PREFIX_COUNTER.finditer(text):
+            totals[match[1]] = totals.get(match[1], 0.0) + float(match[2])
+        if len(totals) < 2:
+            return None
+        return PrefixCacheCounters(totals["queries"], totals["hits"])
 
     async def load_lora(self, name: str, path: str) -> None:
         """Register an adapter folder (read by the server itself) under ``name``.

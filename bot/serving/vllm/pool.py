@@ -1,4 +1,4 @@
-"""Several vLLM servers: health checks, least-outstanding routing, per-server adapter sets.
+"""Several vLLM servers: health checks, routing by conversation then by load, per-server adapter sets.
 
 A server is *healthy* when ``/health`` answers 200 (its engine runs: vLLM's API process can go on
 answering ``/v1/models`` after the engine died, vllm-project/vllm#39863), ``/v1/models`` lists
@@ -6,7 +6,12 @@ its model and adapters, and its tokenizer gives the bot's token ids for a probe 
 prompts the bot renders mean the same thing there). A server that let a request wait longer than
 the first-token bound is *suspect* (its engine may hang while ``/health`` still answers): out of
 rotation until a one-token test completion answers within that bound. A request goes to
-the healthy server with the fewest outstanding requests among those that have its adapter.
+the healthy server with the fewest outstanding requests among those that have its adapter,
+except that a request of a conversation (a channel) goes back to the server that answered that
+conversation last while it is healthy, has the adapter and is not overloaded (at most
+``AFFINITY_SLACK`` requests more than the least-loaded candidate): that server's prefix cache
+holds the conversation's earlier prompts (SGLang's router does the same, cache-aware with a
+load-balance threshold).
 A server that fails a request is taken out of rotation at once and put back by the next health
 check that passes; a server whose adapters vanished (it restarted) gets them registered again
 through the ``on_ready`` callback before it serves requests that need them.
@@ -15,6 +20,7 @@ through the ``on_ready`` callback before it serves requests that need them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -22,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bot.serving.generation import ServerStatus
-from bot.serving.vllm.http import ServerError, VllmClient
+from bot.serving.vllm.http import PrefixCacheCounters, ServerError, VllmClient
 
 DEFAULT_FIRST_TOKEN_TIMEOUT_S = 30.0
 
@@ -30,6 +36,11 @@ log = logging.getLogger(__name__)
 
 # Japanese and ASCII both, so a tokenizer for another language or vocabulary differs here.
 TOKENIZER_PROBE = "こんにちは、魔理沙だぜ。ずんだ餅なのだ！ Hello 123"
+# A conversation leaves its server when that one has this many more requests outstanding than the
+# least-loaded candidate: one reused prefix is not worth waiting behind several whole replies.
+AFFINITY_SLACK = 4
+# Conversations remembered (least recently routed forgotten first).
+AFFINITY_ENTRIES = 4096
 
 
 @dataclass(eq=False)
@@ -49,6 +60,7 @@ class Server:
     adapter_problems: dict[str, str] = field(default_factory=dict)  # versioned name -> one line
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one adapter change at a time per server
     last_pick: int = 0
+    prefix_cache: PrefixCacheCounters | None = None  # the server's counters at the last health check
 
     @property
     def url(self) -> str:
@@ -64,6 +76,11 @@ class Server:
             adapters=len(self.adapters),
             problem=self.problem,
             adapter_problems=tuple(self.adapter_problems.values()),
+            prefix_cache_hit_rate=(
+                self.prefix_cache.hits / self.prefix_cache.queries
+                if self.prefix_cache is not None and self.prefix_cache.queries
+                else None
+            ),
         )
 
 
@@ -87,15 +104,22 @@ class ServerPool:
         self._loop_task: asyncio.Task[None] | None = None
         self._picks = itertools.count(1)
         self._checking: dict[Server, asyncio.Task[None]] = {}
+        self._affinity: collections.OrderedDict[str, Server] = collections.OrderedDict()
 
     def healthy(self) -> list[Server]:
         return [s for s in self.servers if s.healthy]
 
     def pick(
-        self, adapter: str | None, exclude: set[Server] | frozenset[Server] = frozenset()
+        self,
+        adapter: str | None,
+        exclude: set[Server] | frozenset[Server] = frozenset(),
+        conversation: str | None = None,
     ) -> Server | None:
-        """The healthy server with the fewest outstanding requests that has ``adapter``
-        (None: the base model, any healthy server); ties go to the least recently picked."""
+        """The server for a request: the one that last served ``conversation`` while it can
+        (healthy, not excluded, has ``adapter``, at most ``AFFINITY_SLACK`` requests above the
+        least-loaded candidate), else the healthy server with the fewest outstanding requests
+        that has ``adapter`` (None: the base model, any healthy server); ties go to the least
+        recently picked. The choice is remembered for ``conversation``."""
         candidates = [
             s
             for s in self.servers
@@ -104,6 +128,14 @@ class ServerPool:
         if not candidates:
             return None
         server = min(candidates, key=lambda s: (s.outstanding, s.last_pick))
+        if conversation is not None:
+            previous = self._affinity.get(conversation)
+            if previous in candidates and previous.outstanding <= server.outstanding + AFFINITY_SLACK:
+                server = previous
+            self._affinity[conversation] = server
+            self._affinity.move_to_end(conversation)
+            while len(self._affinity) > AFFINITY_ENTRIES:
+                self._affinity.popitem(last=False)
         server.last_pick = next(self._picks)
         return server
 
@@ -167,6 +199,9 @@ class ServerPool:
                 server.url,
                 sorted(lost),
             )
+        # Figures only: a server that does not report them still serves.
+        with contextlib.suppress(ServerError):
+            server.prefix_cache = await server.client.prefix_cache()
         # The server's own listing is the truth: it survives our marking it down, not its restart.
         server.adapters = set(models.adapters)
         server.base_model = models.base
