@@ -16,6 +16,7 @@ from bot.model.adapters import current_version, read_canary, set_current
 from bot.model.rollout import read_history, record_gate
 from bot.store.store import Store
 from tests.e2e.inprocess import EmulatedBot, emulated_bot
+from tests.e2e.two_servers import second_server
 
 V1, V2, V3 = "v20260101-000000", "v20260201-000000", "v20260301-000000"
 
@@ -146,3 +147,34 @@ async def test_an_interaction_is_recorded_once_and_the_record_survives_a_restart
         assert (record.outcome, record.message, record.to_version) == ("moved", "done", V1)
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[EmulatedBot]:
+    """Two servers; the operator's is A (it holds discord.review_channel), B's moderators are
+    moderators of B only."""
+    adapters = tmp_path / "adapters"
+    for v in (V1, V2):
+        fake_version(adapters, v)
+    set_current(adapters, "marisa", V1)
+    record_gate(adapters, "marisa", V2, {"verdict": "pass"})
+    async with emulated_bot(tmp_path, world=second_server) as harness:
+        yield harness
+
+
+async def test_only_the_operators_server_moves_the_versions_every_server_is_served(two: EmulatedBot) -> None:
+    h = two
+    for command, options in (
+        ("adapter promote", {"version": V2}),
+        ("adapter rollback", {}),
+        ("adapter canary-start", {"version": V2}),
+        ("adapter history", {}),
+    ):
+        answer = await h.command(command, user="mod_b", channel="b-chat", persona="marisa", **options)
+        assert answer.ephemeral and "operator's own server" in answer.text, (command, answer.text)
+    assert current_version(adapters(h), "marisa") == V1 and read_canary(adapters(h), "marisa") is None
+    assert h.runtime.reloaded == [] and read_history(adapters(h), "marisa") == []
+    assert await h.store.adapter_actions() == []  # refused before anything was recorded
+    # A's moderator may: A is the operator's server.
+    answer = await h.command("adapter promote", user="moderator", persona="marisa", version=V2)
+    assert f"CURRENT {V1} → {V2}" in answer.text and current_version(adapters(h), "marisa") == V2

@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 import discord
 from discord import app_commands
 
-from bot.discord.bot_protocol import services
+from bot.discord.bot_protocol import BotServices, services
 from bot.store.server_settings import ServerSettings
 
 T = TypeVar("T")
@@ -102,6 +102,49 @@ def moderator_only() -> Callable[[T], T]:
     def predicate(interaction: discord.Interaction[Any]) -> bool:
         if not is_moderator(access(interaction), interaction.user, interaction.permissions):
             raise Refusal(NOT_MODERATOR)
+        return True
+
+    return app_commands.check(predicate)
+
+
+NOT_OPERATORS_SERVER = (
+    "Adapter versions serve every server the bot is in, so only moderators of the operator's own "
+    "server move them (a server in discord.allowed_servers, or the one holding "
+    "discord.review_channel); the operator can also run python -m trainer rollback on the host."
+)
+
+
+def home_guild_id(bot: BotServices) -> int | None:
+    """The server of the operator's review channel (``discord.review_channel``); None when it is
+    not set or not seen."""
+    channel_id = bot.settings.discord.review_channel
+    channel = bot.get_channel(channel_id) if channel_id else None
+    guild = getattr(channel, "guild", None)
+    return guild.id if guild is not None else None
+
+
+def operator_servers(bot: BotServices) -> set[int]:
+    """The servers whose moderators speak for the operator about what every server is served:
+    ``discord.allowed_servers`` when it lists any, else the server of ``discord.review_channel``
+    (none when neither is set: then only the configured owners)."""
+    listed = set(bot.settings.discord.allowed_servers)
+    if listed:
+        return listed
+    home = home_guild_id(bot)
+    return {home} if home is not None else set()
+
+
+def operators_server() -> Callable[[T], T]:
+    """The command changes what every server is served (the personas are the operator's, shared
+    by all servers): a configured owner anywhere, else only in the operator's own server(s). Put
+    it with :func:`moderator_only`, which decides who in that server may."""
+
+    def predicate(interaction: discord.Interaction[Any]) -> bool:
+        bot = services(interaction)
+        if interaction.user.id in bot.settings.discord.owner_ids:
+            return True
+        if interaction.guild_id is None or interaction.guild_id not in operator_servers(bot):
+            raise Refusal(NOT_OPERATORS_SERVER)
         return True
 
     return app_commands.check(predicate)

@@ -26,6 +26,7 @@ import discord
 from discord.ext import tasks
 
 from bot.discord.bot_protocol import BotServices
+from bot.discord.checks import home_guild_id
 from bot.discord.review_views import card_ids_in, review_embed, review_view
 from bot.discord.sender import NO_PINGS
 from bot.store.store import ReviewItem, Store
@@ -62,10 +63,7 @@ class ReviewQueue:
     def home_guild_id(self) -> int | None:
         """The server of the operator's review channel (``discord.review_channel``), where trainer
         candidates, which belong to no server, are reviewed; None when it is not set or not seen."""
-        channel_id = self.bot.settings.discord.review_channel
-        channel = self.bot.get_channel(channel_id) if channel_id else None
-        guild = getattr(channel, "guild", None)
-        return guild.id if guild is not None else None
+        return home_guild_id(self.bot)
 
     async def review_channel(self, guild_id: int | None) -> Any:
         """The channel for the cards of ``guild_id``'s rows (None: trainer candidates, the

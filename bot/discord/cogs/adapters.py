@@ -1,7 +1,9 @@
 """``/adapter promote | rollback | canary-start | canary-stop | history`` for moderators: the
 trainer's pointer moves (``bot/model/rollout.py``), from Discord.
 
-Each command is checked server-side (``moderator_only``: default permissions only hide it),
+Each command is checked server-side (``moderator_only``: default permissions only hide it; and
+``operators_server``: the personas serve every server, so only the operator's own server, or a
+configured owner, moves their versions),
 recorded once in the store by its interaction id (a command delivered twice moves nothing
 twice; the record outlives restarts), carried out under the persona's move lock, and followed by
 a reload, so the next reply is served, logged and carded with the version moved to.
@@ -23,7 +25,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.bot_protocol import BotServices
-from bot.discord.checks import model_loaded, moderator_only
+from bot.discord.checks import model_loaded, moderator_only, operators_server
 from bot.discord.persona_options import LoadedPersona
 from bot.model.adapters import current_version, list_versions
 from bot.model.rollout import (
@@ -66,6 +68,7 @@ class AdapterCommands(
     @app_commands.command(name="rollback", description="Serve an earlier adapter version again (moderators)")
     @app_commands.describe(persona="The persona", version="The version to serve (default: the one before)")
     @moderator_only()
+    @operators_server()
     @model_loaded()
     async def rollback_cmd(
         self, interaction: discord.Interaction[Any], persona: PersonaArg, version: str | None = None
@@ -82,6 +85,7 @@ class AdapterCommands(
         force="Promote even if the promotion gate refused it or never judged it",
     )
     @moderator_only()
+    @operators_server()
     @model_loaded()
     async def promote_cmd(
         self, interaction: discord.Interaction[Any], persona: PersonaArg, version: str, force: bool = False
@@ -112,6 +116,7 @@ class AdapterCommands(
         persona="The persona", version="The candidate version", share="Share of requests, 0-1"
     )
     @moderator_only()
+    @operators_server()
     @model_loaded()
     async def canary_start_cmd(
         self,
@@ -128,6 +133,7 @@ class AdapterCommands(
     @app_commands.command(name="canary-stop", description="Stop a persona's canary (moderators)")
     @app_commands.describe(persona="The persona")
     @moderator_only()
+    @operators_server()
     @model_loaded()
     async def canary_stop_cmd(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
         await self._move(
@@ -138,6 +144,7 @@ class AdapterCommands(
     @app_commands.command(name="history", description="A persona's adapter moves, newest first (moderators)")
     @app_commands.describe(persona="The persona")
     @moderator_only()
+    @operators_server()
     @model_loaded()
     async def history_cmd(self, interaction: discord.Interaction[Any], persona: PersonaArg) -> None:
         moves = await asyncio.to_thread(read_history, self.adapters_dir, persona.id)
