@@ -209,7 +209,6 @@ def evaluate(
     ``ranking_note`` goes into the report's notes when there is no ``ranking_path`` (the caller
     knows whether the ranking was left out on purpose or for want of a file). ``progress`` shows a bar on stderr while the ranking set is scored (2,000 contexts x 10
     candidates per version: minutes on a CPU)."""
-    from peft import PeftModel
 
     loaded = loaded or load_base_model(settings.model)
     tokenizer = loaded.tokenizer
@@ -227,28 +226,11 @@ def evaluate(
         report.notes.append(ranking_note)
 
     # 1. Likelihoods: every version as a named adapter of one PEFT model.
-    adapters = [t for t in targets if t.path is not None]
-    model = loaded.model
-    for t in adapters:
-        check_target_adapter(card, t, loaded.base_model)
-    for i, t in enumerate(adapters):
-        try:
-            if i == 0:
-                model = PeftModel.from_pretrained(loaded.model, str(t.path), adapter_name="t0")
-            else:
-                model.load_adapter(str(t.path), adapter_name=f"t{i}")
-        except Exception as exc:  # corrupt weights, wrong shapes: say which version's folder
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"adapter {t.path} ({t.label}) failed to load: {reason}") from exc
-    model.eval()
+    versions = VersionModel.load(card, loaded, targets)
+    model = versions.model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for target in targets:
-        if target.path is None:
-            scope = model.disable_adapter() if adapters else contextlib.nullcontext()
-        else:
-            model.set_adapter(f"t{adapters.index(target)}")
-            scope = contextlib.nullcontext()
-        with scope:
+        with versions.serving(target):
             if val:
                 nll, tokens = mean_nll(
                     model,
@@ -274,9 +256,9 @@ def evaluate(
 
     # 2. Generation: the bot's own engine on the same (now adapter-free) base model.
     if probes:
-        base_model = model.unload() if adapters else loaded.model
+        base_model = model.unload() if versions.adapters else loaded.model
         engine = Engine(replace(loaded, model=base_model))
-        for t in adapters:
+        for t in versions.adapters:
             engine.load_adapter(t.label, AdapterSource(str(t.path), t.label, True), card)
         answers = generate_answers(
             engine, renderer, probes, [t.label if t.path else BASE_ADAPTER for t in targets], seed
@@ -288,6 +270,44 @@ def evaluate(
             for i, probe in enumerate(probes)
         ]
     return report
+
+
+@dataclass
+class VersionModel:
+    """Several versions of a persona as named adapters of one PEFT model over the base model
+    (the bare base for a target without a path), so they are scored on the same weights."""
+
+    model: Any
+    adapters: list[Target]
+
+    @classmethod
+    def load(cls, card: PersonaCard, loaded: LoadedModel, targets: Sequence[Target]) -> VersionModel:
+        """Check every target's folder first, then load them; raises ValueError naming the folder
+        of a version whose weights do not load (FileNotFoundError, CardError from the check)."""
+        from peft import PeftModel
+
+        adapters = [t for t in targets if t.path is not None]
+        for t in adapters:
+            check_target_adapter(card, t, loaded.base_model)
+        model = loaded.model
+        for i, t in enumerate(adapters):
+            try:
+                if i == 0:
+                    model = PeftModel.from_pretrained(loaded.model, str(t.path), adapter_name="t0")
+                else:
+                    model.load_adapter(str(t.path), adapter_name=f"t{i}")
+            except Exception as exc:  # corrupt weights, wrong shapes: say which version's folder
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"adapter {t.path} ({t.label}) failed to load: {reason}") from exc
+        model.eval()
+        return cls(model, adapters)
+
+    def serving(self, target: Target) -> contextlib.AbstractContextManager[Any]:
+        """A context in which the model computes as ``target``: its adapter, or no adapter."""
+        if target.path is None:
+            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        self.model.set_adapter(f"t{self.adapters.index(target)}")
+        return contextlib.nullcontext()
 
 
 def check_target_adapter(card: PersonaCard, target: Target, base_model: str) -> None:

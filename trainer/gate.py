@@ -46,7 +46,7 @@ from trainer.dataset import DataError, ExampleEncoder, collate
 from trainer.evaluate import (
     BASE,
     Target,
-    check_target_adapter,
+    VersionModel,
     generate_answers,
     persona_file,
     read_lines,
@@ -238,7 +238,6 @@ def judge(
     Raises RolloutError for a candidate folder that is missing or corrupt, ValueError naming
     the folder when an adapter fails to load, CardError for one made for another base model.
     """
-    from peft import PeftModel
 
     adapters_dir = settings.paths.adapters_dir
     serving = serving or current_version(adapters_dir, card.id) or BASE
@@ -258,29 +257,13 @@ def judge(
         report.notes.append("no held-out reviewed rows yet: only the style probes are compared")
 
     targets = [Target(serving, paths.get(serving)), Target(candidate, paths[candidate])]
-    adapters = [t for t in targets if t.path is not None]
-    for t in adapters:
-        check_target_adapter(card, t, loaded.base_model)
-    model = loaded.model
-    for i, t in enumerate(adapters):
-        try:
-            if i == 0:
-                model = PeftModel.from_pretrained(loaded.model, str(t.path), adapter_name=f"t{i}")
-            else:
-                model.load_adapter(str(t.path), adapter_name=f"t{i}")
-        except Exception as exc:  # corrupt weights, wrong shapes: name the folder
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"adapter {t.path} ({t.label}) failed to load: {reason}") from exc
+    versions = VersionModel.load(card, loaded, targets)
+    model = versions.model
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: dict[str, dict[str, list[float]]] = {}
     for t in targets:
-        if t.path is None:
-            scope = model.disable_adapter() if adapters else contextlib.nullcontext()
-        else:
-            model.set_adapter(f"t{adapters.index(t)}")
-            scope = contextlib.nullcontext()
-        with scope:
+        with versions.serving(t):
             score = lambda items: completion_logliks(  # noqa: E731
                 model,
                 items,
@@ -314,9 +297,9 @@ def judge(
         probes = _probes(card, report.notes)[: cfg.gate_probes]
     style = Figure("style_marker_rate", None, None, cfg.gate_style_tolerance, len(probes))
     if probes and card.style_markers:
-        base_model = model.unload() if adapters else loaded.model
+        base_model = model.unload() if versions.adapters else loaded.model
         engine = Engine(replace(loaded, model=base_model))
-        for t in adapters:
+        for t in versions.adapters:
             engine.load_adapter(t.label, AdapterSource(str(t.path), t.label, True), card)
         answers = generate_answers(
             engine, renderer, probes, [t.label if t.path else BASE_ADAPTER for t in targets], seed
