@@ -41,8 +41,10 @@ def clone(tmp_path: Path) -> Path:
 
 
 def dry_run(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCH", "TORCH_VERSION", "TORCH_INDEX_URL")}
-    env.pop("MAKEFLAGS", None)
+    # Not what the outer make (`make test`) hands its recipes: its flags, and MAKELEVEL, which makes
+    # this one a sub-make that prints "Entering directory" lines.
+    outer = ("TORCH", "TORCH_VERSION", "TORCH_INDEX_URL", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     return subprocess.run(
         ["make", "-n", *args], cwd=clone, env=env, capture_output=True, text=True, timeout=30
     )
