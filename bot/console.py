@@ -70,8 +70,10 @@ class ConsoleChat:
         elif name == "/reset":
             self.history = []
             self._say("conversation forgotten")
-        else:
+        elif name in ("/help", "/?"):
             self._say(HELP)
+        else:
+            self._say(f"unknown command {name}; {HELP}")
         return True
 
     async def message(self, text: str) -> str | None:

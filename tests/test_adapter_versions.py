@@ -131,3 +131,13 @@ def test_a_canary_pointer_round_trips_and_refuses_bad_values(tmp_path: Path) -> 
     clear_canary(tmp_path, "marisa")
     clear_canary(tmp_path, "marisa")  # twice: nothing to clear is fine
     assert read_canary(tmp_path, "marisa") is None
+
+
+async def test_the_console_names_a_command_it_does_not_know(runtime_with_adapters) -> None:
+    rt, _ = runtime_with_adapters
+    out = io.StringIO()
+    chat = ConsoleChat(rt, "marisa", out, io.StringIO(), interactive=True)
+    assert await chat.run(io.StringIO("/foo\n/help\n")) == 0
+    text = out.getvalue()  # each answer follows its prompt ("marisa> ") on the same line
+    assert "marisa> unknown command /foo; commands: /persona ID, /personas, /reset, /quit\n" in text
+    assert "marisa> commands: /persona ID, /personas, /reset, /quit\n" in text  # /help: the list alone

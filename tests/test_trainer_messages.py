@@ -104,6 +104,15 @@ def test_train_on_a_missing_data_file_hints_at_the_venv_interpreter(workdir, cap
     assert " python -m trainer" not in line and "-m trainer prepare" in line
 
 
+def test_eval_with_a_data_file_that_is_not_there_stops_before_loading_the_model(workdir, capsys):
+    """Named on the command line, a missing --data file is a mistake (as for train), not a note
+    at the end of a whole evaluation; the model in this config does not exist, so reaching it
+    would be a different error."""
+    assert main(["eval", "--persona", "marisa", "--version", "base", "--data", "missing.jsonl"]) == 1
+    line = one_error(capsys, "eval: ")
+    assert "data file missing.jsonl does not exist" in line and "models/none" not in line
+
+
 def test_a_persona_speaker_that_is_not_in_the_files_lists_the_speakers(tmp_path, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -39,6 +39,7 @@ from bot.model.adapters import (
 )
 from bot.model.loading import load_base_model
 from bot.model.rollout import RolloutError, check_version_usable
+from bot.ops.commandline import module_command
 from personas.card import PersonaCard, check_adapter_base
 from personas.render import PromptRenderer, TokenizerFacts
 from trainer.config import TrainConfig
@@ -95,8 +96,9 @@ def resolve_start(settings: Settings, persona_id: str, start: str | None) -> tup
     version = start or current_version(settings.paths.adapters_dir, persona_id)
     if version is None:
         raise DataError(
-            f"{persona_id} has no adapter yet: train one first (python -m trainer train --persona "
-            f"{persona_id}); the preference stage refines an adapter and keeps it as its reference"
+            f"{persona_id} has no adapter yet: train one first "
+            f"({module_command(f'trainer train --persona {persona_id}')}); "
+            "the preference stage refines an adapter and keeps it as its reference"
         )
     try:
         return version, check_version_usable(settings.paths.adapters_dir, persona_id, version)
@@ -108,7 +110,8 @@ def load_lines(path: Path) -> list[dict[str, Any]]:
     """The export's lines; DataError when it is missing or malformed."""
     if not path.is_file():
         raise DataError(
-            f"no preference export at {path}: run python -m trainer export-reviews --persona ID --preferences"
+            f"no preference export at {path}: run "
+            + module_command("trainer export-reviews --persona ID --preferences")
         )
     try:
         return read_preferences(path)

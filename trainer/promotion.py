@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.model.rollout import Move, promote, record_gate, start_canary
+from bot.ops.commandline import module_command
 from personas.card import PersonaCard
 from trainer.config import TrainConfig
 from trainer.gate import GateReport, judge
@@ -40,7 +41,7 @@ class Promotion:
             return (
                 f"{self.report.persona}: candidate {c} refused by the promotion gate (worse on {worse}); "
                 f"{self.report.serving} keeps serving. Promote it anyway with: "
-                f"python -m trainer promote --persona {self.report.persona} --version {c} --force"
+                + module_command(f"trainer promote --persona {self.report.persona} --version {c} --force")
             )
         forced = " (forced past a refusing gate)" if self.forced else ""
         if self.move.action == "canary-start":

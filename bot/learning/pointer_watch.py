@@ -72,7 +72,7 @@ class PointerWatch:
             moved.append(pid)
             try:
                 lines = await self.reload(pid)
-                log.warning("adapter pointers of %s moved: reloaded (%s)", pid, lines)
+                log.info("adapter pointers of %s moved: reloaded (%s)", pid, lines)
             except Exception as exc:  # the backend keeps the adapter it had
                 log.error("adapter pointers of %s moved, but the reload failed: %s", pid, exc)
         return moved

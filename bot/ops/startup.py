@@ -94,6 +94,7 @@ def check_paths(settings: Settings, adapters: bool = True) -> list[str]:
         return [
             f"paths.adapters_dir ({origin(settings, 'paths.adapters_dir')}): {folder} does not exist, "
             "so no persona has a trained adapter and each answers prompt-only (the trainer's "
-            "`train` writes adapters there)"
+            "`train` writes adapters there; relative paths follow the working directory: start "
+            "from the checkout, or set an absolute path)"
         ]
     return []

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from personas.card import UnknownPersonaError, load_cards
     from trainer.commands.common import command_settings, option_file
     from trainer.config import TrainConfigError, load_train_config
-    from trainer.dataset import DataError
+    from trainer.dataset import DataError, expand_paths
     from trainer.evaluate import evaluate, format_table, persona_file, read_lines, resolve_target
 
     settings = None
@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
         cards = load_cards(Path(settings.paths.personas_dir) if settings.paths.personas_dir else None)
         card = cards.get(args.persona)
         train_config = option_file(args.train_config, "--train-config")
-        cfg = load_train_config(train_config, card.id, overrides_from_args(args))
+        overrides = overrides_from_args(args)
+        cfg = load_train_config(train_config, card.id, overrides)
+        if "data" in overrides:  # named on the command line: a missing file is a mistake, not a skip
+            expand_paths(cfg.data, data_dir=settings.paths.data_dir, persona=card.id)
         targets = [resolve_target(settings, card.id, args.version)]
         if args.against:
             targets.append(resolve_target(settings, card.id, args.against))

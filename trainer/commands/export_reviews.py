@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         card = cards.get(args.persona)
         database = args.database or Path(settings.paths.database)
         if not database.is_file():
-            raise FileNotFoundError(f"database {database} does not exist (the bot creates it on first run)")
+            raise FileNotFoundError(f"database {database} does not exist (the Discord bot creates it when it starts; trainer augment does too; the console chat logs nothing)")
         listed = settings.discord.allowed_servers
         if args.preferences:
             out = args.out or preferences_file(settings.paths.data_dir, card.id)

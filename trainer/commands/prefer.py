@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bot.ops.commandline import module_command
 from trainer.commands.gating import add_gate_arguments, gate_and_report
 from trainer.config import add_override_arguments, overrides_from_args
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             database = Path(settings.paths.database)
             if not database.is_file():
                 raise FileNotFoundError(
-                    f"database {database} does not exist (the bot creates it on first run)"
+                    f"database {database} does not exist (the Discord bot creates it when it starts; trainer augment does too; the console chat logs nothing)"
                 )
             exported = asyncio.run(
                 export_preferences(database, card.id, data, listed_servers=settings.discord.allowed_servers)
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  steps {m['steps']}, mean loss {loss}, {m['train_seconds']} s")
     if args.no_activate:
         print(
-            f"  not judged (--no-activate): python -m trainer promote --persona {card.id} --version {result.version}"
+            f"  not judged (--no-activate): {module_command(f'trainer promote --persona {card.id} --version {result.version}')}"
         )
         return 0
     return gate_and_report(settings, card, cfg, result.version, args, "prefer")

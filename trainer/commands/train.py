@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.ops.commandline import module_command
 from trainer.commands.gating import add_gate_arguments, gate_and_report
 from trainer.config import add_override_arguments, overrides_from_args
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  steps {m['steps']}, validation loss {val}, {m['train_seconds']} s")
     if args.no_activate:
         print(
-            f"  a candidate, not judged (--no-activate): python -m trainer promote --persona {card.id} --version {result.version}"
+            f"  a candidate, not judged (--no-activate): {module_command(f'trainer promote --persona {card.id} --version {result.version}')}"
         )
         return 0
     return gate_and_report(settings, card, cfg, result.version, args, "train")

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(version_report(settings.paths.adapters_dir, card.id, counts)))
     if not database.is_file():
-        print(f"(no database at {database} yet: no replies counted; the bot creates it on first run)")
+        print(f"(no database at {database} yet: no replies counted; the Discord bot creates it when it starts; trainer augment does too)")
     return 0
 
 

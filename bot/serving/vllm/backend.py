@@ -110,7 +110,7 @@ class VllmBackend:
             await backend.registry.publish_all()
         else:
             log.error(
-                "no vLLM server is usable yet; replies wait for one (checked every %.0f s)", pool.interval_s
+                "no vLLM server is usable yet (each is checked again every %.0f s)", pool.interval_s
             )
         pool.start()
         return backend
