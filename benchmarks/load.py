@@ -132,7 +132,7 @@ class Bench:
         end = max(done.values())
         latencies = [done[id(t)] - submitted for submitted, t in tickets]
         ttfts = [t.first_token_at - submitted for submitted, t in tickets]
-        return {
+        row = {
             "rate_per_s": rate,
             "tok_s": count * self.new_tokens / (end - start),
             "ttft_p50_s": statistics.median(ttfts),
@@ -140,6 +140,17 @@ class Bench:
             "latency_p50_s": statistics.median(latencies),
             "latency_p99_s": percentile(latencies, 99),
         }
+        # Where time to first token goes (local engine): waiting in the queue for a free row, then
+        # from admission to the first token (the prefill, behind the step under way).
+        admitted = [(submitted, t) for submitted, t in tickets if getattr(t, "admitted_at", None) is not None]
+        if len(admitted) == len(tickets):
+            queued = [t.admitted_at - submitted for submitted, t in admitted]
+            firsts = [t.first_token_at - t.admitted_at for _, t in admitted]
+            row.update(
+                queue_wait_p99_s=percentile(queued, 99),
+                admitted_to_first_token_p99_s=percentile(firsts, 99),
+            )
+        return row
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict:
@@ -236,7 +247,13 @@ async def measure(
             print(
                 f"{scheduler:10s} rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
                 f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
-                f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}",
+                f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}"
+                + (
+                    f"  queue wait p99 {row['queue_wait_p99_s']:.2f}s, admitted→first token p99 "
+                    f"{row['admitted_to_first_token_p99_s']:.2f}s"
+                    if "queue_wait_p99_s" in row
+                    else ""
+                ),
                 flush=True,
             )
     return single, capacity, rows

@@ -13,6 +13,8 @@ RATE_KEYS = {
     "ttft_p99_s",
     "latency_p50_s",
     "latency_p99_s",
+    "queue_wait_p99_s",
+    "admitted_to_first_token_p99_s",
     "single_latency_s",
     "p99_over_single",
 }
@@ -37,6 +39,9 @@ def test_load_benchmark_writes_its_figures(tmp_path, capsys):
     for row in figures["rates"]:
         assert set(row) == RATE_KEYS | {"scheduler"}
         assert row["ttft_p50_s"] <= row["latency_p50_s"] and row["tok_s"] > 0
+        # time to first token splits into the wait for a row and admission → first token
+        assert 0 <= row["queue_wait_p99_s"] <= row["ttft_p99_s"] + 1e-9
+        assert 0 < row["admitted_to_first_token_p99_s"] <= row["ttft_p99_s"] + 1e-9
         assert abs(row["p99_over_single"] - row["latency_p99_s"] / row["single_latency_s"]) < 1e-9
     rates = [row["rate_per_s"] for row in figures["rates"]][::2]
     assert rates == sorted(rates) and abs(rates[1] / rates[0] - 2) < 0.05

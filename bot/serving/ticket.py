@@ -72,6 +72,9 @@ class Ticket:
         # (time.monotonic()) and how many so far. A token may decode to no text yet.
         self.first_token_at: float | None = None
         self.tokens = 0
+        # When the local worker took it from its queue into the running batch (time.monotonic());
+        # None while queued, and for the vLLM backend, which queues nothing itself.
+        self.admitted_at: float | None = None
 
     @property
     def position(self) -> int:

@@ -279,6 +279,7 @@ class GenerationWorker:
                     refused.append((ticket, exc))
                     continue
                 ticket.state = "running"
+                ticket.admitted_at = now
                 self._running[seq] = ticket
                 admitted.append(seq)
         for ticket, error in refused:
