@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
-        # ...but say what a long wait is for: finding and loading the model (bot/model/source.py).
-        for name in ("bot.model.source", "bot.model.loading", "bot.ops.startup"):
+        # ...but say what a long wait is for: finding and loading the model (bot/model/source.py),
+        # and confirm a reload an operator caused from elsewhere (trainer promote/rollback/canary).
+        for name in ("bot.model.source", "bot.model.loading", "bot.ops.startup", "bot.learning.pointer_watch"):
             logging.getLogger(name).setLevel(logging.INFO)
     from bot.model.loading import ModelLoadError  # imports torch: after bot/ops/allocator.py's setting
 
