@@ -71,6 +71,16 @@ def test_budgets_are_one_per_key() -> None:
         EditBudget(capacity=0)
 
 
+def test_budgets_keep_the_channels_used_last_so_memory_stays_bounded() -> None:
+    budgets = EditBudgets(max_keys=3)
+    one, two, three = (budgets.for_key(k) for k in (1, 2, 3))
+    assert budgets.for_key(1) is one  # used again: now the most recent
+    budgets.for_key(4)  # one too many: the least recently used, 2, goes
+    assert len(budgets) == 3
+    assert budgets.for_key(1) is one and budgets.for_key(3) is three
+    assert budgets.for_key(2) is not two  # made afresh
+
+
 async def test_replies_sharing_a_budget_stay_within_it_and_all_finish() -> None:
     budget = EditBudget(capacity=3, period_s=0.3)
     sinks = [RecordingSink() for _ in range(3)]

@@ -90,15 +90,26 @@ class EditBudget:
 
 
 class EditBudgets:
-    """One :class:`EditBudget` per key (a webhook's channel), made on first use."""
+    """One :class:`EditBudget` per key (a webhook's channel), made on first use; the
+    ``max_keys`` most recently used are kept (a channel quiet for that long starts afresh)."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, period_s: float = DEFAULT_PERIOD_S) -> None:
+    def __init__(
+        self, capacity: int = DEFAULT_CAPACITY, period_s: float = DEFAULT_PERIOD_S, max_keys: int = 4096
+    ) -> None:
         self.capacity = capacity
         self.period_s = period_s
-        self._budgets: dict[object, EditBudget] = {}
+        self.max_keys = max_keys
+        self._budgets: collections.OrderedDict[object, EditBudget] = collections.OrderedDict()
 
     def for_key(self, key: object) -> EditBudget:
         budget = self._budgets.get(key)
         if budget is None:
             budget = self._budgets[key] = EditBudget(self.capacity, self.period_s)
+            while len(self._budgets) > self.max_keys:
+                self._budgets.popitem(last=False)
+        else:
+            self._budgets.move_to_end(key)
         return budget
+
+    def __len__(self) -> int:
+        return len(self._budgets)
