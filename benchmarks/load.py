@@ -8,13 +8,21 @@
                                       # the same arrivals through a vLLM server (docs/vllm.md)
 
 The CPU shape (docs/serving.md): GPT-NeoX 12 layers x 768 with random weights, 4 personas each with
-an r=8 adapter, 48-token prompts, 32 forced new tokens, greedy, ``max_batch_size`` 8.
+an r=8 adapter, 48-token prompts, 32 forced new tokens, greedy, ``max_batch_size`` 8
+(``--max-batch-size``), the model in the engine's ``auto`` dtype (float32 on a CPU; ``--dtype
+bfloat16`` for a CPU with AMX, see docs/serving.md).
 
 First it measures one request alone (``single_latency_s``) and the capacity (requests per
 second when a full batch is submitted at once), then it offers Poisson arrivals at 25 %,
 50 % and 80 % of that capacity. Time to first token is taken from token events
 (``Ticket.first_token_at``), not from text: the random-weight model decodes many tokens to
 empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
+``tok_s`` is generated tokens from the first arrival to the last reply, so it includes the drain
+after the last arrival (about one reply latency): with 40 requests even a server that keeps up
+shows 80-90 % of the offered rate. ``sustained_tok_s`` divides by the span from the first reply to
+the last instead, and ``offered_tok_s`` by the span of the arrivals that were actually drawn (not
+the nominal rate): a server that keeps up has the two about equal, one that falls behind has its
+replies spread over a longer span than the arrivals.
 With ``--scheduler both`` one model serves both schedulers, alternating at each rate with
 the same arrival times, so a machine whose load drifts (other processes) biases neither;
 each row of ``rates`` then names its ``scheduler``. With ``--backend vllm`` the model and
@@ -58,6 +66,7 @@ from trainer.tiny import build_random_adapter, build_tiny_model
 
 LOADS = (0.25, 0.5, 0.8)
 MAX_BATCH_SIZE = 8
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,6 +74,24 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+def sustained(arrivals: list[float], replies: list[float], new_tokens: int) -> dict[str, float]:
+    """Offered and sustained tokens/s of one run, both free of warm-up and drain.
+
+    ``arrivals`` and ``replies`` are the submit and finish times (seconds, any clock, one per
+    request). Offered: ``(n - 1) x new_tokens`` over the span of the arrivals; sustained: the
+    same over the span of the replies. Equal spans (a constant delay) give equal figures; a
+    backlog that grows over the run stretches the replies' span. Empty figures (0.0) for
+    fewer than two requests.
+    """
+    n = len(arrivals)
+    if n < 2:
+        return {"offered_tok_s": 0.0, "sustained_tok_s": 0.0, "sustained_share": 0.0}
+    work = (n - 1) * new_tokens
+    offered = work / max(max(arrivals) - min(arrivals), 1e-9)
+    kept = work / max(max(replies) - min(replies), 1e-9)
+    return {"offered_tok_s": offered, "sustained_tok_s": kept, "sustained_share": kept / offered}
 
 
 def cpu_model() -> str:
@@ -81,8 +108,11 @@ class Bench:
     """The same requests through either backend: ``submit`` is ``GenerationWorker.submit`` or
     ``VllmBackend.submit``; tickets must carry ``submitted_at`` and ``first_token_at``."""
 
-    def __init__(self, submit: Callable[[GenerationRequest], Any], tok: Any, new_tokens: int) -> None:
+    def __init__(
+        self, submit: Callable[[GenerationRequest], Any], tok: Any, new_tokens: int, max_batch_size: int
+    ) -> None:
         self.submit = submit
+        self.max_batch_size = max_batch_size
         params = GenerationParams(
             temperature=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, repetition_penalty=1.0
         )
@@ -104,7 +134,7 @@ class Bench:
 
     async def capacity(self) -> float:
         """Requests per second with a full batch submitted at once (two rounds)."""
-        n = 2 * MAX_BATCH_SIZE
+        n = 2 * self.max_batch_size
         start = time.perf_counter()
         tickets = [self.submit(self.request(i)) for i in range(n)]
         for t in tickets:
@@ -132,9 +162,11 @@ class Bench:
         end = max(done.values())
         latencies = [done[id(t)] - submitted for submitted, t in tickets]
         ttfts = [t.first_token_at - submitted for submitted, t in tickets]
+        arrivals = [submitted for submitted, _ in tickets]
         row = {
             "rate_per_s": rate,
             "tok_s": count * self.new_tokens / (end - start),
+            **sustained(arrivals, list(done.values()), self.new_tokens),
             "ttft_p50_s": statistics.median(ttfts),
             "ttft_p99_s": percentile(ttfts, 99),
             "latency_p50_s": statistics.median(latencies),
@@ -156,14 +188,16 @@ class Bench:
 async def run(args: argparse.Namespace, workdir: Path) -> dict:
     def build() -> Engine:
         model_dir = build_tiny_model(workdir / "model", "gpt-neox", seed=0, shape=SHAPES[args.shape])
-        engine = Engine.from_settings(ModelSettings(base_model=str(model_dir), device=args.device))
+        engine = Engine.from_settings(
+            ModelSettings(base_model=str(model_dir), device=args.device, dtype=args.dtype)
+        )
         for i, persona in enumerate(PERSONAS, 1):
             path = build_random_adapter(model_dir, workdir / persona, seed=i, r=8)
             engine.load_adapter(persona, AdapterSource(str(path), "bench", True))
         return engine
 
     settings = WorkerSettings(
-        max_batch_size=MAX_BATCH_SIZE,
+        max_batch_size=args.max_batch_size,
         batch_window_ms=10,
         queue_size=1024,
         scheduler="continuous" if args.scheduler == "both" else args.scheduler,
@@ -172,7 +206,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
     )
     worker = await GenerationWorker.launch(build, settings)
     try:
-        bench = Bench(worker.submit, worker.engine.tokenizer, args.new_tokens)
+        bench = Bench(worker.submit, worker.engine.tokenizer, args.new_tokens, args.max_batch_size)
         schedulers = ["continuous", "static"] if args.scheduler == "both" else [args.scheduler]
 
         def use(scheduler: str) -> None:
@@ -180,6 +214,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
 
         single, capacity, rows = await measure(bench, args, schedulers, use)
         device = worker.engine.device
+        dtype = str(worker.engine.pool.model.dtype).removeprefix("torch.")
     finally:
         await worker.stop()
     return {
@@ -191,7 +226,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict:
         "single_latency_s": single,
         "requests_per_rate": args.requests,
         "new_tokens": args.new_tokens,
-        "max_batch_size": MAX_BATCH_SIZE,
+        "max_batch_size": args.max_batch_size,
+        "dtype": dtype,
         "torch_threads": torch.get_num_threads(),
         "cache_mb": args.cache_mb,
     }
@@ -205,7 +241,7 @@ async def run_vllm(args: argparse.Namespace) -> dict:
     model_dir, adapters = build_bench_model(args.shape, args.workdir)
     backend = await connect_vllm(args.vllm_url, model_dir, adapters, queue_size=1024)
     try:
-        bench = Bench(backend.submit, backend.tokenizer, args.new_tokens)
+        bench = Bench(backend.submit, backend.tokenizer, args.new_tokens, args.max_batch_size)
         single, capacity, rows = await measure(bench, args, ["vllm"], lambda _name: None)
     finally:
         await backend.stop(drain_timeout=5)
@@ -219,7 +255,7 @@ async def run_vllm(args: argparse.Namespace) -> dict:
         "single_latency_s": single,
         "requests_per_rate": args.requests,
         "new_tokens": args.new_tokens,
-        "max_batch_size": MAX_BATCH_SIZE,
+        "max_batch_size": args.max_batch_size,
     }
 
 
@@ -247,7 +283,8 @@ async def measure(
             print(
                 f"{scheduler:10s} rate {rate:5.2f}/s  tok/s {row['tok_s']:6.1f}  TTFT p50 {row['ttft_p50_s']:.2f}s "
                 f"p99 {row['ttft_p99_s']:.2f}s  latency p50 {row['latency_p50_s']:.2f}s "
-                f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}"
+                f"p99 {row['latency_p99_s']:.2f}s  p99/single {row['p99_over_single']:.1f}  "
+                f"sustained {row['sustained_tok_s']:.1f} of {row['offered_tok_s']:.1f} offered tok/s"
                 + (
                     f"  queue wait p99 {row['queue_wait_p99_s']:.2f}s, admitted→first token p99 "
                     f"{row['admitted_to_first_token_p99_s']:.2f}s"
@@ -273,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rates", type=float, nargs="+", help="arrival rates per second (default: 25/50/80 %% of capacity)"
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="the model's dtype (model.dtype)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=MAX_BATCH_SIZE,
+        help="rows generated together (worker.max_batch_size); the capacity is measured with two full batches",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -283,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-url", help="base URL of a vLLM server running on --workdir's model")
     parser.add_argument("--workdir", type=Path, help="keep the model and adapters here (needed with vllm)")
     args = parser.parse_args(argv)
+    if args.max_batch_size < 1 or args.requests < 1:
+        parser.error("--max-batch-size and --requests must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend == "vllm":
@@ -300,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="oshaberi-load-") as tmp:
             result = asyncio.run(run(args, Path(tmp)))
     print(
-        f"device {result['device']}, shape {args.shape}, scheduler {args.scheduler}, "
+        f"device {result['device']}, shape {args.shape}, dtype {result.get('dtype', 'server')}, "
+        f"scheduler {args.scheduler}, "
         f"one request alone {result['single_latency_s']:.2f}s, capacity {result['capacity_req_s']:.2f} req/s"
     )
     if args.out:

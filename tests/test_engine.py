@@ -229,3 +229,27 @@ def test_missing_model_path_says_what_to_do(tmp_path):
         load_base_model(ModelSettings(base_model=str(tmp_path / "no-such-model")))
     with pytest.raises(ModelLoadError, match=r"could not load base model.*local model folder"):
         load_base_model(ModelSettings(base_model="nobody/no-such-model", local_files_only=True))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_forward_gives_the_last_positions_logits_of_the_whole_model(tiny_neox, random_adapters, dtype):
+    # Engine.forward keeps only the last position's logits (an index tensor, not a slice: see
+    # its comment); they must be the model's own logits at that position, prefill and decode.
+    from bot.serving.local.kv_cache import new_cache
+
+    engine = make_engine(tiny_neox, random_adapters["gpt-neox"], dtype=dtype)
+    ids = torch.tensor([[5, 9, 17, 33, 2, 41], [7, 7, 12, 19, 23, 29]])
+    ones = torch.ones_like(ids)
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    adapters = [engine.pool.acquire("marisa").key, engine.pool.acquire("zundamon").key]
+    with torch.inference_mode():
+        whole = engine.pool.model(
+            input_ids=ids, attention_mask=ones, position_ids=positions, adapter_names=adapters
+        )
+        cache = new_cache()
+        prefill = engine.forward(ids[:, :-1], ones[:, :-1], positions[:, :-1], cache, adapters)
+        decode = engine.forward(ids[:, -1:], ones, positions[:, -1:], cache, adapters)
+    assert prefill.shape == decode.shape == (2, whole.logits.shape[-1]) and prefill.dtype == torch.float32
+    tol = 1e-5 if dtype == "float32" else 5e-2
+    torch.testing.assert_close(prefill, whole.logits[:, -2].float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(decode, whole.logits[:, -1].float(), atol=tol, rtol=tol)

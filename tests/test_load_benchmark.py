@@ -4,7 +4,7 @@ Only the script's plumbing is tested; speed is measured by running it, never ass
 
 import json
 
-from benchmarks.load import main, percentile
+from benchmarks.load import main, percentile, sustained
 
 RATE_KEYS = {
     "rate_per_s",
@@ -13,6 +13,9 @@ RATE_KEYS = {
     "ttft_p99_s",
     "latency_p50_s",
     "latency_p99_s",
+    "offered_tok_s",
+    "sustained_tok_s",
+    "sustained_share",
     "queue_wait_p99_s",
     "admitted_to_first_token_p99_s",
     "single_latency_s",
@@ -25,20 +28,32 @@ def test_percentile_is_nearest_rank():
     assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0 and percentile([3.0], 99) == 3.0
 
 
+def test_sustained_share_is_free_of_the_drain_and_sees_a_growing_backlog():
+    arrivals = [0.0, 1.0, 2.0, 3.0, 4.0]
+    kept_up = sustained(arrivals, [a + 2.5 for a in arrivals], 10)  # every reply 2.5 s later
+    assert kept_up == {"offered_tok_s": 10.0, "sustained_tok_s": 10.0, "sustained_share": 1.0}
+    behind = sustained(arrivals, [a + 1.0 + a for a in arrivals], 10)  # each waits 1 s longer
+    assert behind["sustained_tok_s"] == 5.0 and behind["sustained_share"] == 0.5
+    assert sustained([1.0], [2.0], 10)["sustained_share"] == 0.0
+
+
 def test_load_benchmark_writes_its_figures(tmp_path, capsys):
     scheduler = "both"  # continuous and static, alternating per rate
     out = tmp_path / "load.json"
     args = ["--shape", "tiny", "--requests", "3", "--new-tokens", "3", "--scheduler", scheduler]
+    args += ["--dtype", "bfloat16", "--max-batch-size", "2"]
     assert main([*args, "--out", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert {"rates", "device", "shape", "scheduler"} <= set(figures)
     assert figures["scheduler"] == scheduler and figures["shape"] == "tiny"
+    assert figures["dtype"] == "bfloat16" and figures["max_batch_size"] == 2
     assert figures["device"].startswith("cpu") and len(figures["rates"]) == 6
     order = [row["scheduler"] for row in figures["rates"]]
     assert order == ["continuous", "static", "static", "continuous", "continuous", "static"]
     for row in figures["rates"]:
         assert set(row) == RATE_KEYS | {"scheduler"}
         assert row["ttft_p50_s"] <= row["latency_p50_s"] and row["tok_s"] > 0
+        assert row["sustained_tok_s"] > 0 and row["offered_tok_s"] > 0
         # time to first token splits into the wait for a row and admission → first token
         assert 0 <= row["queue_wait_p99_s"] <= row["ttft_p99_s"] + 1e-9
         assert 0 < row["admitted_to_first_token_p99_s"] <= row["ttft_p99_s"] + 1e-9
