@@ -49,7 +49,7 @@ import psutil
 import torch
 
 from benchmarks.hotswap import PERSONAS, SHAPES, build_bench_model
-from benchmarks.load import cpu_model, percentile
+from benchmarks.load import DTYPES, cpu_model, percentile
 from bot.config import ModelSettings, WorkerSettings
 from bot.model.adapters import AdapterSource
 from bot.model.loading import encode_prompt
@@ -271,7 +271,9 @@ def summary(runs: list[dict]) -> dict[str, dict[str, float]]:
 async def run_local(args: argparse.Namespace, workdir: Path) -> dict:
     def build() -> Engine:
         model_dir, adapters = build_bench_model(args.shape, workdir)
-        engine = Engine.from_settings(ModelSettings(base_model=str(model_dir), device=args.device))
+        engine = Engine.from_settings(
+            ModelSettings(base_model=str(model_dir), device=args.device, dtype=args.dtype)
+        )
         for persona, path in adapters.items():
             engine.load_adapter(persona, AdapterSource(str(path), "bench", True))
         return engine
@@ -356,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="the model's dtype (model.dtype)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--vllm-url", help="base URL of a vLLM server running on --workdir's model")
@@ -398,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 "new_tokens",
                 "repeats",
                 "seed",
+                "dtype",
             )
         }
         | {"max_batch_size": MAX_BATCH_SIZE},

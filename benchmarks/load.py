@@ -14,9 +14,10 @@ bfloat16`` for a CPU with AMX, see docs/serving.md).
 
 First it measures one request alone (``single_latency_s``) and the capacity (requests per
 second when a full batch is submitted at once), then it offers Poisson arrivals at 25 %,
-50 % and 80 % of that capacity. Time to first token is taken from token events
-(``Ticket.first_token_at``), not from text: the random-weight model decodes many tokens to
-empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
+50 % and 80 % of that capacity (``arrival_times``: Poisson arrivals over exactly
+``requests / rate`` seconds, so each rate offers the nominal load). Time to first token is
+taken from token events (``Ticket.first_token_at``), not from text: the random-weight model
+decodes many tokens to empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
 ``tok_s`` is generated tokens from the first arrival to the last reply, so it includes the drain
 after the last arrival (about one reply latency): with 40 requests even a server that keeps up
 shows 80-90 % of the offered rate. ``sustained_tok_s`` divides by the span from the first reply to
@@ -74,6 +75,20 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+def arrival_times(count: int, rate: float, seed: int) -> list[float]:
+    """``count`` Poisson arrivals at ``rate`` per second, conditioned on spanning ``count / rate``
+    seconds: sorted offsets (seconds from the start) drawn uniformly in ``[0, count / rate)``.
+
+    Given how many arrivals a Poisson process has in a window, their times are independent and
+    uniform in it (Ross, *Introduction to Probability Models*, theorem 5.2), so bursts and gaps
+    are as random as in free-running draws, but the offered load is the nominal one. Free-running
+    exponential gaps made 40 arrivals offer anywhere from about 0.8 to 1.3 times the nominal
+    rate, depending on the seed, so "80 %" could be a lighter load than "50 %".
+    """
+    rng = random.Random(seed)
+    return sorted(rng.uniform(0, count / rate) for _ in range(count))
 
 
 def sustained(arrivals: list[float], replies: list[float], new_tokens: int) -> dict[str, float]:
@@ -142,7 +157,6 @@ class Bench:
         return n / (time.perf_counter() - start)
 
     async def poisson(self, rate: float, count: int, seed: int) -> dict[str, float]:
-        rng = random.Random(seed)
         tickets: list[tuple[float, Any]] = []
         done: dict[int, float] = {}
 
@@ -153,11 +167,11 @@ class Bench:
 
         waits = []
         start = time.monotonic()
-        for i in range(count):
+        for i, offset in enumerate(arrival_times(count, rate, seed)):
+            await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
             ticket = self.submit(self.request(i))
             tickets.append((ticket.submitted_at, ticket))
             waits.append(asyncio.ensure_future(finish(ticket)))
-            await asyncio.sleep(rng.expovariate(rate))
         await asyncio.gather(*waits)
         end = max(done.values())
         latencies = [done[id(t)] - submitted for submitted, t in tickets]

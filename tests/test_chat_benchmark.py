@@ -32,6 +32,7 @@ def test_chat_benchmark_writes_its_figures_with_the_cache_on_and_off(tmp_path, c
     assert (
         figures["backend"] == "local" and figures["shape"] == "tiny" and figures["device"].startswith("cpu")
     )
+    assert figures["workload"]["dtype"] == "auto" and figures["workload"]["channels"] == 3
     on, off = figures["runs"]
     assert set(on) >= RUN_KEYS and (on["cache_mb"], off["cache_mb"]) == (64, 0)
     assert on["messages"] == off["messages"] == 3 * 2

@@ -253,3 +253,24 @@ def test_forward_gives_the_last_positions_logits_of_the_whole_model(tiny_neox, r
     tol = 1e-5 if dtype == "float32" else 5e-2
     torch.testing.assert_close(prefill, whole.logits[:, -2].float(), atol=tol, rtol=tol)
     torch.testing.assert_close(decode, whole.logits[:, -1].float(), atol=tol, rtol=tol)
+
+
+def test_a_cpu_with_amx_is_told_that_bfloat16_serves_faster(tiny_neox, monkeypatch, caplog):
+    import bot.model.loading as loading
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = ModelSettings(base_model=str(tiny_neox))
+    monkeypatch.setattr(loading, "cpu_has_amx", lambda: True)
+    assert 'model.dtype = "bfloat16"' in loading.bfloat16_hint(auto, cpu, "none")
+    for settings, device, quant in [
+        (ModelSettings(base_model=str(tiny_neox), dtype="float32"), cpu, "none"),  # chosen on purpose
+        (ModelSettings(base_model=str(tiny_neox), dtype="bfloat16"), cpu, "none"),  # already
+        (auto, cpu, "4bit"),  # bitsandbytes' CPU kernels decide there
+        (auto, cuda, "none"),  # auto is bfloat16 on a GPU anyway
+    ]:
+        assert loading.bfloat16_hint(settings, device, quant) is None
+    with caplog.at_level("INFO", logger="bot.model.loading"):
+        load_base_model(auto)
+    assert sum("AMX" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(loading, "cpu_has_amx", lambda: False)
+    assert loading.bfloat16_hint(auto, cpu, "none") is None

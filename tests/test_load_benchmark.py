@@ -2,9 +2,10 @@
 
 Only the script's plumbing is tested; speed is measured by running it, never asserted."""
 
+import itertools
 import json
 
-from benchmarks.load import main, percentile, sustained
+from benchmarks.load import arrival_times, main, percentile, sustained
 
 RATE_KEYS = {
     "rate_per_s",
@@ -26,6 +27,16 @@ RATE_KEYS = {
 def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0 and percentile([3.0], 99) == 3.0
+
+
+def test_arrivals_offer_the_nominal_load_with_random_bursts():
+    times = arrival_times(400, 4.0, seed=1)
+    assert times == sorted(times) and times == arrival_times(400, 4.0, seed=1)
+    assert times[0] >= 0 and times[-1] < 100.0  # 400 arrivals at 4/s: within 100 s
+    assert 3.9 < 399 / (times[-1] - times[0]) < 4.2  # the nominal rate, not 0.8-1.3 times it
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) < 0.02 and max(gaps) > 0.8  # exponential-like gaps, not a metronome
+    assert arrival_times(400, 4.0, seed=2) != times
 
 
 def test_sustained_share_is_free_of_the_drain_and_sees_a_growing_backlog():
