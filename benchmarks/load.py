@@ -17,13 +17,16 @@ second when a full batch is submitted at once), then it offers Poisson arrivals 
 50 % and 80 % of that capacity (``arrival_times``: Poisson arrivals over exactly
 ``requests / rate`` seconds, so each rate offers the nominal load). Time to first token is
 taken from token events (``Ticket.first_token_at``), not from text: the random-weight model
-decodes many tokens to empty text. p99 of a few dozen requests is close to their maximum: read it as "the worst".
+decodes many tokens to empty text. p99 of a few dozen requests is close to their maximum: read
+it as "the worst".
+
 ``tok_s`` is generated tokens from the first arrival to the last reply, so it includes the drain
 after the last arrival (about one reply latency): with 40 requests even a server that keeps up
-shows 80-90 % of the offered rate. ``sustained_tok_s`` divides by the span from the first reply to
-the last instead, and ``offered_tok_s`` by the span of the arrivals that were actually drawn (not
-the nominal rate): a server that keeps up has the two about equal, one that falls behind has its
-replies spread over a longer span than the arrivals.
+shows 80-90 % of the offered rate there. ``sustained_tok_s`` divides by the span from the first
+reply to the last instead, and ``offered_tok_s`` by the span of the arrivals: a server that keeps
+up has the two about equal; one that falls behind spreads its replies over a longer span than the
+arrivals.
+
 With ``--scheduler both`` one model serves both schedulers, alternating at each rate with
 the same arrival times, so a machine whose load drifts (other processes) biases neither;
 each row of ``rates`` then names its ``scheduler``. With ``--backend vllm`` the model and
