@@ -365,7 +365,7 @@ async def test_locked_database_spools_the_log_and_writes_it_later(h: EmulatedBot
     await h.say("こんにちは")
     assert len(h.sent()) == 1  # the user got the reply regardless
     assert await all_logs(h) == [] and len(h.bot.flow.spool) == 1
-    await h.bot.chat.flush_spool()  # the chat side writes its spool...
+    await h.bot.chat.reply_log.flush_spool()  # the chat side writes its spool...
     await h.bot.reviews.poller()  # ...and the review queue posts the card
     [item] = await all_logs(h)
     assert item.reply == "おう、元気だぜ！" and item.review_message_id is not None

@@ -304,7 +304,7 @@ class OshaberiClient:
         self.accepting = False
         if self.chat is not None:
             await self.chat.drain(self.settings.discord.shutdown_grace_s)
-            self.chat.spool_flusher.cancel()  # the final flush is below
+            self.chat.reply_log.flusher.cancel()  # the final flush is below
         if self.reviews is not None:
             self.reviews.stop_polling()
         if self.retrainer is not None:

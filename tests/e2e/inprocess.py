@@ -449,12 +449,12 @@ async def _connected(
         # still waits for READY (cancelling a round mid-write would leave a transaction open),
         # and its start-up round is run below instead; tests run more with
         # ``bot.reviews.poller()``. The chat cog's log-spool flusher likewise: tests call
-        # ``bot.chat.flush_spool()``.
+        # ``bot.chat.reply_log.flush_spool()``.
         review = bot.reviews
         if review is not None:
             review.stop_polling()
         if bot.chat is not None:
-            bot.chat.spool_flusher.cancel()
+            bot.chat.reply_log.flusher.cancel()
         for guild_id in emu.state.bot_guilds():  # every guild of the world (tests may add one)
             guild = discord.Object(int(guild_id))
             bot.tree.copy_global_to(guild=guild)

@@ -10,11 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import discord
-from discord.ext import commands, tasks
+from discord.ext import commands
 
 from bot.chatflow.conversation import Conversation
 from bot.chatflow.inflight import RepliesInFlight, ReplyInFlight
@@ -36,11 +35,13 @@ from bot.discord.message_parts import said
 from bot.discord.proxied import ProxiedMessages
 from bot.discord.reply_controls import controls_view, delete_replaced
 from bot.discord.reply_job import Answered, ReplyJob
+from bot.discord.reply_log import ReplyLog
+from bot.discord.reply_wait import SHUTDOWN_NOTICE, await_text, streamed_reply
 from bot.discord.sender import ReplySender, Shown, notify
-from bot.discord.streaming import DiscordSink, Posted, feed_stream, show_reply
-from bot.discord.waiting import QueueNotice, TypingIndicator
-from bot.serving.generation import GenerationError, QueueFullError, RequestCancelledError, WorkerStoppedError
-from bot.store.store import Store, StoreError
+from bot.discord.streaming import Posted, show_reply
+from bot.discord.waiting import QueueNotice
+from bot.serving.generation import GenerationError, QueueFullError
+from bot.store.store import Store
 from bot.text.edit_budget import EditBudgets
 from bot.text.streaming import StreamedReply
 from personas.card import PersonaCard, UnknownPersonaError
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
-SHUTDOWN_NOTICE = "The bot is restarting, so this message was not answered. Please send it again in a minute."
 ONLY_TEXT = only_text_notice(("attachments and stickers",))
 
 
@@ -78,11 +78,7 @@ class Chat(commands.Cog):
         self.runtime = runtime
         self.reviews = reviews
         self.casting = casting
-        # Log entries the database could not take yet are retried on the review poll's interval.
-        self.spool_flusher = tasks.loop(seconds=max(1.0, bot.settings.discord.review_poll_s))(
-            self.flush_spool
-        )
-        self.spool_flusher.before_loop(bot.wait_until_ready)
+        self.reply_log = ReplyLog(bot, store, flow, reviews)  # deletions and the log spool
         # Replies being generated, for a graceful shutdown; keyed by id() (PendingReply is unhashable).
         self._pending: dict[int, PendingReply] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -248,14 +244,17 @@ class Chat(commands.Cog):
         notice = QueueNotice(channel, message, bot.settings.chat.queue_notice_position)
         stream = None
         if bot.settings.chat.stream_replies:
-            stream = self._streamed_reply(channel, card, message, pending, job)
+            budget = self.edit_budgets.for_key(ReplySender.webhook_home(channel).id)  # one per webhook
+            stream = streamed_reply(bot, flow, channel, card, message, pending, job, budget)
         self._pending[id(pending)] = pending
         writing = ReplyInFlight(
             message.id, channel.id, persona_id, job.asker_id, pending, cast_channel_id=job.cast_channel_id
         )
         self.replies.begin(writing)
         try:
-            text = await self._await_text(message, pending, notice, stream, writing)
+            text = await await_text(
+                bot, flow, message, pending, notice, stream, writing, self._withdrawn, self.position_poll_s
+            )
         finally:
             self._pending.pop(id(pending), None)
             self.replies.end(message.id)
@@ -332,75 +331,6 @@ class Chat(commands.Cog):
         text = "" if filtered.is_blocked else filtered.text
         return Answered(job, card, text, tuple(posted), log_id, stopped=writing.stopped_by is not None)
 
-    async def _await_text(
-        self,
-        message: discord.Message,
-        pending: PendingReply,
-        notice: QueueNotice,
-        stream: StreamedReply[Posted] | None,
-        writing: ReplyInFlight,
-    ) -> str | None:
-        """The reply's cleaned text, shown as it grows when ``stream`` is given; None when the
-        user was told why there is none (or the question was withdrawn), partial messages gone.
-        After Stop, the text shown by then."""
-        bot, flow = self.bot, self.flow
-        assert flow is not None
-        channel = message.channel
-        feeder: asyncio.Task[None] | None = None
-        try:
-            async with TypingIndicator(channel) as typing:
-                if stream is None:
-                    return await flow.wait(pending, notice.update, self.position_poll_s)
-
-                async def shown() -> None:  # the reply is visible: no more typing or queue notice
-                    await typing.stop()
-                    await notice.remove()
-
-                stream.on_first_post = shown
-                stream.start()
-                feeder = asyncio.create_task(feed_stream(pending.pieces(), stream))
-                return await flow.wait(pending, notice.update, self.position_poll_s)
-        except (RequestCancelledError, WorkerStoppedError) as exc:
-            if writing.stopped_by is not None and message.id not in self._withdrawn and bot.accepting:
-                # A member pressed Stop: what was shown is the reply.
-                return await stream.stop_here() if stream is not None else None
-            await _withdraw_stream(stream, notice)
-            if message.id in self._withdrawn:
-                log.info("message %s was deleted while its reply was written; nothing posted", message.id)
-                return None
-            await notify(channel, SHUTDOWN_NOTICE if not bot.accepting else f"Sorry: {exc}", message)
-        except GenerationError as exc:
-            await _withdraw_stream(stream, notice)
-            await notify(channel, f"Sorry, no reply this time: {exc}", message)
-        except Exception:
-            log.exception("generation failed for message %s", message.id)
-            await _withdraw_stream(stream, notice)
-            await notify(channel, "Sorry, something went wrong while writing the reply.", message)
-        except BaseException:
-            if stream is not None:
-                stream.cancel()  # this task is going away (shutdown): so does its editor
-            raise
-        finally:
-            if feeder is not None:
-                # Generation has ended one way or another, so the pieces run out at once.
-                await asyncio.wait({feeder}, timeout=5)
-                feeder.cancel()
-        return None
-
-    def _streamed_reply(
-        self, channel: Any, card: PersonaCard, message: discord.Message, pending: PendingReply, job: ReplyJob
-    ) -> StreamedReply[Posted]:
-        assert self.flow is not None
-        stop = controls_view(job.asker_id, message.id, writing=True)
-        regenerate = controls_view(job.asker_id, message.id, writing=False)
-        return StreamedReply(
-            DiscordSink(self.bot.sender, channel, card, message, view=stop, done_view=regenerate),
-            self.flow.words,
-            pending.draft,
-            self.bot.settings.chat.stream_edit_interval_s,
-            budget=self.edit_budgets.for_key(ReplySender.webhook_home(channel).id),  # one per webhook
-        )
-
     # -- a question withdrawn while it is answered -------------------------------------------------
 
     @commands.Cog.listener()
@@ -435,24 +365,7 @@ class Chat(commands.Cog):
             self._withdrawn.add(message_id)
             await stream.withdraw()
             return
-        store = self.store
-        if store is None:
-            return
-        if self.flow is not None:
-            self.flow.spool.withdraw(message_id)  # logged only in memory so far: never written
-        try:
-            result = await store.forget_message(message_id)
-        except (sqlite3.OperationalError, StoreError) as exc:
-            # Kept like a log entry: the rows go once the database takes writes again.
-            log.warning("database unavailable (%s); deleting the log of message %s later", exc, message_id)
-            if self.flow is not None:
-                self.flow.spool.forget_later(message_id)
-            return
-        except Exception:
-            log.exception("could not remove the log of deleted message %s", message_id)
-            return
-        if self.reviews is not None and result.review_cards:
-            await self.reviews.delete_cards(result.review_cards)
+        await self.reply_log.forget(message_id)  # answered already: its log row and card go
 
     async def _conversation(self, message: discord.Message, card: PersonaCard, job: ReplyJob) -> Conversation:
         """The turns ``card`` answers; other personas' lines are another speaker's, and when
@@ -480,23 +393,10 @@ class Chat(commands.Cog):
 
     async def cog_load(self) -> None:
         if self.flow is not None and not self.bot.sync_only:
-            self.spool_flusher.start()
+            self.reply_log.flusher.start()
 
     async def cog_unload(self) -> None:
-        self.spool_flusher.cancel()
-
-    async def flush_spool(self) -> None:
-        """Write the log entries (and deletions) the database refused earlier; the review cards of
-        rows deleted late go too. Never raises: what still fails waits for the next round."""
-        if self.flow is None or not len(self.flow.spool):
-            return
-        try:
-            await self.flow.spool.flush()
-            late = self.flow.spool.take_cards()  # review cards of rows deleted late
-            if self.reviews is not None:
-                await self.reviews.delete_cards(late)
-        except Exception:
-            log.exception("writing spooled logs failed; trying again next round")
+        self.reply_log.flusher.cancel()
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -510,9 +410,3 @@ class Chat(commands.Cog):
                 for pending in list(self._pending.values()):
                     pending.cancel()
                 await asyncio.wait(still, timeout=10)
-
-
-async def _withdraw_stream(stream: StreamedReply[Posted] | None, notice: QueueNotice) -> None:
-    await notice.remove()
-    if stream is not None:
-        await stream.withdraw()
