@@ -26,7 +26,7 @@ from bot.serving.generation import GenerationResult, RequestCancelledError
 from bot.serving.local.backend import LocalBackend
 from bot.serving.vllm.backend import VllmBackend
 from personas.card import CardSet, load_cards
-from tests.vllm_server import VllmServer, backend_settings, free_port, install_adapter
+from tests.vllm_server import VllmServer, backend_settings, first_token, free_port, install_adapter
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
@@ -235,7 +235,7 @@ async def test_reload_with_requests_in_flight(vllm_server, vllm_models, vllm_ada
         old_name = backend.registry.current["marisa"].name
         chat = ChatService(cards, backend, backend.facts)
         before = [chat.submit("marisa", [chat.user_turn("marisa", f"質問{i}")]) for i in range(3)]
-        await asyncio.wait_for(anext(aiter(before[0].ticket)), 60)  # generating with v1
+        await first_token(before[0].ticket, 60)  # generating with v1
 
         install_adapter(adapters, "marisa", "v2", vllm_adapters["gpt-neox"]["marisa-v2"])
         lines = await backend.reload("marisa")

@@ -18,7 +18,7 @@ from bot.chatflow.service import ChatService
 from bot.serving.generation import GenerationError, QueueFullError
 from bot.serving.vllm.backend import MID_STREAM, VllmBackend
 from tests.test_vllm_backend import answer_all, greedy_cards
-from tests.vllm_server import VllmServer, backend_settings, install_adapter
+from tests.vllm_server import VllmServer, backend_settings, first_token, install_adapter
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
@@ -100,7 +100,7 @@ async def test_a_stream_the_server_aborts_is_try_again_never_a_finished_reply(
         chat = ChatService(cards, backend, backend.facts)
         a.last_pick = 10**9  # B
         pending = chat.submit("ojousama", [chat.user_turn("ojousama", "長い話をして")])
-        await asyncio.wait_for(anext(aiter(pending.ticket)), 120)  # streaming from B
+        await first_token(pending.ticket)  # streaming from B
         assert b.outstanding == 1
         assert await asyncio.to_thread(server_b.post, "/pause?mode=abort") == 200
         try:
@@ -292,7 +292,7 @@ async def test_two_servers_one_stopped_every_request_is_served_by_the_other(
         long_chat = ChatService(streaming.cards, streaming, streaming.facts)
         streaming.pool.servers[0].last_pick = 10**9  # B
         pending = long_chat.submit("ojousama", [long_chat.user_turn("ojousama", "長い話をして")])
-        await asyncio.wait_for(anext(aiter(pending.ticket)), 60)  # it is streaming from B
+        await first_token(pending.ticket, 60)  # it is streaming from B
         assert streaming.pool.servers[1].outstanding == 1
         server_b.terminate()
         with pytest.raises(GenerationError) as info:

@@ -7,6 +7,7 @@ the tests share as few as they can: one per model per session, plus one they may
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -231,3 +232,17 @@ def backend_settings(model: Path, adapters_dir: Path, urls: tuple[str, ...] = ()
         worker=WorkerSettings(batch_window_ms=50, request_timeout_s=120.0),
         paths=PathSettings(adapters_dir=str(adapters_dir), database=str(adapters_dir.parent / "db.sqlite3")),
     )
+
+
+async def first_token(ticket, timeout_s: float = 120.0) -> None:
+    """Wait until ``ticket``'s first token has arrived: the sign that a request is generating.
+
+    Not its first piece of text: many of a random model's tokens decode to no text, so the first
+    piece can come with the last tokens, after an idle server has already finished the stream,
+    and a test that means to act mid-stream would act too late (it did, once in a few CI runs).
+    """
+    deadline = time.monotonic() + timeout_s
+    while ticket.first_token_at is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no first token within {timeout_s:g} s")
+        await asyncio.sleep(0.005)
