@@ -203,8 +203,7 @@ async def test_cancel_closes_the_stream_and_the_server_aborts(vllm_server, vllm_
     try:
         chat = ChatService(cards, backend, backend.facts)
         pending = chat.submit("marisa", [chat.user_turn("marisa", "長い話をして")])
-        stream = aiter(pending.ticket)
-        await asyncio.wait_for(anext(stream), 60)  # it is generating on the server
+        await first_token(pending.ticket, 60)  # it is generating on the server
         # vLLM's gauge is refreshed from its engine's stats, a moment after the request started:
         # poll it while the 900-token reply is still being written.
         for _ in range(100):

@@ -134,8 +134,7 @@ async def test_a_server_killed_mid_stream_gives_try_again_and_the_other_keeps_se
         # soon as each is streaming. (Waiting for A's as well would let B finish first whenever
         # the two servers do not share the CPU fairly, as on a loaded machine.)
         on_b = [i % 2 == 1 for i in range(len(pending))]
-        streams = [aiter(p.ticket) for p, b_side in zip(pending, on_b, strict=True) if b_side]
-        await asyncio.gather(*(asyncio.wait_for(anext(s), 120) for s in streams))
+        await asyncio.gather(*(first_token(p.ticket) for p, b_side in zip(pending, on_b, strict=True) if b_side))
 
         await asyncio.to_thread(server_b.kill)
         outcomes = await asyncio.gather(*(p.text() for p in pending), return_exceptions=True)
