@@ -26,7 +26,14 @@ from bot.serving.generation import GenerationResult, RequestCancelledError
 from bot.serving.local.backend import LocalBackend
 from bot.serving.vllm.backend import VllmBackend
 from personas.card import CardSet, load_cards
-from tests.vllm_server import VllmServer, backend_settings, first_token, free_port, install_adapter
+from tests.vllm_server import (
+    VllmServer,
+    backend_settings,
+    first_token,
+    free_port,
+    install_adapter,
+    streaming_from,
+)
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
@@ -202,8 +209,9 @@ async def test_cancel_closes_the_stream_and_the_server_aborts(vllm_server, vllm_
     )
     try:
         chat = ChatService(cards, backend, backend.facts)
-        pending = chat.submit("marisa", [chat.user_turn("marisa", "長い話をして")])
-        await first_token(pending.ticket, 60)  # it is generating on the server
+        pending = await streaming_from(
+            lambda: chat.submit("marisa", [chat.user_turn("marisa", "長い話をして")]), backend.pool.servers[0]
+        )  # it is generating on the server
         # vLLM's gauge is refreshed from its engine's stats, a moment after the request started:
         # poll it while the 900-token reply is still being written.
         for _ in range(100):

@@ -18,7 +18,7 @@ from bot.chatflow.service import ChatService
 from bot.serving.generation import GenerationError, QueueFullError
 from bot.serving.vllm.backend import MID_STREAM, VllmBackend
 from tests.test_vllm_backend import answer_all, greedy_cards
-from tests.vllm_server import VllmServer, backend_settings, first_token, install_adapter
+from tests.vllm_server import VllmServer, backend_settings, first_token, install_adapter, streaming_from
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 
@@ -99,15 +99,17 @@ async def test_a_stream_the_server_aborts_is_try_again_never_a_finished_reply(
     try:
         chat = ChatService(cards, backend, backend.facts)
         a.last_pick = 10**9  # B
-        pending = chat.submit("ojousama", [chat.user_turn("ojousama", "長い話をして")])
-        await first_token(pending.ticket)  # streaming from B
+        pending = await streaming_from(
+            lambda: chat.submit("ojousama", [chat.user_turn("ojousama", "長い話をして")]), b
+        )
         assert b.outstanding == 1
+        served = b.served  # replies that finished before they could be looked at (streaming_from)
         assert await asyncio.to_thread(server_b.post, "/pause?mode=abort") == 200
         try:
             with pytest.raises(GenerationError) as info:
                 await pending.text()
             assert str(info.value) == MID_STREAM and pending.result is None  # nothing to log or card
-            assert b.failed == 1 and b.served == 0
+            assert b.failed == 1 and b.served == served
             assert any("finish reason 'abort'" in r.getMessage() for r in caplog.records)  # checked again
         finally:
             await asyncio.to_thread(server_b.post, "/resume")
@@ -290,8 +292,10 @@ async def test_two_servers_one_stopped_every_request_is_served_by_the_other(
         assert all(s.healthy for s in backend.stats().servers)
         long_chat = ChatService(streaming.cards, streaming, streaming.facts)
         streaming.pool.servers[0].last_pick = 10**9  # B
-        pending = long_chat.submit("ojousama", [long_chat.user_turn("ojousama", "長い話をして")])
-        await first_token(pending.ticket, 60)  # it is streaming from B
+        pending = await streaming_from(
+            lambda: long_chat.submit("ojousama", [long_chat.user_turn("ojousama", "長い話をして")]),
+            streaming.pool.servers[1],
+        )
         assert streaming.pool.servers[1].outstanding == 1
         server_b.terminate()
         with pytest.raises(GenerationError) as info:

@@ -246,3 +246,22 @@ async def first_token(ticket, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"no first token within {timeout_s:g} s")
         await asyncio.sleep(0.005)
+
+
+async def streaming_from(submit, server, attempts: int = 3):
+    """``submit()`` (a ``PendingReply``) until one is seen mid-stream on pool server ``server``:
+    its first token has arrived and it is still outstanding there. Returns that reply.
+
+    Seen outstanding after its first token means the client had read all the server had sent and
+    was waiting for more, so the server was still generating at that moment. A tiny model on an
+    idle machine can finish a whole reply before the client reads its first chunk (then the
+    reply ends within one read, already finished when first looked at): such a reply is awaited
+    and another one sent, at most ``attempts`` in all.
+    """
+    for _ in range(attempts):
+        pending = submit()
+        await first_token(pending.ticket)
+        if server.outstanding >= 1:
+            return pending
+        await pending.text()  # finished before it could be looked at: try once more
+    raise AssertionError(f"every one of {attempts} replies had finished before its first token was seen")
