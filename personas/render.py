@@ -14,12 +14,13 @@ User text is untrusted: :func:`sanitize` makes sure it can neither start a turn 
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from cachetools import LRUCache
 
 from personas.card import PersonaCard
 
@@ -170,8 +171,8 @@ class PromptRenderer:
         )
         # Digests of history lines that began a recent prompt, and of lines recently in one
         # (see _history_start); least recently used forgotten first.
-        self._starts: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._shown: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._starts: LRUCache[bytes, None] = LRUCache(maxsize=REMEMBERED_STARTS)
+        self._shown: LRUCache[bytes, None] = LRUCache(maxsize=REMEMBERED_LINES)
 
     # -- sanitizing -------------------------------------------------------
 
@@ -298,9 +299,9 @@ class PromptRenderer:
                     used += costs[start]
                 start = max(start, fit, len(lines) - int(len(lines) * HISTORY_LOW_MARK))
         if start < len(lines):
-            _remember(self._starts, digests[start], REMEMBERED_STARTS)
+            self._starts[digests[start]] = None  # (re)set: the most recently used
         for digest in digests[start:]:
-            _remember(self._shown, digest, REMEMBERED_LINES)
+            self._shown[digest] = None
         return start
 
     def fixed_tokens(self) -> int:
@@ -385,13 +386,6 @@ class PromptRenderer:
             prompt = self._header() + self._examples_as_context() + context + self._open()
             examples.append([Segment(prompt, False), Segment(self.sanitize(turn.text) + self.turn_end, True)])
         return examples
-
-
-def _remember(seen: collections.OrderedDict[bytes, None], digest: bytes, limit: int) -> None:
-    seen[digest] = None
-    seen.move_to_end(digest)
-    while len(seen) > limit:
-        seen.popitem(last=False)
 
 
 def _merge(segments: Iterable[Segment]) -> list[Segment]:

@@ -21,6 +21,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from cachetools import LRUCache
+
 # Discord does not document webhook limits; its headers and reports give about 5 per 2 s. One
 # slot is left for the webhook's other users (a non-streamed reply, a review card elsewhere).
 DEFAULT_CAPACITY = 4
@@ -98,17 +100,12 @@ class EditBudgets:
     ) -> None:
         self.capacity = capacity
         self.period_s = period_s
-        self.max_keys = max_keys
-        self._budgets: collections.OrderedDict[object, EditBudget] = collections.OrderedDict()
+        self._budgets: LRUCache[object, EditBudget] = LRUCache(maxsize=max_keys)
 
     def for_key(self, key: object) -> EditBudget:
-        budget = self._budgets.get(key)
+        budget = self._budgets.get(key)  # a hit counts as a use (LRUCache.get reads through [])
         if budget is None:
             budget = self._budgets[key] = EditBudget(self.capacity, self.period_s)
-            while len(self._budgets) > self.max_keys:
-                self._budgets.popitem(last=False)
-        else:
-            self._budgets.move_to_end(key)
         return budget
 
     def __len__(self) -> int:

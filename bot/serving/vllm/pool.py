@@ -20,12 +20,13 @@ through the ``on_ready`` callback before it serves requests that need them.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from cachetools import LRUCache
 
 from bot.serving.generation import ServerStatus
 from bot.serving.vllm.http import PrefixCacheCounters, ServerError, VllmClient
@@ -104,7 +105,7 @@ class ServerPool:
         self._loop_task: asyncio.Task[None] | None = None
         self._picks = itertools.count(1)
         self._checking: dict[Server, asyncio.Task[None]] = {}
-        self._affinity: collections.OrderedDict[str, Server] = collections.OrderedDict()
+        self._affinity: LRUCache[str, Server] = LRUCache(maxsize=AFFINITY_ENTRIES)
 
     def healthy(self) -> list[Server]:
         return [s for s in self.servers if s.healthy]
@@ -132,10 +133,7 @@ class ServerPool:
             previous = self._affinity.get(conversation)
             if previous in candidates and previous.outstanding <= server.outstanding + AFFINITY_SLACK:
                 server = previous
-            self._affinity[conversation] = server
-            self._affinity.move_to_end(conversation)
-            while len(self._affinity) > AFFINITY_ENTRIES:
-                self._affinity.popitem(last=False)
+            self._affinity[conversation] = server  # (re)set: the most recently used
         server.last_pick = next(self._picks)
         return server
 
