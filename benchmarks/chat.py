@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
-import json
 import random
 import statistics
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 import psutil
 import torch
 
-from benchmarks.hotswap import PERSONAS, SHAPES, build_bench_model
+from benchmarks.hotswap import PERSONAS, SHAPES, build_bench_model, write_figures
 from benchmarks.load import DTYPES, cpu_model, percentile
 from bot.config import ModelSettings, WorkerSettings
 from bot.model.adapters import AdapterSource
@@ -410,9 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": result["runs"],
     }
     print(f"device {result['device']}, shape {args.shape}, backend {result['backend']}")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_figures(args.out, result)
     return 0
 
 

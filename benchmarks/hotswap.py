@@ -101,6 +101,13 @@ def prompt_of(tokenizer, start: int, length: int = PROMPT_TOKENS) -> str:
     return text[:lo]
 
 
+def write_figures(out: Path | None, figures: dict) -> None:
+    """Write a benchmark's figures to ``out`` as indented JSON (nothing when it is None)."""
+    if out is not None:
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -357,9 +364,7 @@ def main_vllm(args: argparse.Namespace) -> int:
     print(f"C one adapter, the same requests at once:         {result['single_adapter_tok_s']:8.1f} tok/s")
     print(f"D register one adapter on the server {result['load_ms']:.1f} ms")
     print(f"bot process peak RSS {result['bot_peak_rss_mb']:.0f} MB (tokenizer only)")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_figures(args.out, result)
     port = urllib.parse.urlsplit(args.vllm_url).port or 8000
     print(f"(server command for this model: {server_command(model_dir, port)})")
     return 0
@@ -429,9 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"4 resident adapters add {fig.adapters_memory_pct:.2f}% of the base model's parameter memory")
     gpu = f", peak GPU {fig.peak_gpu_mb:.0f} MB" if fig.peak_gpu_mb is not None else ""
     print(f"peak RSS {fig.peak_rss_mb:.0f} MB{gpu}")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_figures(args.out, result)
     return 0
 
 

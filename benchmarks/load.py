@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import math
 import platform
 import random
@@ -59,7 +58,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.hotswap import NEW_TOKENS, PERSONAS, SHAPES, prompt_of
+from benchmarks.hotswap import NEW_TOKENS, PERSONAS, SHAPES, prompt_of, write_figures
 from bot.config import ModelSettings, WorkerSettings
 from bot.model.adapters import AdapterSource
 from bot.serving.generation import GenerationRequest
@@ -367,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         f"scheduler {args.scheduler}, "
         f"one request alone {result['single_latency_s']:.2f}s, capacity {result['capacity_req_s']:.2f} req/s"
     )
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_figures(args.out, result)
     return 0
 
 

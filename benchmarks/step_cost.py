@@ -17,7 +17,6 @@ Figures, not assertions.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.hotswap import PERSONAS, SHAPES, build_bench_model, sync
+from benchmarks.hotswap import PERSONAS, SHAPES, build_bench_model, sync, write_figures
 from benchmarks.load import DTYPES, cpu_model
 from bot.config import ModelSettings
 from bot.model.adapters import AdapterSource
@@ -117,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="oshaberi-step-") as tmp:
         result = run(args, Path(tmp))
     print(f"device {result['device']}, shape {args.shape}")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_figures(args.out, result)
     return 0
 
 
