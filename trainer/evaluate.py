@@ -209,7 +209,6 @@ def evaluate(
     ``ranking_note`` goes into the report's notes when there is no ``ranking_path`` (the caller
     knows whether the ranking was left out on purpose or for want of a file). ``progress`` shows a bar on stderr while the ranking set is scored (2,000 contexts x 10
     candidates per version: minutes on a CPU)."""
-
     loaded = loaded or load_base_model(settings.model)
     tokenizer = loaded.tokenizer
     facts = TokenizerFacts.from_tokenizer(tokenizer)

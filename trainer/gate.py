@@ -238,7 +238,6 @@ def judge(
     Raises RolloutError for a candidate folder that is missing or corrupt, ValueError naming
     the folder when an adapter fails to load, CardError for one made for another base model.
     """
-
     adapters_dir = settings.paths.adapters_dir
     serving = serving or current_version(adapters_dir, card.id) or BASE
     paths = {candidate: check_version_usable(adapters_dir, card.id, candidate)}

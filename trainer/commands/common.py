@@ -32,3 +32,13 @@ def option_file(path: Path | None, option: str) -> Path | None:
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"{option} {path}: {path.absolute()} {what}")
     return path
+
+
+DATABASE_CREATORS = "the Discord bot creates it when it starts; trainer augment does too"
+
+
+def no_database(database: Path) -> FileNotFoundError:
+    """The error for a command that needs the bot's database before there is one."""
+    return FileNotFoundError(
+        f"database {database} does not exist ({DATABASE_CREATORS}; the console chat logs nothing)"
+    )

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from bot.config import ConfigError
     from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
-    from trainer.commands.common import command_settings
+    from trainer.commands.common import command_settings, no_database
     from trainer.export_reviews import export_reviews
     from trainer.preferences import export_preferences, preferences_file
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         card = cards.get(args.persona)
         database = args.database or Path(settings.paths.database)
         if not database.is_file():
-            raise FileNotFoundError(f"database {database} does not exist (the Discord bot creates it when it starts; trainer augment does too; the console chat logs nothing)")
+            raise no_database(database)
         listed = settings.discord.allowed_servers
         if args.preferences:
             out = args.out or preferences_file(settings.paths.data_dir, card.id)

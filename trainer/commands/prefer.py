@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from bot.model.loading import ModelLoadError
     from bot.store.store import StoreError
     from personas.card import CardError, UnknownPersonaError, load_cards
-    from trainer.commands.common import command_settings, option_file
+    from trainer.commands.common import command_settings, no_database, option_file
     from trainer.config import TrainConfigError, load_train_config
     from trainer.dataset import DataError
     from trainer.prefer import prefer
@@ -72,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if args.export:
             database = Path(settings.paths.database)
             if not database.is_file():
-                raise FileNotFoundError(
-                    f"database {database} does not exist (the Discord bot creates it when it starts; trainer augment does too; the console chat logs nothing)"
-                )
+                raise no_database(database)
             exported = asyncio.run(
                 export_preferences(database, card.id, data, listed_servers=settings.discord.allowed_servers)
             )

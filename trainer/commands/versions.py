@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from bot.learning.version_stats import version_report
     from bot.store.store import StoreError
     from personas.card import UnknownPersonaError, load_cards
-    from trainer.commands.common import command_settings
+    from trainer.commands.common import DATABASE_CREATORS, command_settings
 
     try:
         settings = command_settings(args)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(version_report(settings.paths.adapters_dir, card.id, counts)))
     if not database.is_file():
-        print(f"(no database at {database} yet: no replies counted; the Discord bot creates it when it starts; trainer augment does too)")
+        print(f"(no database at {database} yet: no replies counted; {DATABASE_CREATORS})")
     return 0
 
 
